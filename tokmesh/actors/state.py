@@ -1,0 +1,167 @@
+"""Committed in-memory state of the session store: the primary map and every index.
+
+All shards share one :class:`StoreState`. Reads (validate, get, list) run inline against it
+from any task: Trio is single-threaded and no method here awaits, so each call is atomic
+(DESIGN §3). Mutations of the committed state happen only in WAL-commit callbacks of the
+owning shard and in recovery, through :meth:`StoreState.put` / :meth:`StoreState.remove`,
+which keep the primary map, token index, user and device indexes, the expiry wheel and the
+sampling array consistent in one step (01 §5 index atomicity).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from tokmesh.actors.expiry import ExpiryWheel
+from tokmesh.domain.session import Session
+
+if TYPE_CHECKING:
+    from tokmesh.domain.apikey import ApiKey
+
+
+class StoreState:
+    """The committed sessions, their indexes and the API keys."""
+
+    __slots__ = (
+        "_sample_ids",
+        "by_device",
+        "by_token",
+        "by_user",
+        "keys",
+        "position",
+        "sessions",
+        "wheel",
+    )
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        #: raw SHA-256 digest of the token -> session id (tombstones keep their entry so a
+        #: revoked token answers TM-TOKN-4012 until the tombstone is purged).
+        self.by_token: dict[bytes, str] = {}
+        #: user id -> ids of non-revoked sessions (expired-unswept ones included; readers
+        #: filter with the clock).
+        self.by_user: dict[str, set[str]] = {}
+        self.by_device: dict[str, set[str]] = {}
+        self.keys: dict[str, ApiKey] = {}
+        #: WAL position (segment << 32 | offset) just after the last committed record.
+        self.position = 0
+        self.wheel = ExpiryWheel()
+        # Ids in insertion order for O(1) random sampling by the sweeper; entries of
+        # removed sessions are dropped lazily when sampled (swap-remove).
+        self._sample_ids: list[str] = []
+
+    # -- mutation (commit callbacks and recovery only) -------------------------------
+
+    def put(self, new: Session) -> None:
+        """Insert or replace a session record, updating every index atomically."""
+        sid = new.id
+        old = self.sessions.get(sid)
+        self.sessions[sid] = new
+        if old is None:
+            self._sample_ids.append(sid)
+            self.by_token[new.token_hash] = sid
+        elif old.token_hash != new.token_hash:  # pragma: no cover - tokens never rotate
+            if self.by_token.get(old.token_hash) == sid:
+                del self.by_token[old.token_hash]
+            self.by_token[new.token_hash] = sid
+        else:
+            # An expired holder may have lost the token to a newer session; the newest
+            # record that is written for a token owns it.
+            self.by_token[new.token_hash] = sid
+        if old is not None and not old.is_deleted:
+            if old.device_id != new.device_id or new.is_deleted:
+                self._unindex(self.by_device, old.device_id, sid)
+            if new.is_deleted:
+                self._unindex(self.by_user, old.user_id, sid)
+        if not new.is_deleted:
+            self.by_user.setdefault(new.user_id, set()).add(sid)
+            if new.device_id:
+                self.by_device.setdefault(new.device_id, set()).add(sid)
+        expiry = new.effective_expiry()
+        if expiry and (old is None or old.effective_expiry() != expiry):
+            self.wheel.add(sid, expiry)
+
+    def remove(self, sid: str) -> Session | None:
+        """Remove a session and all its index entries; returns the removed record."""
+        old = self.sessions.pop(sid, None)
+        if old is None:
+            return None
+        if self.by_token.get(old.token_hash) == sid:
+            del self.by_token[old.token_hash]
+        if not old.is_deleted:
+            self._unindex(self.by_user, old.user_id, sid)
+            if old.device_id:
+                self._unindex(self.by_device, old.device_id, sid)
+        return old
+
+    def load(self, sessions: Iterable[Session], position: int) -> None:
+        """Bulk-load recovered sessions (empty state expected)."""
+        for session in sessions:
+            self.put(session)
+        self.position = position
+
+    def clear(self) -> None:
+        """Drop everything (restore replaces the whole state)."""
+        self.sessions.clear()
+        self.by_token.clear()
+        self.by_user.clear()
+        self.by_device.clear()
+        self.keys.clear()
+        self.position = 0
+        self.wheel = ExpiryWheel()
+        self._sample_ids = []
+
+    @staticmethod
+    def _unindex(index: dict[str, set[str]], key: str, sid: str) -> None:
+        if not key:
+            return
+        ids = index.get(key)
+        if ids is not None:
+            ids.discard(sid)
+            if not ids:
+                del index[key]
+
+    # -- reads ------------------------------------------------------------------------
+
+    def live_user_sessions(self, user_id: str, now_ms: int) -> list[Session]:
+        """Live (not expired, not revoked) sessions of a user."""
+        ids = self.by_user.get(user_id)
+        if not ids:
+            return []
+        sessions = self.sessions
+        out = []
+        for sid in ids:
+            s = sessions.get(sid)
+            if s is not None and s.is_live(now_ms):
+                out.append(s)
+        return out
+
+    def sample(self, count: int) -> list[Session]:
+        """Up to ``count`` random present sessions, O(1) per pick."""
+        ids = self._sample_ids
+        sessions = self.sessions
+        out: list[Session] = []
+        attempts = 0
+        while ids and len(out) < count and attempts < count * 4:
+            attempts += 1
+            i = random.randrange(len(ids))
+            sid = ids[i]
+            s = sessions.get(sid)
+            if s is None:
+                # Lazily drop dead ids: swap with the last and pop.
+                ids[i] = ids[-1]
+                ids.pop()
+                continue
+            out.append(s)
+        if len(ids) > 2 * len(sessions) + 1024:
+            # Too many dead entries accumulated: rebuild once (amortised O(1)).
+            self._sample_ids = list(sessions)
+        return out
+
+    def live_count(self, now_ms: int | None = None) -> int:
+        """Number of non-revoked sessions (expired-unswept included when ``now_ms`` is None)."""
+        if now_ms is None:
+            return sum(len(v) for v in self.by_user.values())
+        return sum(1 for s in self.sessions.values() if s.is_live(now_ms))
