@@ -30,6 +30,7 @@ class StoreState:
         "by_token",
         "by_user",
         "keys",
+        "pending_tokens",
         "position",
         "sessions",
         "wheel",
@@ -45,6 +46,8 @@ class StoreState:
         self.by_user: dict[str, set[str]] = {}
         self.by_device: dict[str, set[str]] = {}
         self.keys: dict[str, ApiKey] = {}
+        #: token digests of creates in flight in any shard (global token uniqueness).
+        self.pending_tokens: dict[bytes, str] = {}
         #: WAL position (segment << 32 | offset) just after the last committed record.
         self.position = 0
         self.wheel = ExpiryWheel()

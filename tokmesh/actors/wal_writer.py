@@ -96,14 +96,19 @@ class WalWriter:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Open (or create) the active segment per 01 §8.6; call after recovery."""
+    async def open(self, min_position: int = 0) -> None:
+        """Open (or create) the active segment per 01 §8.6; call after recovery.
+
+        ``min_position`` is the recovered position: new records are never given a
+        position at or below one a snapshot already covers.
+        """
         s = self.settings
         self._segment = await trio.to_thread.run_sync(
             lambda: SegmentWriter.open(
                 self.wal_dir,
-                max_bytes=s.segment_max_bytes,
-                max_records=s.segment_max_records,
+                min_position=min_position,
+                max_segment_bytes=s.segment_max_bytes,
+                max_segment_records=s.segment_max_records,
             )
         )
         self.position = self._segment.position

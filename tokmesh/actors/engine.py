@@ -1,0 +1,218 @@
+"""The storage engine: recovery, then the WAL writer, shards, sweeper and snapshotter.
+
+Start order (01 §10, 05 §15): the caller starts its listeners first, which answer
+``/ready`` 503 while :meth:`StorageEngine.run` recovers; only after the snapshot load, WAL
+replay and index rebuild are done does readiness flip to ``ready``. Shutdown reverses it:
+shards stop taking messages and commit what they have, the WAL writer drains, fsyncs and
+seals its segment.
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from tokmesh.actors.session_store import SessionStore
+from tokmesh.actors.snapshotter import Snapshotter, SnapshotSettings
+from tokmesh.actors.state import StoreState
+from tokmesh.actors.store import ChangeHook
+from tokmesh.actors.sweeper import TtlSweeper
+from tokmesh.actors.wal_writer import WalSettings, WalWriter
+from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.services.sessions import SessionService, SessionSettings
+from tokmesh.storage.cipher import Cipher, load_or_create_key
+from tokmesh.storage.recovery import recover
+
+log = logging.getLogger("tokmesh.engine")
+
+
+class Phase(enum.Enum):
+    """Lifecycle phases visible to ``/ready`` and the status routes."""
+
+    STARTING = "starting"
+    RECOVERING = "recovering"
+    READY = "ready"
+    RESTORING = "restoring"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class Readiness:
+    """Observable readiness: ``/ready`` is 200 only in :attr:`Phase.READY`."""
+
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self.reason = ""
+        self.changed = trio.Event()
+
+    def set(self, phase: Phase, reason: str = "") -> None:
+        """Move to ``phase`` and wake waiters."""
+        self.phase = phase
+        self.reason = reason
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def ready(self) -> bool:
+        """True when serving business traffic is allowed."""
+        return self.phase is Phase.READY
+
+    def checks(self) -> dict[str, str]:
+        """The ``checks`` object of ``/ready`` (03 §3.7)."""
+        storage = {
+            Phase.READY: "ok",
+            Phase.RESTORING: "restoring",
+            Phase.RECOVERING: "recovering",
+            Phase.STARTING: "starting",
+            Phase.STOPPING: "stopping",
+            Phase.FAILED: "failed",
+        }[self.phase]
+        return {"storage": storage, "cluster": "ok"}
+
+    def require_ready(self) -> None:
+        """Raise the 503 the front ends answer while not ready (maintenance → 5031)."""
+        if self.phase is Phase.READY:
+            return
+        if self.phase is Phase.RESTORING:
+            raise TokMeshError(E.ADMIN_MAINTENANCE)
+        raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready", {"status": "not_ready"})
+
+
+@attrs.frozen
+class EngineSettings:
+    """Everything the storage engine needs, extracted from the server config."""
+
+    wal_dir: Path
+    snapshot_dir: Path
+    encryption_key_hex: str = ""
+    node_id: str = ""
+    wal: WalSettings = WalSettings()
+    snapshot: SnapshotSettings = SnapshotSettings()
+    sessions: SessionSettings = SessionSettings()
+    gc_interval: float = 0.1
+    sample_size: int = 20
+    shard_count: int = 4
+
+
+class StorageEngine:
+    """Owns the store actors for one node; :attr:`sessions` is the service facade."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        clock: Clock = SYSTEM_CLOCK,
+        readiness: Readiness | None = None,
+        on_change: ChangeHook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.readiness = readiness or Readiness()
+        self.state = StoreState()
+        self._on_change = on_change
+        self.cipher: Cipher | None = None
+        self.wal: WalWriter | None = None
+        self.store: SessionStore | None = None
+        self.sessions: SessionService | None = None
+        self.sweeper: TtlSweeper | None = None
+        self.snapshotter: Snapshotter | None = None
+        self.recovery_info: dict[str, Any] = {}
+        self._stopped = trio.Event()
+        self._done = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover, start the actors, report started once READY, run until :meth:`stop`."""
+        s = self.settings
+        self.readiness.set(Phase.RECOVERING)
+        started = time.monotonic()
+        key = await trio.to_thread.run_sync(load_or_create_key, s.wal_dir, s.encryption_key_hex)
+        cipher = self.cipher = Cipher(key)
+        log.info("encryption at rest: %s", cipher.alg)
+        try:
+            recovered = await trio.to_thread.run_sync(
+                recover, s.wal_dir, s.snapshot_dir, cipher, self.clock.now_ms()
+            )
+        except TokMeshError:
+            self.readiness.set(Phase.FAILED, "recovery failed")
+            raise
+        await self._load(recovered)
+        elapsed = time.monotonic() - started
+        self.recovery_info = {
+            "sessions": len(self.state.sessions),
+            "api_keys": len(self.state.keys),
+            "replayed_records": recovered.replayed,
+            "snapshot": recovered.snapshot.id if recovered.snapshot else None,
+            "duration_ms": int(elapsed * 1000),
+        }
+        log.info("recovery complete", extra=self.recovery_info)
+        if elapsed > 5:
+            log.warning("recovery took %.1f s (target 5 s)", elapsed)
+        # Everything loaded so far is long-lived: keep it out of the GC's young
+        # generations so a full collection does not walk a million records.
+        gc.collect()
+        gc.freeze()
+
+        wal = self.wal = WalWriter(
+            s.wal_dir, cipher, s.wal, on_failure=self._on_wal_failure
+        )
+        await wal.open(self.state.position)
+        store = self.store = SessionStore(
+            self.state, wal, shard_count=s.shard_count, on_change=self._on_change
+        )
+        self.sessions = SessionService(store, s.sessions, self.clock)
+        self.sweeper = TtlSweeper(store, s.gc_interval, s.sample_size, self.clock)
+        self.snapshotter = Snapshotter(
+            store, s.snapshot_dir, s.wal_dir, cipher, s.node_id, s.snapshot, self.clock
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wal.run)
+            await nursery.start(store.run)
+            async with trio.open_nursery() as periodic:
+                self._cancel = periodic.cancel_scope
+                await periodic.start(self.sweeper.run)
+                await periodic.start(self.snapshotter.run)
+                self.readiness.set(Phase.READY)
+                task_status.started()
+                await self._stopped.wait()
+                periodic.cancel_scope.cancel()
+            # Shutdown: periodic actors stop, shards commit their queue, the WAL drains.
+            await store.close()
+            await wal.close()
+        self._done.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`run` has drained, fsynced and sealed everything."""
+        await self._done.wait()
+
+    async def _load(self, recovered: Any) -> None:
+        """Rebuild the indexes from the recovered records, yielding to the loop often."""
+        from tokmesh.domain.apikey import ApiKey
+
+        state = self.state
+        put = state.put
+        for i, session in enumerate(recovered.sessions.values()):
+            put(session)
+            if i % 20000 == 19999:
+                await trio.sleep(0)  # let listeners answer /ready 503 meanwhile
+        state.position = recovered.wal_position
+        for key_id, rec in recovered.api_keys.items():
+            state.keys[key_id] = ApiKey.from_record(rec)
+
+    def _on_wal_failure(self, exc: BaseException) -> None:
+        self.readiness.set(Phase.FAILED, "write-ahead log failure")
+
+    async def stop(self) -> None:
+        """Graceful stop: flush and fsync everything acknowledged, seal the WAL."""
+        if self.readiness.phase is not Phase.FAILED:
+            self.readiness.set(Phase.STOPPING)
+        if self._cancel is not None:
+            self._cancel.cancel()
+        self._stopped.set()

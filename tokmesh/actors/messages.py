@@ -1,0 +1,118 @@
+"""Typed messages of the store shard actors (DESIGN §1, 01 §7).
+
+Every mutation is one message evaluated atomically by the owning shard against its latest
+state (committed plus in-flight). Each carries its own :class:`Reply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from tokmesh.actors.reply import Reply
+from tokmesh.domain.session import Session
+
+
+@attrs.frozen
+class Create:
+    """Insert a fully built session (version 1); checks quota, id and token uniqueness.
+
+    ``exclusive_id`` marks client-chosen ids (Redis create paths): a duplicate answers
+    ``TM-SESS-4090`` instead of being regenerated.
+    """
+
+    session: Session
+    max_per_user: int
+    evict_oldest: bool
+    exclusive_id: bool
+    reply: Reply[Session]
+
+
+@attrs.frozen
+class Touch:
+    """Monotonic ``last_active`` bump; with ``ip``/``ua`` it is validate-with-touch."""
+
+    sid: str
+    now_ms: int
+    min_interval_ms: int
+    ip: str | None
+    ua: str | None
+    reply: Reply[Session]
+
+
+@attrs.frozen
+class Renew:
+    """Set ``expires_at = now + ttl_ms`` with an optional optimistic-lock version."""
+
+    sid: str
+    now_ms: int
+    ttl_ms: int
+    expected_version: int | None
+    reply: Reply[Session]
+
+
+@attrs.frozen
+class Update:
+    """Redis ``SET`` on an existing key: replace device/data, optionally the TTL (01 §4.7)."""
+
+    sid: str
+    now_ms: int
+    user_id: str | None
+    device_id: str | None
+    data: dict[str, str] | None
+    ttl_ms: int
+    expected_version: int | None
+    reply: Reply[Session]
+
+
+@attrs.frozen
+class Revoke:
+    """Tombstone one session; idempotent. Replies True when a record was written."""
+
+    sid: str
+    now_ms: int
+    reply: Reply[bool]
+
+
+@attrs.frozen
+class RevokeUser:
+    """Tombstone every live session of a user (≤ 1000), optionally sparing one."""
+
+    user_id: str
+    now_ms: int
+    except_sid: str | None
+    limit: int
+    reply: Reply[int]
+
+
+@attrs.frozen
+class Purge:
+    """Remove expired sessions (WAL DELETE) and expired tombstones (no record)."""
+
+    sids: tuple[str, ...]
+    now_ms: int
+    reply: Reply[int] | None
+
+
+@attrs.frozen
+class Barrier:
+    """Resolves once every earlier message of this shard has been committed or failed."""
+
+    reply: Reply[None]
+
+
+Message = Create | Touch | Renew | Update | Revoke | RevokeUser | Purge | Barrier
+
+__all__ = [
+    "Any",
+    "Barrier",
+    "Create",
+    "Message",
+    "Purge",
+    "Renew",
+    "Revoke",
+    "RevokeUser",
+    "Touch",
+    "Update",
+]

@@ -1,0 +1,415 @@
+"""Store shard actors: the only writers of session state (01 §5, §7; DESIGN §1, §3).
+
+A session belongs to the shard chosen by its ``user_id``, so a user's quota check,
+revoke-by-user and every version check of a session are serialised in one actor.
+
+Each shard runs the recommended pipelined write path of 01 §7: it checks preconditions
+against its latest state (committed + in flight), hands the new full-state record to the
+WAL writer without waiting for the fsync, and moves on. When the WAL writer commits the
+batch it calls back synchronously; the shard then applies the record to the shared
+committed :class:`StoreState` and answers the caller (I1-I4). Reads never see
+uncommitted records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from tokmesh.actors.messages import (
+    Barrier,
+    Create,
+    Message,
+    Purge,
+    Renew,
+    Revoke,
+    RevokeUser,
+    Touch,
+    Update,
+)
+from tokmesh.actors.reply import Reply
+from tokmesh.actors.state import StoreState
+from tokmesh.actors.wal_writer import WalWriter
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.ids import new_session_id
+from tokmesh.domain.session import Session
+from tokmesh.storage.wal_codec import RecordType, WalRecord
+
+log = logging.getLogger("tokmesh.store")
+
+#: Hook called after each committed session change: (record type, new state or None).
+ChangeHook = Callable[[RecordType, str, Session | None, int], None]
+
+
+class SessionShard:
+    """One store actor. Public entry point: :meth:`send` (enqueue a message)."""
+
+    def __init__(
+        self,
+        index: int,
+        state: StoreState,
+        wal: WalWriter,
+        on_change: ChangeHook | None = None,
+        mailbox_size: int = 4096,
+    ) -> None:
+        self.index = index
+        self.state = state
+        self.wal = wal
+        self._on_change = on_change
+        self._send, self._recv = trio.open_memory_channel[Message](mailbox_size)
+        #: newest in-flight version per session id (``None`` = removal in flight)
+        self._pending: dict[str, Session | None] = {}
+        self._inflight: dict[str, int] = {}
+        #: token digests / user ids of creates in flight (uniqueness and quota)
+        self._pending_tokens = state.pending_tokens
+        self._pending_user_creates: dict[str, set[str]] = {}
+        self._outstanding = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def send(self, msg: Message) -> None:
+        """Enqueue a message (bounded mailbox: callers wait when it is full)."""
+        try:
+            await self._send.send(msg)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down") from None
+
+    async def close(self) -> None:
+        """Stop accepting; :meth:`run` returns after the queued messages are handled."""
+        await self._send.aclose()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Actor loop."""
+        task_status.started()
+        async for msg in self._recv:
+            try:
+                await self._handle(msg)
+            except TokMeshError as exc:
+                if msg.reply is not None:
+                    msg.reply.fail(exc)
+        # Wait for in-flight records to be committed before reporting closed.
+        await self._idle.wait()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _latest(self, sid: str) -> Session | None:
+        """Newest state of a session: in-flight if any, else committed."""
+        if sid in self._pending:
+            return self._pending[sid]
+        return self.state.sessions.get(sid)
+
+    def _live_user_ids(self, user_id: str, now_ms: int) -> list[Session]:
+        ids = set(self.state.by_user.get(user_id, ()))
+        ids.update(self._pending_user_creates.get(user_id, ()))
+        out = []
+        for sid in ids:
+            s = self._latest(sid)
+            if s is not None and s.user_id == user_id and s.is_live(now_ms):
+                out.append(s)
+        return out
+
+    async def _log(
+        self,
+        rtype: RecordType,
+        sid: str,
+        new: Session | None,
+        now_ms: int,
+        done: Callable[[], None],
+        failed: Callable[[TokMeshError], None],
+        tombstone: bool = False,
+    ) -> None:
+        """Mark ``new`` in flight, hand its record to the WAL, apply it on commit.
+
+        ``new is None`` logs a DELETE that removes the session entirely (sweeper purge);
+        ``tombstone`` logs a DELETE that keeps ``new`` as a revoked record.
+        """
+        self._pending[sid] = new
+        self._inflight[sid] = self._inflight.get(sid, 0) + 1
+        self._outstanding += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        body = new.to_record() if (new is not None and not tombstone) else None
+        version = new.version if (new is not None and not tombstone) else 0
+        record = WalRecord(type=rtype, ts=now_ms, entity_id=sid, version=version, body=body)
+
+        def settle() -> None:
+            n = self._inflight[sid] - 1
+            if n:
+                self._inflight[sid] = n
+            else:
+                del self._inflight[sid]
+                self._pending.pop(sid, None)
+            if new is not None and rtype is RecordType.CREATE:
+                self._pending_tokens.pop(new.token_hash, None)
+                creates = self._pending_user_creates.get(new.user_id)
+                if creates is not None:
+                    creates.discard(sid)
+                    if not creates:
+                        del self._pending_user_creates[new.user_id]
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.set()
+
+        def on_commit(position: int) -> None:
+            settle()
+            state = self.state
+            if new is None:
+                state.remove(sid)
+            else:
+                state.put(new)
+            state.position = position
+            if self._on_change is not None:
+                self._on_change(rtype, sid, new, position)
+            done()
+
+        def on_fail(err: TokMeshError) -> None:
+            settle()
+            failed(err)
+
+        try:
+            await self.wal.append(record, on_commit, on_fail)
+        except TokMeshError as err:
+            on_fail(err)
+
+    # -- message handlers ------------------------------------------------------------------
+
+    async def _handle(self, msg: Message) -> None:
+        if isinstance(msg, Touch):
+            await self._touch(msg)
+        elif isinstance(msg, Create):
+            await self._create(msg)
+        elif isinstance(msg, Renew):
+            await self._renew(msg)
+        elif isinstance(msg, Revoke):
+            await self._revoke(msg)
+        elif isinstance(msg, RevokeUser):
+            await self._revoke_user(msg)
+        elif isinstance(msg, Update):
+            await self._update(msg)
+        elif isinstance(msg, Purge):
+            await self._purge(msg)
+        elif isinstance(msg, Barrier):
+            await self._idle.wait()
+            msg.reply.set(None)
+
+    async def _create(self, msg: Create) -> None:
+        s = msg.session
+        now = s.created_at
+        reply = msg.reply
+        live = self._live_user_ids(s.user_id, now)
+        evict: Session | None = None
+        if len(live) >= msg.max_per_user:
+            if not msg.evict_oldest:
+                raise TokMeshError(
+                    E.SESS_QUOTA,
+                    "per-user session quota reached",
+                    {"max_per_user": msg.max_per_user},
+                )
+            evict = min(live, key=lambda x: (x.created_at, x.id))
+        sid = s.id
+        if self._latest(sid) is not None or sid in self.state.sessions:
+            if msg.exclusive_id:
+                raise TokMeshError(E.SESS_EXISTS)
+            for _ in range(3):
+                sid = new_session_id()
+                if self._latest(sid) is None:
+                    break
+            else:
+                raise TokMeshError(E.SESS_EXISTS)
+            s = s.evolve(id=sid)
+        digest = s.token_hash
+        holder_id = self.state.by_token.get(digest)
+        if holder_id is not None:
+            holder = self.state.sessions.get(holder_id)
+            # An expired, non-revoked holder no longer owns its token (01 §4.1 step 7);
+            # a tombstone keeps it until it expires, so a revoked token never revives.
+            if holder is not None and not (holder.is_expired(now) and not holder.is_deleted):
+                raise TokMeshError(E.TOKN_EXISTS)
+        if digest in self._pending_tokens:
+            raise TokMeshError(E.TOKN_EXISTS)
+        if evict is not None:
+            tomb = evict.evolve(is_deleted=True, version=evict.version + 1)
+            await self._log(
+                RecordType.DELETE, evict.id, tomb, now, _noop, _log_failure, tombstone=True
+            )
+        self._pending_tokens[digest] = sid
+        self._pending_user_creates.setdefault(s.user_id, set()).add(sid)
+        final = s
+        await self._log(RecordType.CREATE, sid, final, now, lambda: reply.set(final), reply.fail)
+
+    def _must_exist(self, sid: str, now_ms: int) -> Session:
+        cur = self._latest(sid)
+        if cur is None or cur.is_deleted:
+            raise TokMeshError(E.SESS_NOT_FOUND)
+        if cur.is_expired(now_ms):
+            raise TokMeshError(E.SESS_EXPIRED)
+        return cur
+
+    async def _touch(self, msg: Touch) -> None:
+        cur = self._must_exist(msg.sid, msg.now_ms)
+        now = msg.now_ms
+        last_active = max(cur.last_active, now)
+        changes: dict[str, object] = {}
+        if last_active != cur.last_active and now - cur.last_active >= msg.min_interval_ms:
+            changes["last_active"] = last_active
+        if msg.ip is not None and msg.ip != cur.last_access_ip:
+            changes["last_access_ip"] = msg.ip
+        if msg.ua is not None and msg.ua != cur.last_access_ua:
+            changes["last_access_ua"] = msg.ua
+        if not changes:
+            msg.reply.set(cur)
+            return
+        if "last_active" not in changes and last_active != cur.last_active:
+            changes["last_active"] = last_active
+        new = cur.evolve(version=cur.version + 1, **changes)
+        reply = msg.reply
+        await self._log(RecordType.UPDATE, msg.sid, new, now, lambda: reply.set(new), reply.fail)
+
+    async def _renew(self, msg: Renew) -> None:
+        cur = self._must_exist(msg.sid, msg.now_ms)
+        _check_version(cur, msg.expected_version)
+        now = msg.now_ms
+        new = cur.evolve(
+            expires_at=now + msg.ttl_ms,
+            ttl=msg.ttl_ms,
+            last_active=max(cur.last_active, now),
+            version=cur.version + 1,
+        )
+        reply = msg.reply
+        await self._log(RecordType.UPDATE, msg.sid, new, now, lambda: reply.set(new), reply.fail)
+
+    async def _update(self, msg: Update) -> None:
+        cur = self._must_exist(msg.sid, msg.now_ms)
+        if msg.user_id is not None and msg.user_id != cur.user_id:
+            raise TokMeshError(E.ARG_INVALID, "user_id is immutable")
+        _check_version(cur, msg.expected_version)
+        now = msg.now_ms
+        changes: dict[str, object] = {
+            "last_active": max(cur.last_active, now),
+            "version": cur.version + 1,
+        }
+        if msg.device_id:
+            changes["device_id"] = msg.device_id
+        if msg.data is not None:
+            changes["data"] = msg.data or None
+        if msg.ttl_ms > 0:
+            changes["expires_at"] = now + msg.ttl_ms
+            changes["ttl"] = msg.ttl_ms
+        new = cur.evolve(**changes)
+        reply = msg.reply
+        await self._log(RecordType.UPDATE, msg.sid, new, now, lambda: reply.set(new), reply.fail)
+
+    async def _revoke(self, msg: Revoke) -> None:
+        cur = self._latest(msg.sid)
+        if cur is None or cur.is_deleted or cur.is_expired(msg.now_ms):
+            msg.reply.set(False)  # idempotent: nothing to do, no WAL record
+            return
+        tomb = cur.evolve(is_deleted=True, version=cur.version + 1)
+        reply = msg.reply
+        await self._log(
+            RecordType.DELETE,
+            msg.sid,
+            tomb,
+            msg.now_ms,
+            lambda: reply.set(True),
+            reply.fail,
+            tombstone=True,
+        )
+
+    async def _revoke_user(self, msg: RevokeUser) -> None:
+        live = [s for s in self._live_user_ids(msg.user_id, msg.now_ms) if s.id != msg.except_sid]
+        if len(live) > msg.limit:
+            raise TokMeshError(
+                E.SESS_QUOTA,
+                "too many sessions to revoke at once; revoke in batches",
+                {"limit": msg.limit, "count": len(live)},
+            )
+        if not live:
+            msg.reply.set(0)
+            return
+        counter = _Countdown(len(live), msg.reply)
+        for cur in live:
+            tomb = cur.evolve(is_deleted=True, version=cur.version + 1)
+            await self._log(
+                RecordType.DELETE,
+                cur.id,
+                tomb,
+                msg.now_ms,
+                counter.ok,
+                counter.failed,
+                tombstone=True,
+            )
+
+    async def _purge(self, msg: Purge) -> None:
+        now = msg.now_ms
+        state = self.state
+        logged: list[str] = []
+        removed = 0
+        for sid in msg.sids:
+            if sid in self._pending:
+                continue  # something newer is in flight; look again later
+            cur = state.sessions.get(sid)
+            if cur is None:
+                continue
+            if cur.is_deleted:
+                if cur.expires_at != 0 and now > cur.expires_at:
+                    # Tombstones end silently after the original expiry (01 §4.8).
+                    state.remove(sid)
+                    removed += 1
+                continue
+            if cur.is_expired(now):
+                logged.append(sid)
+        if not logged:
+            if msg.reply is not None:
+                msg.reply.set(removed)
+            return
+        counter = _Countdown(len(logged), msg.reply, base=removed)
+        for sid in logged:
+            await self._log(RecordType.DELETE, sid, None, now, counter.ok, counter.failed)
+
+
+def _check_version(cur: Session, expected: int | None) -> None:
+    if expected is not None and expected != cur.version:
+        raise TokMeshError(
+            E.SESS_CONFLICT,
+            details={"current_version": cur.version, "attempted_version": expected},
+            headers={"Retry-After": "1"},
+        )
+
+
+def _noop() -> None:
+    return None
+
+
+def _log_failure(err: TokMeshError) -> None:
+    log.error("eviction of the oldest session failed: %s", err.code)
+
+
+class _Countdown:
+    """Resolve a reply with the number of successes once ``n`` records have settled."""
+
+    __slots__ = ("_err", "_left", "_ok", "_reply")
+
+    def __init__(self, n: int, reply: Reply[int] | None, base: int = 0) -> None:
+        self._left = n
+        self._ok = base
+        self._err: TokMeshError | None = None
+        self._reply = reply
+
+    def ok(self) -> None:
+        self._ok += 1
+        self._step()
+
+    def failed(self, err: TokMeshError) -> None:
+        self._err = err
+        log.error("batch revoke/purge record failed: %s", err.code)
+        self._step()
+
+    def _step(self) -> None:
+        self._left -= 1
+        if self._left == 0 and self._reply is not None:
+            if self._ok == 0 and self._err is not None:
+                self._reply.fail(self._err)
+            else:
+                self._reply.set(self._ok)

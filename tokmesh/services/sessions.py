@@ -1,0 +1,477 @@
+"""Session service: the only functions HTTP, RESP and the CLI call for sessions (01 §4).
+
+Field rules live here once; the store actors enforce the rules that need current state
+(quota, uniqueness, version, existence). Read paths (:meth:`SessionService.get`,
+:meth:`SessionService.validate`, :meth:`SessionService.list_sessions`) are synchronous and
+read the committed state inline: a validation costs a SHA-256 and two dict lookups.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from tokmesh.actors import messages as m
+from tokmesh.actors.reply import Reply
+from tokmesh.actors.session_store import SessionStore
+from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.ids import new_session_id, normalize_session_id
+from tokmesh.domain.session import (
+    BATCH_REVOKE_LIMIT,
+    PUBLIC_FIELDS,
+    Session,
+    check_data,
+    check_device_id,
+    check_user_id,
+    clean_ip,
+    clean_user_agent,
+)
+from tokmesh.domain.tokens import generate_token, is_valid_token, token_digest
+
+log = logging.getLogger("tokmesh.sessions")
+
+_sha_digest = token_digest
+
+
+@attrs.frozen
+class SessionSettings:
+    """The ``session.*`` settings, in milliseconds."""
+
+    ttl_default_ms: int = 2 * 3600 * 1000
+    ttl_max_ms: int = 720 * 3600 * 1000
+    max_per_user: int = 50
+    quota_policy: str = "refuse"
+    touch_min_interval_ms: int = 0
+
+
+@attrs.frozen
+class RequestContext:
+    """Who is calling and from where (01 §4: request id, key, role, client IP, UA)."""
+
+    request_id: str = ""
+    key_id: str = ""
+    role: str = ""
+    client_ip: str = ""
+    user_agent: str = ""
+
+
+@attrs.frozen
+class CreateResult:
+    """A created session and its plaintext token (returned once, never stored)."""
+
+    session: Session
+    token: str
+
+
+@attrs.frozen
+class ListQuery:
+    """Filters, sort and paging of ``GET /sessions`` (01 §4.10, 03 §3.5)."""
+
+    user_id: str | None = None
+    device_id: str | None = None
+    key_id: str | None = None
+    ip_address: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    active_after: int | None = None
+    status: str = "active"
+    sort_by: str = "created_at"
+    sort_order: str = "desc"
+    page: int = 1
+    size: int = 20
+
+
+@attrs.frozen
+class ListResult:
+    """One page of sessions plus the number of matches before paging."""
+
+    items: list[Session]
+    total: int
+    page: int
+    size: int
+
+
+class SessionService:
+    """Create, read, validate, touch, renew, update, revoke and list sessions."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        settings: SessionSettings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.state = store.state
+        self.settings = settings or SessionSettings()
+        self.clock = clock
+
+    # -- ttl rules --------------------------------------------------------------------------
+
+    def _ttl_ms(self, ttl_seconds: int | None, *, required: bool = False) -> int:
+        """01 §4.1/§4.6: absent/0 → default (create), < 0 → ARG-1001, > max → SESS-4001."""
+        if ttl_seconds is None or (ttl_seconds == 0 and not required):
+            if required:
+                raise TokMeshError(E.ARG_MISSING, "ttl_seconds is required")
+            return self.settings.ttl_default_ms
+        if ttl_seconds <= 0:
+            raise TokMeshError(E.ARG_INVALID, "ttl_seconds must be positive")
+        ttl_ms = ttl_seconds * 1000
+        if ttl_ms > self.settings.ttl_max_ms:
+            raise TokMeshError(
+                E.SESS_INVALID,
+                "ttl_seconds exceeds session.ttl.max",
+                {"max_ttl_seconds": self.settings.ttl_max_ms // 1000},
+            )
+        return ttl_ms
+
+    # -- create -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        ctx: RequestContext,
+        user_id: str | None,
+        *,
+        device_id: str | None = None,
+        data: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+        token: str | None = None,
+        idle_timeout_seconds: int | None = None,
+        session_id: str | None = None,
+        require_token: bool = False,
+    ) -> CreateResult:
+        """Create a session (01 §4.1); ``session_id`` set = Redis create paths (01 §4.2)."""
+        exclusive = session_id is not None
+        if session_id is not None:
+            sid = normalize_session_id(session_id)
+            if sid is None:
+                raise TokMeshError(E.ARG_INVALID, "invalid session id")
+        else:
+            sid = new_session_id()
+        if require_token and not token:
+            raise TokMeshError(E.ARG_MISSING, "token is required")
+        user_id = check_user_id(user_id)
+        device_id = check_device_id(device_id)
+        data = check_data(data)
+        ttl_ms = self._ttl_ms(ttl_seconds)
+        idle_ms = 0
+        if idle_timeout_seconds:
+            if idle_timeout_seconds < 0:
+                raise TokMeshError(E.ARG_INVALID, "idle_timeout_seconds must be positive")
+            idle_ms = idle_timeout_seconds * 1000
+        if token is not None and token != "":
+            if not is_valid_token(token):
+                raise TokMeshError(E.TOKN_MALFORMED)
+        else:
+            token = generate_token()
+        now = self.clock.now_ms()
+        ip = clean_ip(ctx.client_ip)
+        ua = clean_user_agent(ctx.user_agent)
+        session = Session(
+            id=sid,
+            user_id=user_id,
+            token_hash=_sha_digest(token),
+            ip_address=ip,
+            user_agent=ua,
+            last_access_ip=ip,
+            last_access_ua=ua,
+            device_id=device_id,
+            created_by=ctx.key_id,
+            created_at=now,
+            expires_at=now + ttl_ms,
+            last_active=now,
+            data=data,
+            version=1,
+            ttl=ttl_ms,
+            idle_timeout=idle_ms,
+        )
+        reply: Reply[Session] = Reply()
+        msg = m.Create(
+            session=session,
+            max_per_user=self.settings.max_per_user,
+            evict_oldest=self.settings.quota_policy == "evict_oldest",
+            exclusive_id=exclusive,
+            reply=reply,
+        )
+        created: Session = await self.store.call(user_id, msg)
+        return CreateResult(created, token)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session:
+        """Pure read (01 §4.3): 4040 absent/invalid/revoked, 4041 expired."""
+        sid = normalize_session_id(session_id)
+        s = self.state.sessions.get(sid) if sid is not None else None
+        if s is None or s.is_deleted:
+            raise TokMeshError(E.SESS_NOT_FOUND)
+        if s.is_expired(self.clock.now_ms()):
+            raise TokMeshError(E.SESS_EXPIRED)
+        return s
+
+    def find_by_token(self, token: str) -> Session:
+        """The session a token belongs to, with the token errors of 01 §4.4 steps 1-3."""
+        if not token:
+            raise TokMeshError(E.ARG_MISSING, "token is required")
+        if not is_valid_token(token):
+            raise TokMeshError(E.TOKN_MALFORMED)
+        state = self.state
+        sid = state.by_token.get(_sha_digest(token))
+        if sid is None:
+            raise TokMeshError(E.TOKN_INVALID)
+        s = state.sessions.get(sid)
+        if s is None:
+            # An index entry pointing at nothing is an orphan (01 §4.4 step 2).
+            state.by_token.pop(_sha_digest(token), None)
+            raise TokMeshError(E.TOKN_INVALID)
+        if s.is_deleted:
+            raise TokMeshError(E.TOKN_REVOKED)
+        if s.is_expired(self.clock.now_ms()):
+            raise TokMeshError(E.TOKN_EXPIRED)
+        return s
+
+    def validate(self, token: str) -> Session:
+        """Validate without touch: no mutation, microseconds, no await."""
+        return self.find_by_token(token)
+
+    async def validate_touch(self, ctx: RequestContext, token: str) -> Session:
+        """Validate with touch (01 §4.4 step 4): best effort, returns the post-touch session."""
+        s = self.find_by_token(token)
+        reply: Reply[Session] = Reply()
+        msg = m.Touch(
+            sid=s.id,
+            now_ms=self.clock.now_ms(),
+            min_interval_ms=self.settings.touch_min_interval_ms,
+            ip=clean_ip(ctx.client_ip),
+            ua=clean_user_agent(ctx.user_agent),
+            reply=reply,
+        )
+        try:
+            touched: Session = await self.store.call(s.user_id, msg)
+        except TokMeshError as err:
+            if err.error in (E.SYS_STORAGE, E.SYS_UNAVAILABLE):
+                log.warning("validate touch not persisted: %s", err.code)
+                return s
+            raise
+        return touched
+
+    # -- mutations by id ----------------------------------------------------------------------
+
+    def _owner(self, session_id: str, *, missing_ok: bool = False) -> tuple[str, Session | None]:
+        sid = normalize_session_id(session_id)
+        s = self.state.sessions.get(sid) if sid is not None else None
+        if s is None and not missing_ok:
+            raise TokMeshError(E.SESS_NOT_FOUND)
+        return sid or session_id, s
+
+    async def touch(self, ctx: RequestContext, session_id: str) -> Session:
+        """Touch (01 §4.5): only ``last_active`` moves, monotonic, version +1 if changed."""
+        sid, s = self._owner(session_id)
+        assert s is not None
+        reply: Reply[Session] = Reply()
+        msg = m.Touch(
+            sid=sid,
+            now_ms=self.clock.now_ms(),
+            min_interval_ms=self.settings.touch_min_interval_ms,
+            ip=None,
+            ua=None,
+            reply=reply,
+        )
+        result: Session = await self.store.call(s.user_id, msg)
+        return result
+
+    async def renew(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        ttl_seconds: int | None,
+        expected_version: int | None = None,
+    ) -> Session:
+        """Renew (01 §4.6): ``expires_at = now + ttl``; 4091 on a stale expected version."""
+        ttl_ms = self._ttl_ms(ttl_seconds, required=True)
+        sid, s = self._owner(session_id)
+        assert s is not None
+        reply: Reply[Session] = Reply()
+        msg = m.Renew(
+            sid=sid,
+            now_ms=self.clock.now_ms(),
+            ttl_ms=ttl_ms,
+            expected_version=expected_version,
+            reply=reply,
+        )
+        result: Session = await self.store.call(s.user_id, msg)
+        return result
+
+    async def update(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        device_id: str | None = None,
+        data: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+        expected_version: int | None = None,
+    ) -> Session:
+        """Redis ``SET`` on an existing key (01 §4.7)."""
+        device_id = check_device_id(device_id) if device_id else None
+        if data is not None:
+            data = check_data(data) or {}
+        ttl_ms = 0
+        if ttl_seconds:
+            ttl_ms = self._ttl_ms(ttl_seconds, required=True)
+        sid, s = self._owner(session_id)
+        assert s is not None
+        reply: Reply[Session] = Reply()
+        msg = m.Update(
+            sid=sid,
+            now_ms=self.clock.now_ms(),
+            user_id=user_id,
+            device_id=device_id,
+            data=data,
+            ttl_ms=ttl_ms,
+            expected_version=expected_version,
+            reply=reply,
+        )
+        result: Session = await self.store.call(s.user_id, msg)
+        return result
+
+    async def revoke(self, ctx: RequestContext, session_id: str) -> bool:
+        """Revoke (01 §4.8): idempotent; True when a tombstone was written."""
+        sid, s = self._owner(session_id, missing_ok=True)
+        if s is None:
+            return False
+        reply: Reply[bool] = Reply()
+        done: bool = await self.store.call(
+            s.user_id, m.Revoke(sid=sid, now_ms=self.clock.now_ms(), reply=reply)
+        )
+        return done
+
+    async def revoke_user(
+        self, ctx: RequestContext, user_id: str, except_session_id: str | None = None
+    ) -> int:
+        """Revoke every live session of a user (≤ 1000, else 4002 and nothing revoked)."""
+        if not user_id:
+            raise TokMeshError(E.ARG_MISSING, "user_id is required")
+        except_sid = None
+        if except_session_id:
+            except_sid = normalize_session_id(except_session_id)
+            if except_sid is None:
+                raise TokMeshError(E.ARG_INVALID, "invalid except_session_id")
+        reply: Reply[int] = Reply()
+        msg = m.RevokeUser(
+            user_id=user_id,
+            now_ms=self.clock.now_ms(),
+            except_sid=except_sid,
+            limit=BATCH_REVOKE_LIMIT,
+            reply=reply,
+        )
+        count: int = await self.store.call(user_id, msg)
+        return count
+
+    # -- list / gc ---------------------------------------------------------------------------
+
+    def list_sessions(self, q: ListQuery) -> ListResult:
+        """Filter, sort and page sessions (01 §4.10); index candidates first, scan last."""
+        if q.page < 1 or q.size < 1 or q.size > 100:
+            raise TokMeshError(E.ARG_INVALID, "invalid paging", {"max_size": 100})
+        if q.sort_by not in ("created_at", "last_active"):
+            raise TokMeshError(E.ARG_INVALID, "sort_by must be created_at or last_active")
+        if q.sort_order not in ("asc", "desc"):
+            raise TokMeshError(E.ARG_INVALID, "sort_order must be asc or desc")
+        if q.status not in ("active", "expired"):
+            raise TokMeshError(E.ARG_INVALID, "status must be active or expired")
+        net = None
+        if q.ip_address:
+            try:
+                net = ipaddress.ip_network(q.ip_address, strict=False)
+            except ValueError:
+                raise TokMeshError(E.ARG_INVALID, "invalid ip_address filter") from None
+        state = self.state
+        now = self.clock.now_ms()
+        candidates: Iterable[str] | None = None
+        if q.user_id is not None:
+            candidates = state.by_user.get(q.user_id, set())
+        if q.device_id is not None:
+            dev = state.by_device.get(q.device_id, set())
+            candidates = dev if candidates is None else set(candidates) & dev
+        if candidates is None:
+            if q.key_id is None and net is None:
+                pass
+            else:
+                log.warning("session list without user_id/device_id: full scan")
+            pool: Iterable[Session] = state.sessions.values()
+        else:
+            pool = (state.sessions[sid] for sid in candidates if sid in state.sessions)
+        want_expired = q.status == "expired"
+        out: list[Session] = []
+        for s in pool:
+            if s.is_deleted or s.is_expired(now) != want_expired:
+                continue
+            if q.user_id is not None and s.user_id != q.user_id:
+                continue
+            if q.device_id is not None and s.device_id != q.device_id:
+                continue
+            if q.key_id is not None and s.created_by != q.key_id:
+                continue
+            if q.created_after is not None and s.created_at < q.created_after:
+                continue
+            if q.created_before is not None and s.created_at >= q.created_before:
+                continue
+            if q.active_after is not None and s.last_active < q.active_after:
+                continue
+            if net is not None and not _ip_in(s.last_access_ip or s.ip_address, net):
+                continue
+            out.append(s)
+        key = q.sort_by
+        out.sort(key=lambda s: (getattr(s, key), s.id), reverse=q.sort_order == "desc")
+        start = (q.page - 1) * q.size
+        return ListResult(out[start : start + q.size], len(out), q.page, q.size)
+
+    async def gc(self) -> int:
+        """Purge every expired session and expired tombstone now (01 §4.11)."""
+        now = self.clock.now_ms()
+        by_user: dict[str, list[str]] = {}
+        for s in list(self.state.sessions.values()):
+            if (s.is_deleted and s.expires_at and now > s.expires_at) or (
+                not s.is_deleted and s.is_expired(now)
+            ):
+                by_user.setdefault(s.user_id, []).append(s.id)
+        return await purge(self.store, by_user, now)
+
+
+async def purge(store: SessionStore, by_user: dict[str, list[str]], now_ms: int) -> int:
+    """Send one :class:`~tokmesh.actors.messages.Purge` per shard and sum the results."""
+    per_shard: dict[int, list[str]] = {}
+    for user_id, sids in by_user.items():
+        per_shard.setdefault(store.shard_for(user_id).index, []).extend(sids)
+    total = 0
+    for index, sids in per_shard.items():
+        reply: Reply[int] = Reply()
+        await store.shards[index].send(m.Purge(sids=tuple(sids), now_ms=now_ms, reply=reply))
+        total += await reply.wait()
+    return total
+
+
+def _ip_in(text: str, net: Any) -> bool:
+    try:
+        return ipaddress.ip_address(text) in net
+    except ValueError:
+        return False
+
+
+def trim_fields(public: dict[str, Any], fields: str | None, mandatory: Iterable[str]) -> dict[str, Any]:
+    """Field trimming of 03 §2.5: unknown names → ``TM-ARG-1001``; mandatory fields kept."""
+    if not fields:
+        return public
+    names = [f.strip() for f in fields.split(",") if f.strip()]
+    if not names:
+        return public
+    for name in names:
+        if name not in PUBLIC_FIELDS:
+            raise TokMeshError(E.ARG_INVALID, f"unknown field {name!r}")
+    keep = set(names) | set(mandatory)
+    return {k: v for k, v in public.items() if k in keep}
