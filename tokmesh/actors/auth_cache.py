@@ -128,7 +128,7 @@ def _timed_verify(
 
 
 class AuthCache:
-    """The actor. Start :meth:`run` in a nursery before calling :meth:`verify`/:meth:`hash_secret`."""
+    """The actor. Start :meth:`run` in a nursery before :meth:`verify` / :meth:`hash_secret`."""
 
     def __init__(
         self,
@@ -241,7 +241,9 @@ class AuthCache:
         except trio.TooSlowError:
             raise TokMeshError(E.SYS_UNAVAILABLE, "authentication backend busy") from None
 
-    async def verify(self, key: ApiKey, secret: str, digest: bytes, generation: int) -> Grant | None:
+    async def verify(
+        self, key: ApiKey, secret: str, digest: bytes, generation: int
+    ) -> Grant | None:
         """Verify ``secret`` in a worker thread; on success cache and return the grant."""
         reply: Reply[Grant | None] = Reply()
         return await self._ask(Verify(key, secret, digest, generation, reply), reply)
@@ -291,7 +293,11 @@ class AuthCache:
                 reply.set(grant)
         except Exception as exc:  # reported to every waiter; the actor keeps serving
             for reply in self._inflight.pop(ident, ()):
-                reply.fail(TokMeshError(E.SYS_INTERNAL, f"api key verification failed: {type(exc).__name__}"))
+                reply.fail(
+                    TokMeshError(
+                        E.SYS_INTERNAL, f"api key verification failed: {type(exc).__name__}"
+                    )
+                )
         finally:
             self._inflight.pop(ident, None)
 
@@ -303,5 +309,6 @@ class AuthCache:
             self.stats.hash_runs += 1
             message.reply.set(phc)
         except Exception as exc:
-            message.reply.fail(TokMeshError(E.SYS_INTERNAL, f"api key hashing failed: {type(exc).__name__}"))
-
+            message.reply.fail(
+                TokMeshError(E.SYS_INTERNAL, f"api key hashing failed: {type(exc).__name__}")
+            )
