@@ -113,6 +113,9 @@ class Snapshotter:
         keys = [k.to_record() for k in state.keys.values()]
         position = state.position
         now = self.clock.now_ms()
+        # The snapshot claims everything up to ``position``: make the WAL durable that far
+        # first (batch mode), so a crash cannot leave a snapshot ahead of a shorter log.
+        await self.store.wal.sync_now()
         started = trio.current_time()
         try:
             info = await trio.to_thread.run_sync(

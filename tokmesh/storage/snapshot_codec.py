@@ -1,0 +1,234 @@
+"""Sans-IO snapshot codec (01 §9.3).
+
+Layout (all integers big-endian)::
+
+    magic "TOKMSNAP" (8)
+    header_len u32 · header JSON {version:1, created_at, node_id, session_count,
+                                  wal_last_offset, encrypted:true, enc_alg, key_count}
+    data_len  u64 · data  = nonce ‖ ciphertext ‖ tag of the JSON array of session records
+    keys_len  u64 · keys  = nonce ‖ ciphertext ‖ tag of the JSON array of API-key records
+    trailer (32)  = SHA-256 over every preceding byte
+
+``data_len`` is u64 (the spec allows it: 5M sessions can exceed 4 GiB). The ``keys`` part and
+``key_count`` are TokMesh additions that make API keys durable in snapshots too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import orjson
+
+from tokmesh.storage.cipher import ALGORITHMS, Cipher, DecryptError, StorageFatalError
+
+MAGIC = b"TOKMSNAP"
+FORMAT_VERSION = 1
+TRAILER_LEN = 32
+#: A header larger than this is corruption, not a real header.
+MAX_HEADER_LEN = 1024 * 1024
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class SnapshotCorrupt(Exception):
+    """Checksum mismatch, bad magic, truncation or a malformed part: try an older one."""
+
+
+@attrs.frozen(slots=True)
+class SnapshotHeader:
+    """The decoded header fields."""
+
+    version: int
+    created_at: int
+    node_id: str
+    session_count: int
+    key_count: int
+    wal_last_offset: int
+    enc_alg: str
+
+
+@attrs.frozen(slots=True)
+class EncodedSnapshot:
+    """An encoded snapshot as chunks (written in order) plus its trailer.
+
+    Kept as chunks so a large snapshot is never concatenated in memory; ``checksum`` is
+    the 32-byte SHA-256 trailer over all chunks.
+    """
+
+    chunks: tuple[bytes, ...]
+    checksum: bytes
+
+    @property
+    def size(self) -> int:
+        """Total file size, trailer included."""
+        return sum(len(c) for c in self.chunks) + TRAILER_LEN
+
+
+def encode_snapshot(
+    session_records: Sequence[dict[str, Any]],
+    key_records: Sequence[dict[str, Any]],
+    *,
+    wal_last_offset: int,
+    node_id: str,
+    created_at: int,
+    cipher: Cipher,
+) -> EncodedSnapshot:
+    """Encode (and encrypt) a snapshot of plain record dicts."""
+    header = orjson.dumps(
+        {
+            "version": FORMAT_VERSION,
+            "created_at": created_at,
+            "node_id": node_id,
+            "session_count": len(session_records),
+            "wal_last_offset": wal_last_offset,
+            "encrypted": True,
+            "enc_alg": cipher.alg,
+            "key_count": len(key_records),
+        }
+    )
+    data = cipher.encrypt(orjson.dumps(list(session_records)))
+    keys = cipher.encrypt(orjson.dumps(list(key_records)))
+    chunks = (
+        MAGIC + _U32.pack(len(header)) + header + _U64.pack(len(data)),
+        data,
+        _U64.pack(len(keys)),
+        keys,
+    )
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return EncodedSnapshot(chunks, digest.digest())
+
+
+def _take(buf: bytes, pos: int, n: int, end: int, what: str) -> int:
+    if n < 0 or pos + n > end:
+        raise SnapshotCorrupt(f"snapshot truncated in {what}")
+    return pos + n
+
+
+def _parse_header(raw: bytes) -> SnapshotHeader:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SnapshotCorrupt("snapshot header is not JSON") from None
+    if not isinstance(obj, dict):
+        raise SnapshotCorrupt("snapshot header is not a JSON object")
+    if obj.get("version") != FORMAT_VERSION:
+        raise SnapshotCorrupt(f"unsupported snapshot format version {obj.get('version')!r}")
+    if obj.get("encrypted") is not True:
+        # 01 §9.6: a plaintext snapshot while encryption is configured is fatal, never a
+        # silent load (encryption is always on in TokMesh).
+        raise StorageFatalError("snapshot is not encrypted; encryption at rest is mandatory")
+    alg = obj.get("enc_alg")
+    if alg not in ALGORITHMS:
+        raise StorageFatalError(f"snapshot uses unknown encryption algorithm {alg!r}")
+    ints = {}
+    for key in ("created_at", "session_count", "wal_last_offset"):
+        value = obj.get(key)
+        if type(value) is not int or value < 0:
+            raise SnapshotCorrupt(f"snapshot header field {key!r} invalid")
+        ints[key] = value
+    key_count = obj.get("key_count", 0)
+    if type(key_count) is not int or key_count < 0:
+        raise SnapshotCorrupt("snapshot header field 'key_count' invalid")
+    node_id = obj.get("node_id") or ""
+    if not isinstance(node_id, str):
+        raise SnapshotCorrupt("snapshot header field 'node_id' invalid")
+    return SnapshotHeader(
+        version=FORMAT_VERSION,
+        created_at=ints["created_at"],
+        node_id=node_id,
+        session_count=ints["session_count"],
+        key_count=key_count,
+        wal_last_offset=ints["wal_last_offset"],
+        enc_alg=str(alg),
+    )
+
+
+def verify_trailer(buf: bytes) -> bytes:
+    """The checksum of a complete snapshot buffer; :class:`SnapshotCorrupt` if the magic is
+    wrong, the file is too short or the SHA-256 trailer does not match."""
+    if len(buf) < len(MAGIC) + 4 + TRAILER_LEN:
+        raise SnapshotCorrupt("snapshot truncated")
+    if buf[: len(MAGIC)] != MAGIC:
+        raise SnapshotCorrupt("bad snapshot magic")
+    trailer = buf[-TRAILER_LEN:]
+    if hashlib.sha256(memoryview(buf)[:-TRAILER_LEN]).digest() != trailer:
+        raise SnapshotCorrupt("snapshot checksum mismatch")
+    return trailer
+
+
+def decode_header(buf: bytes) -> SnapshotHeader:
+    """Only the header of a (possibly partial) snapshot buffer; no checksum check."""
+    if buf[: len(MAGIC)] != MAGIC:
+        raise SnapshotCorrupt("bad snapshot magic")
+    pos = _take(buf, len(MAGIC), 4, len(buf), "header length")
+    (hlen,) = _U32.unpack_from(buf, len(MAGIC))
+    if hlen > MAX_HEADER_LEN:
+        raise SnapshotCorrupt("impossible snapshot header length")
+    end = _take(buf, pos, hlen, len(buf), "header")
+    return _parse_header(buf[pos:end])
+
+
+def decode_snapshot(
+    buf: bytes, cipher: Cipher
+) -> tuple[SnapshotHeader, list[dict[str, Any]], list[dict[str, Any]], bytes]:
+    """``(header, session_records, key_records, checksum)`` of a complete snapshot file.
+
+    :class:`SnapshotCorrupt` for bad magic, truncation, checksum mismatch or malformed
+    parts; :class:`StorageFatalError` for a plaintext snapshot, and :class:`DecryptError`
+    when a checksum-valid blob does not authenticate (wrong key): both fatal (01 §9.6).
+    """
+    checksum = verify_trailer(buf)
+    end = len(buf) - TRAILER_LEN
+    pos = _take(buf, len(MAGIC), 4, end, "header length")
+    (hlen,) = _U32.unpack_from(buf, len(MAGIC))
+    if hlen > MAX_HEADER_LEN:
+        raise SnapshotCorrupt("impossible snapshot header length")
+    hend = _take(buf, pos, hlen, end, "header")
+    header = _parse_header(buf[pos:hend])
+    pos = _take(buf, hend, 8, end, "data length")
+    (dlen,) = _U64.unpack_from(buf, hend)
+    dend = _take(buf, pos, dlen, end, "data")
+    view = memoryview(buf)  # slices without copying a possibly huge data blob
+    data_blob = view[pos:dend]
+    pos = _take(buf, dend, 8, end, "keys length")
+    (klen,) = _U64.unpack_from(buf, dend)
+    kend = _take(buf, pos, klen, end, "keys")
+    keys_blob = view[pos:kend]
+    if kend != end:
+        raise SnapshotCorrupt("trailing bytes after snapshot keys")
+    sessions = _decrypt_list(cipher, data_blob, header.enc_alg, "sessions")
+    keys = _decrypt_list(cipher, keys_blob, header.enc_alg, "keys")
+    if len(sessions) != header.session_count or len(keys) != header.key_count:
+        raise SnapshotCorrupt("snapshot record counts do not match its header")
+    return header, sessions, keys, checksum
+
+
+def _decrypt_list(cipher: Cipher, blob: memoryview, alg: str, what: str) -> list[dict[str, Any]]:
+    plaintext = cipher.decrypt(blob, alg)  # DecryptError propagates (fatal)
+    try:
+        items = orjson.loads(plaintext)
+    except orjson.JSONDecodeError:
+        raise SnapshotCorrupt(f"snapshot {what} are not JSON") from None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise SnapshotCorrupt(f"snapshot {what} are not a list of objects")
+    return items
+
+
+__all__ = [
+    "MAGIC",
+    "DecryptError",
+    "EncodedSnapshot",
+    "SnapshotCorrupt",
+    "SnapshotHeader",
+    "decode_header",
+    "decode_snapshot",
+    "encode_snapshot",
+    "verify_trailer",
+]

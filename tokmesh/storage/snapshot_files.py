@@ -1,0 +1,335 @@
+"""Blocking snapshot files: atomic write, listing, loading with fallback, retention
+(01 §9.3–§9.6). Runs in a worker thread (``trio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.session import Session
+from tokmesh.storage.cipher import Cipher, DecryptError, StorageFatalError, ensure_dir, fsync_dir
+from tokmesh.storage.snapshot_codec import (
+    TRAILER_LEN,
+    SnapshotCorrupt,
+    decode_header,
+    decode_snapshot,
+    encode_snapshot,
+)
+from tokmesh.storage.wal_codec import split_position
+
+_log = logging.getLogger("tokmesh.storage")
+_SNAP_RE = re.compile(r"snapshot-(\d{14})-(\d{4})\.snap")
+_DAY_MS = 86_400_000
+
+
+class SnapshotError(TokMeshError):
+    """Writing a snapshot failed (``TM-SYS-5002``); older snapshots are untouched."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(E.SYS_BACKUP, message)
+
+
+@attrs.frozen(slots=True)
+class SnapshotInfo:
+    """Metadata of one snapshot file (01 §9.4); ``checksum`` is the hex SHA-256 trailer."""
+
+    id: str
+    path: Path
+    size: int
+    created_at: int
+    session_count: int
+    key_count: int
+    wal_last_offset: int
+    checksum: str
+    node_id: str
+
+
+@attrs.frozen(slots=True)
+class LoadedSnapshot:
+    """A decoded, verified snapshot."""
+
+    info: SnapshotInfo
+    sessions: list[Session]
+    api_keys: list[dict[str, Any]]
+
+
+def snapshot_timestamp_ms(name: str) -> int | None:
+    """Creation time (UTC, second precision) encoded in a snapshot file name."""
+    m = _SNAP_RE.fullmatch(name)
+    if not m:
+        return None
+    dt = datetime.strptime(m.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1000
+
+
+def list_snapshots(snapshot_dir: Path) -> list[Path]:
+    """Snapshot files of ``snapshot_dir``, newest first (name order = time order)."""
+    try:
+        names = [
+            e.name
+            for e in os.scandir(snapshot_dir)
+            if _SNAP_RE.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+        ]
+    except FileNotFoundError:
+        return []
+    names.sort(reverse=True)
+    return [Path(snapshot_dir) / n for n in names]
+
+
+def _next_id(snapshot_dir: Path, now_ms: int) -> str:
+    stamp = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y%m%d%H%M%S")
+    prefix = f"snapshot-{stamp}-"
+    seqs = [
+        int(p.name[len(prefix) : len(prefix) + 4])
+        for p in list_snapshots(snapshot_dir)
+        if p.name.startswith(prefix)
+    ]
+    seq = max(seqs, default=0) + 1
+    if seq > 9999:
+        raise SnapshotError("too many snapshots within one second")
+    return f"{prefix}{seq:04d}"
+
+
+def _write_chunks(fd: int, chunks: Sequence[bytes]) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def write_snapshot(
+    snapshot_dir: Path,
+    sessions: Sequence[Session],
+    api_keys: Sequence[dict[str, Any]],
+    wal_last_offset: int,
+    node_id: str,
+    cipher: Cipher,
+    now_ms: int,
+) -> SnapshotInfo:
+    """Encode, encrypt and atomically write a snapshot (01 §9.3, §9.4).
+
+    ``<id>.tmp`` (0600) → fsync → close → rename to ``<id>.snap`` → fsync dir. On any
+    failure the temp file is removed and :class:`SnapshotError` (``TM-SYS-5002``) raised.
+    The WAL must already be durable up to ``wal_last_offset`` when this is called: a
+    snapshot must never claim records the WAL could still lose.
+    """
+    snapshot_dir = Path(snapshot_dir)
+    try:
+        ensure_dir(snapshot_dir)
+        encoded = encode_snapshot(
+            [s.to_record() for s in sessions],
+            api_keys,
+            wal_last_offset=wal_last_offset,
+            node_id=node_id,
+            created_at=now_ms,
+            cipher=cipher,
+        )
+        snap_id = _next_id(snapshot_dir, now_ms)
+    except (OSError, TypeError, ValueError) as exc:
+        # TypeError/ValueError: a record that JSON cannot encode (orjson.JSONEncodeError).
+        raise SnapshotError(f"snapshot encoding failed: {type(exc).__name__}") from exc
+    tmp = snapshot_dir / f"{snap_id}.tmp"
+    final = snapshot_dir / f"{snap_id}.snap"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            _write_chunks(fd, [*encoded.chunks, encoded.checksum])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if final.exists():  # rename would silently replace it
+            raise FileExistsError(final.name)
+        os.rename(tmp, final)
+        fsync_dir(snapshot_dir)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise SnapshotError(f"writing snapshot {snap_id} failed: {exc.strerror or exc}") from exc
+    info = SnapshotInfo(
+        id=snap_id,
+        path=final,
+        size=encoded.size,
+        created_at=now_ms,
+        session_count=len(sessions),
+        key_count=len(api_keys),
+        wal_last_offset=wal_last_offset,
+        checksum=encoded.checksum.hex(),
+        node_id=node_id,
+    )
+    _log.info(
+        "snapshot %s written: %d sessions, %d keys, %d bytes",
+        snap_id,
+        info.session_count,
+        info.key_count,
+        info.size,
+    )
+    return info
+
+
+def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
+    """Load and verify one snapshot file.
+
+    :class:`SnapshotCorrupt` on checksum/magic/truncation/malformed content (callers fall
+    back to an older file); :class:`StorageFatalError` on an AEAD failure or a plaintext
+    snapshot (never a silent empty load).
+    """
+    path = Path(path)
+    try:
+        buf = path.read_bytes()
+    except OSError as exc:
+        raise SnapshotCorrupt(f"cannot read snapshot: {exc.strerror or exc}") from None
+    try:
+        header, records, keys, checksum = decode_snapshot(buf, cipher)
+    except DecryptError as exc:
+        raise StorageFatalError(
+            f"snapshot {path.name}: cannot decrypt: {exc}", {"snapshot": path.name}
+        ) from None
+    try:
+        sessions = [Session.from_record(r) for r in records]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SnapshotCorrupt(
+            f"malformed session record in snapshot: {type(exc).__name__}"
+        ) from None
+    info = SnapshotInfo(
+        id=path.name.removesuffix(".snap"),
+        path=path,
+        size=len(buf),
+        created_at=header.created_at,
+        session_count=header.session_count,
+        key_count=header.key_count,
+        wal_last_offset=header.wal_last_offset,
+        checksum=checksum.hex(),
+        node_id=header.node_id,
+    )
+    return LoadedSnapshot(info, sessions, keys)
+
+
+def peek_snapshot_info(path: Path) -> SnapshotInfo:
+    """Header-only :class:`SnapshotInfo` (no checksum verification, no decryption), for
+    listings; ``checksum`` is the stored trailer. :class:`SnapshotCorrupt` if unreadable."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(64 * 1024)
+            if size >= TRAILER_LEN:
+                fh.seek(size - TRAILER_LEN)
+                trailer = fh.read(TRAILER_LEN)
+            else:
+                trailer = b""
+    except OSError as exc:
+        raise SnapshotCorrupt(f"cannot read snapshot: {exc.strerror or exc}") from None
+    header = decode_header(head)
+    return SnapshotInfo(
+        id=path.name.removesuffix(".snap"),
+        path=path,
+        size=size,
+        created_at=header.created_at,
+        session_count=header.session_count,
+        key_count=header.key_count,
+        wal_last_offset=header.wal_last_offset,
+        checksum=trailer.hex(),
+        node_id=header.node_id,
+    )
+
+
+def clean_temp_files(snapshot_dir: Path) -> list[str]:
+    """Remove stale ``*.tmp`` files left by an interrupted write; returns their names."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(snapshot_dir))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if entry.name.endswith(".tmp") and entry.name.startswith("snapshot-"):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(entry.name)
+    if removed:
+        _log.info("removed %d stale snapshot temp files", len(removed))
+    return removed
+
+
+def load_newest_valid(snapshot_dir: Path, cipher: Cipher) -> LoadedSnapshot | None:
+    """The newest snapshot that verifies, falling back to older ones (01 §9.6).
+
+    Corrupt files are skipped with a WARN; :class:`StorageFatalError` (wrong key,
+    plaintext file) stops the search. ``None`` when there is no valid snapshot (an ERROR
+    is logged when some existed but none was valid). Stale temp files are removed first.
+    """
+    clean_temp_files(snapshot_dir)
+    paths = list_snapshots(snapshot_dir)
+    for path in paths:
+        try:
+            loaded = read_snapshot(path, cipher)
+        except SnapshotCorrupt as exc:
+            _log.warning("snapshot %s is not usable (%s); trying an older one", path.name, exc)
+            continue
+        _log.info(
+            "loaded snapshot %s: %d sessions, %d keys",
+            path.name,
+            loaded.info.session_count,
+            loaded.info.key_count,
+        )
+        return loaded
+    if paths:
+        _log.error("none of the %d snapshots is valid; recovering from the WAL alone", len(paths))
+    return None
+
+
+def apply_retention(snapshot_dir: Path, count: int, days: int, now_ms: int) -> list[str]:
+    """Delete snapshots outside (newest ``count``) ∪ (created within ``days``) (01 §9.5).
+
+    The newest snapshot is always kept. Age comes from the UTC time in the file name.
+    Returns the removed file names.
+    """
+    paths = list_snapshots(snapshot_dir)
+    horizon = now_ms - days * _DAY_MS
+    removed: list[str] = []
+    for index, path in enumerate(paths):
+        if index < max(count, 1):
+            continue
+        created = snapshot_timestamp_ms(path.name)
+        if created is not None and created >= horizon:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path.name)
+    if removed:
+        fsync_dir(Path(snapshot_dir))
+        _log.info("snapshot retention removed %d files", len(removed))
+    return removed
+
+
+def compaction_cut_segment(snapshot_dir: Path) -> int | None:
+    """Segment id below which WAL segments may be deleted (01 §8.8, the safer variant).
+
+    Uses the second-newest readable snapshot header so a fallback to it still has its
+    complete WAL tail; with a single snapshot, that one. ``None`` without snapshots.
+    """
+    offsets: list[int] = []
+    for path in list_snapshots(snapshot_dir):
+        try:
+            offsets.append(peek_snapshot_info(path).wal_last_offset)
+        except (SnapshotCorrupt, StorageFatalError):
+            continue
+        if len(offsets) == 2:
+            break
+    if not offsets:
+        return None
+    return split_position(offsets[-1])[0]
