@@ -22,12 +22,13 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import attrs
 import trio
 from argon2 import PasswordHasher
 
+from tokmesh.actors.reply import Reply
 from tokmesh.domain.apikey import ApiKey
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.errors import E, TokMeshError
@@ -40,36 +41,6 @@ from tokmesh.services.auth_argon2 import (
 from tokmesh.services.auth_grants import Grant, make_grant
 
 T = TypeVar("T")
-
-
-class Reply(Generic[T]):
-    """One-shot future carried inside a request message."""
-
-    __slots__ = ("_done", "_error", "_value")
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._value: T | None = None
-        self._error: BaseException | None = None
-
-    def set(self, value: T) -> None:
-        """Resolve with ``value`` (only the first resolution counts)."""
-        if not self._done.is_set():
-            self._value = value
-            self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        """Resolve with an exception that :meth:`wait` re-raises."""
-        if not self._done.is_set():
-            self._error = error
-            self._done.set()
-
-    async def wait(self) -> T:
-        """Wait for the actor's answer."""
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
 
 
 @attrs.frozen(slots=True)

@@ -1,0 +1,248 @@
+"""Business routes (03 §3): thin adapters from HTTP to :class:`SessionService`.
+
+They parse and check the request shape (03 owns HTTP: strict bodies, the 1..max TTL
+range), call exactly one service function and render the envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokmesh.api.envelope import check_str_map, int_param, ok, parse_body
+from tokmesh.api.http_types import HttpResponse
+from tokmesh.api.routes import SCOPE_BUSINESS, Call, Route
+from tokmesh.domain import apikey as ak
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.services.sessions import ListQuery, SessionService, trim_fields
+
+TOUCH_FIELDS = ("id", "user_id", "expires_at", "last_active", "version")
+
+
+def _svc(call: Call) -> SessionService:
+    svc = call.deps.sessions
+    if svc is None:
+        raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready")
+    return svc
+
+
+def _ttl_range(call: Call, value: int | None, *, required: bool) -> int | None:
+    """03 §3.3/§3.4: a given ``ttl_seconds`` must be 1..``session.ttl.max``."""
+    if value is None:
+        if required:
+            raise TokMeshError(E.ARG_MISSING, "ttl_seconds is required", {"field": "ttl_seconds"})
+        return None
+    max_s = _svc(call).settings.ttl_max_ms // 1000
+    if value < 1 or value > max_s:
+        raise TokMeshError(
+            E.ARG_INVALID,
+            f"ttl_seconds must be between 1 and {max_s}",
+            {"field": "ttl_seconds", "max": max_s},
+        )
+    return value
+
+
+CREATE_SCHEMA: dict[str, Any] = {
+    "user_id": (str, True),
+    "device_id": (str, False),
+    "ttl_seconds": (int, False),
+    "data": (dict, False),
+    "token": (str, False),
+    "idle_timeout_seconds": (int, False),
+}
+
+
+async def create_session(call: Call) -> HttpResponse:
+    """``POST /sessions`` → 201 ``{session_id, token, expires_at, session}``."""
+    body = parse_body(call.req.body, CREATE_SCHEMA)
+    data = check_str_map(body.get("data"), "data")
+    ttl = _ttl_range(call, body.get("ttl_seconds"), required=False)
+    res = await _svc(call).create(
+        call.context(),
+        body.get("user_id"),
+        device_id=body.get("device_id"),
+        data=data,
+        ttl_seconds=ttl,
+        token=body.get("token"),
+        idle_timeout_seconds=body.get("idle_timeout_seconds"),
+    )
+    s = res.session
+    return ok(
+        call.rid,
+        {
+            "session_id": s.id,
+            "token": res.token,
+            "expires_at": s.expires_at,
+            "session": s.to_public(),
+        },
+        status=201,
+    )
+
+
+async def get_session(call: Call) -> HttpResponse:
+    """``GET /sessions/{id}``: pure read."""
+    s = _svc(call).get(call.params["session_id"])
+    return ok(call.rid, trim_fields(s.to_public(), call.query.get("fields"), ("id",)))
+
+
+async def touch_session(call: Call) -> HttpResponse:
+    """``POST /sessions/{id}/touch``: body must be empty or ``{}``."""
+    parse_body(call.req.body, {})
+    s = await _svc(call).touch(call.context(), call.params["session_id"])
+    return ok(call.rid, trim_fields(s.to_public(), call.query.get("fields"), TOUCH_FIELDS))
+
+
+async def renew_session(call: Call) -> HttpResponse:
+    """``POST /sessions/{id}/renew`` → ``{new_expires_at}``."""
+    body = parse_body(call.req.body, {"ttl_seconds": (int, True), "expected_version": (int, False)})
+    ttl = _ttl_range(call, body.get("ttl_seconds"), required=True)
+    s = await _svc(call).renew(
+        call.context(), call.params["session_id"], ttl, body.get("expected_version")
+    )
+    return ok(call.rid, {"new_expires_at": s.expires_at, "version": s.version})
+
+
+async def revoke_session(call: Call) -> HttpResponse:
+    """``POST /sessions/{id}/revoke``: idempotent ``{success: true}``."""
+    parse_body(call.req.body, {"sync": (bool, False)})
+    await _svc(call).revoke(call.context(), call.params["session_id"])
+    return ok(call.rid, {"success": True})
+
+
+async def revoke_user(call: Call) -> HttpResponse:
+    """``POST /users/{user_id}/sessions/revoke`` → ``{revoked_count}``."""
+    body = parse_body(call.req.body, {"sync": (bool, False), "except_session_id": (str, False)})
+    n = await _svc(call).revoke_user(
+        call.context(), call.params["user_id"], body.get("except_session_id")
+    )
+    return ok(call.rid, {"revoked_count": n})
+
+
+async def validate_token(call: Call) -> HttpResponse:
+    """``POST /tokens/validate`` → ``{valid: true, session}`` or the token error (R6)."""
+    body = parse_body(call.req.body, {"token": (str, True), "touch": (bool, False)})
+    svc = _svc(call)
+    if body.get("touch"):
+        s = await svc.validate_touch(call.context(), body["token"])
+    else:
+        s = svc.validate(body["token"])
+    return ok(call.rid, {"valid": True, "session": s.to_public()})
+
+
+def _time_param(params: dict[str, str], name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        raise TokMeshError(E.ARG_INVALID, f"{name} must be Unix ms or RFC 3339") from None
+
+
+async def list_sessions(call: Call) -> HttpResponse:
+    """``GET /sessions``: issuer must filter by ``user_id``; admin may list everything."""
+    q = call.query
+    user_id = q.get("user_id") or None
+    principal = call.principal
+    if principal is not None and principal.role != ak.ROLE_ADMIN and user_id is None:
+        raise TokMeshError(E.AUTH_FORBIDDEN, "issuer keys must filter by user_id")
+    page = int_param(q, "page", 1, 1)
+    size = int_param(q, "size", 20, 1, 100)
+    end = _time_param(q, "time_range_end")
+    active_after = _time_param(q, "active_after")
+    res = _svc(call).list_sessions(
+        ListQuery(
+            user_id=user_id,
+            device_id=q.get("device_id") or None,
+            key_id=(q.get("key_id") or "").lower() or None,
+            ip_address=q.get("ip_address") or None,
+            created_after=_time_param(q, "time_range_start"),
+            created_before=end + 1 if end is not None else None,
+            active_after=active_after + 1 if active_after is not None else None,
+            status=q.get("status") or "active",
+            sort_by=q.get("sort_by") or "created_at",
+            sort_order=q.get("sort_order") or "desc",
+            page=page,
+            size=size,
+        )
+    )
+    fields = q.get("fields")
+    items = [trim_fields(s.to_public(), fields, ("id",)) for s in res.items]
+    return ok(call.rid, {"items": items, "total_items": res.total, "page": page, "size": size})
+
+
+def business_routes() -> list[Route]:
+    """The routes of 03 §3.2 (all served inline by the native front)."""
+    b = SCOPE_BUSINESS
+    return [
+        Route(
+            "POST",
+            "/sessions",
+            create_session,
+            b,
+            ak.PERM_SESSION_CREATE,
+            True,
+            "Create a session",
+            success_status=201,
+        ),
+        Route("GET", "/sessions", list_sessions, b, ak.PERM_SESSION_LIST, True, "List sessions"),
+        Route(
+            "GET",
+            "/sessions/{session_id}",
+            get_session,
+            b,
+            ak.PERM_SESSION_READ,
+            True,
+            "Get a session",
+        ),
+        Route(
+            "POST",
+            "/sessions/{session_id}/touch",
+            touch_session,
+            b,
+            ak.PERM_SESSION_TOUCH,
+            True,
+            "Touch a session",
+        ),
+        Route(
+            "POST",
+            "/sessions/{session_id}/renew",
+            renew_session,
+            b,
+            ak.PERM_SESSION_RENEW,
+            True,
+            "Renew a session",
+        ),
+        Route(
+            "POST",
+            "/sessions/{session_id}/revoke",
+            revoke_session,
+            b,
+            ak.PERM_SESSION_REVOKE,
+            True,
+            "Revoke a session",
+        ),
+        Route(
+            "POST",
+            "/users/{user_id}/sessions/revoke",
+            revoke_user,
+            b,
+            ak.PERM_SESSION_REVOKE_USER,
+            True,
+            "Revoke all sessions of a user",
+        ),
+        Route(
+            "POST",
+            "/tokens/validate",
+            validate_token,
+            b,
+            ak.PERM_TOKEN_VALIDATE,
+            True,
+            "Validate a token",
+        ),
+    ]

@@ -1,0 +1,111 @@
+"""What the HTTP routes depend on: the engine, auth, keys, readiness, telemetry.
+
+Built once by the composition root (``tokmesh/server.py``) and handed to :class:`Api`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from tokmesh.actors.engine import Readiness, StorageEngine
+from tokmesh.api.http_types import HttpRequest, HttpResponse
+from tokmesh.services.auth import Authenticator
+from tokmesh.services.keys import KeyService
+from tokmesh.services.sessions import SessionService
+from tokmesh.telemetry import audit as audit_mod
+from tokmesh.telemetry import metrics
+
+if TYPE_CHECKING:
+    from tokmesh.api.routes import Call, Route
+
+
+class ApiDeps:
+    """Service handles and cross-cutting hooks used by the route handlers."""
+
+    def __init__(
+        self,
+        engine: StorageEngine,
+        auth: Authenticator,
+        keys: KeyService,
+        *,
+        node_id: str,
+        version: str,
+        build_time: str = "unknown",
+        audit: audit_mod.AuditLog | None = None,
+        config: Any = None,
+        server: Any = None,
+    ) -> None:
+        self.engine = engine
+        self.auth = auth
+        self.keys = keys
+        self.readiness: Readiness = engine.readiness
+        self.node_id = node_id
+        self.version = version
+        self.build_time = build_time
+        self.audit = audit
+        self.config = config
+        #: the running server (config reload, maintenance, restore); optional in tests
+        self.server = server
+        self.started_at = time.time()
+        self.gc_last: dict[str, float] = {}
+        self._qps_window: list[float] = [time.monotonic(), 0.0, 0.0]
+
+    @property
+    def sessions(self) -> SessionService | None:
+        """The session service (``None`` until recovery finished)."""
+        return self.engine.sessions
+
+    def current_qps(self) -> float:
+        """Requests per second over the last completed window (cheap, approximate)."""
+        start, count, last = self._qps_window
+        now = time.monotonic()
+        if now - start >= 1.0:
+            return count / (now - start)
+        return last
+
+    def observe(
+        self,
+        route: Route,
+        req: HttpRequest,
+        resp: HttpResponse,
+        started: float,
+        call: Call | None,
+    ) -> None:
+        """Per-request counters: no logging on the hot path (DESIGN §3)."""
+        window = self._qps_window
+        now = time.monotonic()
+        if now - window[0] >= 1.0:
+            window[2] = window[1] / (now - window[0])
+            window[0] = now
+            window[1] = 0.0
+        window[1] += 1
+        metrics.observe_api_request(
+            req.method, route.path, resp.status, time.perf_counter() - started
+        )
+
+    def audit_request(self, call: Call, resp: HttpResponse) -> None:
+        """Request-level audit of admin calls and business writes (02 §16)."""
+        log = self.audit
+        if log is None:
+            return
+        p = call.principal
+        route = call.route
+        ua = call.req.get_header(b"user-agent")
+        action = route.audit_action or audit_mod.admin_action(route.method, route.path)
+        log.append(
+            audit_mod.AuditRecord.new(
+                action,
+                result="SUCCESS" if resp.status < 400 else "FAILURE",
+                operator_id=p.key_id if p else None,
+                operator_role=p.role if p else None,
+                resource=call.req.path,
+                ip_address=call.client_ip,
+                tcp_remote_ip=call.req.peer_ip,
+                user_agent=ua.decode("latin-1") if ua else "",
+                request_id=call.rid,
+                method=route.method,
+                route=route.path,
+                status=resp.status,
+            )
+        )

@@ -1,0 +1,619 @@
+"""One HTTP/1.x connection: llhttp (``httptools``) callbacks plus a sequential I/O loop.
+
+The connection object is the parser's callback protocol. Callbacks only record state
+(they cannot await); the loop in :meth:`HttpConnection.serve` reads, feeds the parser,
+then answers every request completed by that read, in order, in the connection's own
+task, and sends all those answers with one ``send_all``. Nothing is spawned per request.
+
+Failure policy (the connection always stays in a defined state):
+
+- malformed request, smuggling shapes (``Content-Length`` with ``Transfer-Encoding``,
+  duplicate lengths, a coding other than ``chunked``, ``Transfer-Encoding`` on
+  HTTP/1.0, missing or repeated ``Host``), bad chunked framing: 400 ``TM-SYS-4000``;
+- head larger than ``max_header_bytes`` or with too many fields: 431 ``TM-SYS-4000``;
+- body larger than ``max_body_size``: 413 ``TM-ADMIN-4130`` (as soon as a declared
+  ``Content-Length`` shows it, so ``Expect: 100-continue`` clients never send it);
+- HTTP version other than 1.0/1.1: 505 ``TM-SYS-4000``;
+- head or buffered body not complete in time: 408 ``TM-SYS-4000``;
+
+each answered after the requests before it, with ``Connection: close``; parsing stops
+at the error, so bytes after it (a smuggled request) are never executed. An idle
+keep-alive connection that times out is closed without an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+import httptools
+import trio
+
+from tokmesh.api.http_errors import error_response, exception_response
+from tokmesh.api.http_limits import HttpLimits
+from tokmesh.api.http_render import (
+    CONTINUE,
+    LAST_CHUNK,
+    Framing,
+    HeaderInjectionError,
+    encode_chunk,
+    encode_head,
+)
+from tokmesh.api.http_request_id import request_id_for, request_id_from_headers
+from tokmesh.api.http_types import (
+    Header,
+    HttpApp,
+    HttpRequest,
+    HttpResponse,
+    RequestBodyError,
+    StreamingPredicate,
+    UpgradeHandler,
+)
+from tokmesh.domain.errors import E, ErrorCode, TokMeshError
+
+LOGGER = logging.getLogger("tokmesh.api.http")
+
+_METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_HOST = b"host"
+_EXPECT = b"expect"
+_UPGRADE = b"upgrade"
+_WATCHED = frozenset({_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _EXPECT})
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback: answer with this error and stop parsing."""
+
+    def __init__(
+        self,
+        error: ErrorCode,
+        message: str,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.message = message
+        self.status = status
+        self.details = details
+
+    def as_body_error(self) -> RequestBodyError:
+        """The same failure as seen by a handler reading a streamed body."""
+        return RequestBodyError(self.error, self.message, status=self.status, details=self.details)
+
+
+class _StopParsing(Exception):
+    """Raised inside a parser callback: the connection ends after this message."""
+
+
+class ServerHooks:
+    """Per-listener settings shared by all its connections (read-only)."""
+
+    __slots__ = (
+        "app",
+        "control",
+        "limits",
+        "streaming_predicate",
+        "upgrade_handler",
+        "upgrade_paths",
+    )
+
+    def __init__(
+        self,
+        app: HttpApp,
+        limits: HttpLimits,
+        control: Any,
+        streaming_predicate: StreamingPredicate | None = None,
+        upgrade_handler: UpgradeHandler | None = None,
+        upgrade_paths: frozenset[str] = frozenset({"/events"}),
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        # A ServerControl (typed loosely to keep this module free of the server module).
+        self.control = control
+        self.streaming_predicate = streaming_predicate
+        self.upgrade_handler = upgrade_handler
+        self.upgrade_paths = upgrade_paths
+
+
+class BodyStream:
+    """``HttpRequest.stream`` for streamed routes: yields body chunks as they arrive.
+
+    Reading pulls from the connection in the handler's own task (no extra task); the
+    size limit and the per-read ``body_timeout`` still apply. Failures raise
+    :class:`RequestBodyError`.
+    """
+
+    __slots__ = ("_conn", "chunks", "complete", "error")
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self._conn = conn
+        self.chunks: deque[bytes] = deque()
+        self.complete = False
+        self.error: RequestBodyError | None = None
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self.chunks:
+                return self.chunks.popleft()
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                raise StopAsyncIteration
+            await self._conn.pull_body(self)
+
+    async def read_all(self) -> bytes:
+        """The rest of the body in one piece (still bounded by ``max_body_size``)."""
+        return b"".join([chunk async for chunk in self])
+
+
+class HttpConnection:
+    """State and loop of one accepted connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        hooks: ServerHooks,
+        stream: trio.abc.Stream,
+        *,
+        peer: tuple[str, int] = ("", 0),
+        local: tuple[str, int] = ("", 0),
+        tls: bool = False,
+    ) -> None:
+        self.hooks = hooks
+        self.limits = hooks.limits
+        self.app = hooks.app
+        self.stream = stream
+        self.peer_ip, self.peer_port = peer
+        self.server_ip, self.server_port = local
+        self.tls = tls
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[HttpRequest] = deque()
+        self.out = bytearray()
+        # Terminal state.
+        self.error: _Reject | None = None
+        self.stop_parsing = False
+        self.must_close = False
+        self.upgrade_req: HttpRequest | None = None
+        self.upgrade_rest = b""
+        self.handed_over = False
+        # State of the message being parsed.
+        self.in_head = False
+        self.in_body = False
+        self.url = b""
+        self.headers: list[Header] = []
+        self.head_bytes = 0
+        self.head_raw = 0
+        self.trailer_bytes = 0
+        self.content_length: int | None = None
+        self.transfer_encoding: bytes | None = None
+        self.host_count = 0
+        self.expect_continue = False
+        self.continue_pending = False
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.head_deadline = 0.0
+        self.body_deadline = 0.0
+        self.cur_req: HttpRequest | None = None
+        self.cur_stream: BodyStream | None = None
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        """llhttp: a new request starts."""
+        self.in_head = True
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.head_raw = 0
+        self.trailer_bytes = 0
+        self.content_length = None
+        self.transfer_encoding = None
+        self.host_count = 0
+        self.expect_continue = False
+        self.body_parts = []
+        self.body_size = 0
+        self.head_deadline = trio.current_time() + self.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        """llhttp: (part of) the request target."""
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > self.limits.max_header_bytes:
+            raise _Reject(E.SYS_BAD_REQUEST, "request header fields too large", 431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """llhttp (via httptools): one complete header field, or a trailer field."""
+        limits = self.limits
+        if not self.in_head:
+            # Chunked trailers: bounded like the head, otherwise ignored.
+            self.trailer_bytes += len(name) + len(value) + 4
+            if self.trailer_bytes > limits.max_header_bytes:
+                raise _Reject(E.SYS_BAD_REQUEST, "request trailer fields too large", 431)
+            return
+        if value and value[-1] in (32, 9):
+            value = value.rstrip(b" \t")
+        self.head_bytes += len(name) + len(value) + 4
+        if (
+            self.head_bytes > limits.max_header_bytes
+            or len(self.headers) >= limits.max_header_count
+        ):
+            raise _Reject(E.SYS_BAD_REQUEST, "request header fields too large", 431)
+        lname = name.lower()
+        if lname in _WATCHED:
+            if lname == _CONTENT_LENGTH:
+                # llhttp has already rejected non-digits, overflow and duplicates.
+                self.content_length = int(value)
+            elif lname == _TRANSFER_ENCODING:
+                self.transfer_encoding = value
+            elif lname == _HOST:
+                self.host_count += 1
+            else:
+                self.expect_continue = value.lower() == b"100-continue"
+        self.headers.append((lname, value))
+
+    def on_headers_complete(self) -> None:
+        """llhttp: the head is complete; validate it and build the request."""
+        self.in_head = False
+        parser = self.parser
+        limits = self.limits
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Reject(E.SYS_BAD_REQUEST, "HTTP version not supported", 505)
+        if self.host_count != 1 and (self.host_count > 1 or version == "1.1"):
+            raise _Reject(E.SYS_BAD_REQUEST, "exactly one Host header is required")
+        te = self.transfer_encoding
+        if te is not None and (version == "1.0" or te.strip().lower() != b"chunked"):
+            raise _Reject(E.SYS_BAD_REQUEST, "unsupported Transfer-Encoding")
+        if self.content_length is not None and self.content_length > limits.max_body_size:
+            raise _Reject(
+                E.ADMIN_TOO_LARGE,
+                "request body too large",
+                details={"max_body_size": limits.max_body_size},
+            )
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
+        url = self.url
+        if url[:1] != b"/" and b"://" in url:
+            # absolute-form target (RFC 9112 §3.2.2): keep only path and query.
+            parsed = httptools.parse_url(url)
+            url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+        path, _, query = url.partition(b"?")
+        if b"#" in query:
+            query = query.partition(b"#")[0]
+        req = HttpRequest(
+            method,
+            path.decode("latin-1"),
+            query.decode("latin-1"),
+            self.headers,
+            peer_ip=self.peer_ip,
+            peer_port=self.peer_port,
+            server_ip=self.server_ip,
+            server_port=self.server_port,
+            http_version=version,
+            keep_alive=parser.should_keep_alive(),
+            tls=self.tls,
+        )
+        self.cur_req = req
+        self.in_body = True
+        self.body_deadline = trio.current_time() + limits.body_timeout
+        self.continue_pending = self.expect_continue and version == "1.1"
+        if parser.should_upgrade():
+            self.upgrade_req = req
+        predicate = self.hooks.streaming_predicate
+        if predicate is not None and predicate(method, req.path):
+            stream = BodyStream(self)
+            req.stream = stream
+            self.cur_stream = stream
+            self.queue.append(req)
+
+    def on_body(self, data: bytes) -> None:
+        """llhttp: (part of) the body, already de-chunked."""
+        self.body_size += len(data)
+        if self.body_size > self.limits.max_body_size:
+            raise _Reject(
+                E.ADMIN_TOO_LARGE,
+                "request body too large",
+                details={"max_body_size": self.limits.max_body_size},
+            )
+        self.continue_pending = False
+        stream = self.cur_stream
+        if stream is not None:
+            stream.chunks.append(data)
+        else:
+            self.body_parts.append(data)
+
+    def on_message_complete(self) -> None:
+        """llhttp: the request is complete; queue it (streamed ones are queued already)."""
+        self.in_body = False
+        self.continue_pending = False
+        req = self.cur_req
+        self.cur_req = None
+        if req is None:  # pragma: no cover - llhttp always reports the head first
+            return
+        stream = self.cur_stream
+        if stream is not None:
+            stream.complete = True
+            self.cur_stream = None
+        else:
+            parts = self.body_parts
+            if parts:
+                req.body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self.queue.append(req)
+        if not req.keep_alive and self.upgrade_req is not req:
+            # Anything after a closing request is ignored; llhttp would call it an error.
+            raise _StopParsing()
+
+    # ------------------------------------------------------------------ feeding
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Feed one read to the parser; record the outcome, never raise parse errors."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            inner = exc.__context__
+            if isinstance(inner, _StopParsing):
+                self.stop_parsing = True
+            elif isinstance(inner, _Reject):
+                self._fail(inner)
+            else:
+                LOGGER.error("HTTP parser callback failed", exc_info=inner)
+                self._fail(_Reject(E.SYS_INTERNAL, E.SYS_INTERNAL.message))
+            return
+        except httptools.HttpParserUpgrade as exc:
+            self.stop_parsing = True
+            self.upgrade_rest = bytes(data[exc.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            reason = str(exc) or "malformed request"
+            self._fail(_Reject(E.SYS_BAD_REQUEST, f"malformed HTTP request: {reason}"))
+            return
+        if self.in_head:
+            # llhttp keeps a partial header line in memory; bound that too. The first
+            # read of a message may also hold earlier requests, hence the read_size slack.
+            self.head_raw += len(data)
+            if self.head_raw > self.limits.max_header_bytes + self.limits.read_size:
+                self._fail(_Reject(E.SYS_BAD_REQUEST, "request header fields too large", 431))
+
+    def _fail(self, rej: _Reject) -> None:
+        self.stop_parsing = True
+        stream = self.cur_stream
+        if stream is not None:
+            # The handler of this request is (or will be) reading the body: it sees the
+            # failure and answers; the connection closes afterwards.
+            stream.error = rej.as_body_error()
+            self.cur_stream = None
+            self.must_close = True
+        elif self.error is None:
+            self.error = rej
+
+    # ------------------------------------------------------------------ I/O loop
+
+    async def serve(self) -> None:
+        """Serve requests until the connection ends; closes gracefully after answers."""
+        if await self._loop() and not self.handed_over:
+            await self._flush()
+            await self._linger()
+
+    async def _loop(self) -> bool:
+        """Returns True when the server ends the connection after sending something."""
+        while True:
+            data = await self._read()
+            if data is None:
+                return True
+            if not data:
+                return False
+            self.feed(data)
+            while self.queue:
+                if not await self._dispatch(self.queue.popleft()):
+                    return True
+                if len(self.out) > self.limits.flush_threshold:
+                    await self._flush()
+            if self.error is not None:
+                self._append_error(self.error)
+                return True
+            if self.stop_parsing or self.must_close:
+                return True
+
+    async def _read(self) -> bytes | bytearray | None:
+        """Next read for the parser. ``b""``: EOF or idle timeout; ``None``: 408 queued."""
+        limits = self.limits
+        if self.continue_pending and self.body_size == 0:
+            self.out += CONTINUE
+            self.continue_pending = False
+        if self.out:
+            await self._flush()
+        control = self.hooks.control
+        if self.in_head or self.in_body:
+            deadline = self.head_deadline if self.in_head else self.body_deadline
+            with trio.move_on_at(deadline):
+                return await self.stream.receive_some(limits.read_size)
+            self._append_error(_Reject(E.SYS_BAD_REQUEST, "request timeout", 408))
+            return None
+        if control.draining:
+            return b""
+        idle = control.idle_scopes
+        with trio.move_on_after(limits.idle_timeout) as scope:
+            idle.add(scope)
+            try:
+                return await self.stream.receive_some(limits.read_size)
+            finally:
+                idle.discard(scope)
+        return b""
+
+    async def pull_body(self, stream: BodyStream) -> None:
+        """Read more of a streamed body (called from the handler via ``BodyStream``)."""
+        if self.continue_pending and self.body_size == 0:
+            self.out += CONTINUE
+            self.continue_pending = False
+        try:
+            if self.out:
+                await self._flush()
+            with trio.move_on_after(self.limits.body_timeout):
+                data = await self.stream.receive_some(self.limits.read_size)
+                if data:
+                    self.feed(data)
+                    return
+                stream.error = RequestBodyError(E.SYS_BAD_REQUEST, "request body incomplete")
+                self.must_close = True
+                return
+            stream.error = RequestBodyError(E.SYS_BAD_REQUEST, "request body timeout", status=408)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            stream.error = RequestBodyError(E.SYS_BAD_REQUEST, "connection lost")
+        self.must_close = True
+        if self.cur_stream is stream:
+            self.cur_stream = None
+        self.stop_parsing = True
+
+    async def _dispatch(self, req: HttpRequest) -> bool:
+        """Run the handler for ``req`` and queue/stream its answer; False = close now."""
+        if req is self.upgrade_req:
+            hooks = self.hooks
+            if (
+                hooks.upgrade_handler is not None
+                and req.path in hooks.upgrade_paths
+                and (req.get_header(_UPGRADE) or b"").lower() == b"websocket"
+            ):
+                await self._flush()
+                self.handed_over = True
+                await hooks.upgrade_handler(req, self.stream, rebuild_head(req) + self.upgrade_rest)
+                return False
+        try:
+            resp = await self.app(req)
+        except RequestBodyError as exc:
+            self.must_close = True
+            resp = exception_response(request_id_for(req), exc, exc.status)
+        except TokMeshError as exc:
+            resp = exception_response(request_id_for(req), exc)
+        except Exception:
+            LOGGER.exception("unhandled error in HTTP handler")
+            resp = error_response(request_id_for(req), E.SYS_INTERNAL)
+        stream = req.stream
+        keep = (
+            req.keep_alive
+            and not self.must_close
+            and not self.hooks.control.draining
+            and req is not self.upgrade_req
+            and (stream is None or (isinstance(stream, BodyStream) and stream.complete))
+        )
+        try:
+            head, framing, length, keep = encode_head(
+                resp,
+                request_id=request_id_for(req),
+                keep_alive=keep,
+                http10=req.http_version == "1.0",
+                head_only=req.method == "HEAD",
+            )
+        except (HeaderInjectionError, ValueError, UnicodeError):
+            LOGGER.error("handler produced an invalid response head")
+            await _close_body_iter(resp)
+            resp = error_response(request_id_for(req), E.SYS_INTERNAL)
+            head, framing, length, keep = encode_head(
+                resp, request_id=None, keep_alive=keep, http10=False, head_only=False
+            )
+        self.out += head
+        if resp.body_iter is None:
+            if framing == Framing.NONE and req.method != "HEAD" and length:
+                self.out += resp.body
+            return keep
+        return await self._stream_body(resp, framing, length) and keep
+
+    async def _stream_body(self, resp: HttpResponse, framing: int, length: int) -> bool:
+        """Send a ``body_iter`` body; False when framing broke and the connection must end."""
+        body_iter = resp.body_iter
+        assert body_iter is not None
+        ok = True
+        try:
+            await self._flush()
+            if framing == Framing.FIXED:
+                remaining = length
+                async for chunk in body_iter:
+                    if len(chunk) > remaining:
+                        chunk = chunk[:remaining]
+                        ok = False
+                    if chunk:
+                        await self._send(chunk)
+                        remaining -= len(chunk)
+                    if not ok:
+                        break
+                ok = ok and remaining == 0
+            elif framing == Framing.CHUNKED:
+                async for chunk in body_iter:
+                    if chunk:
+                        await self._send(encode_chunk(chunk))
+                await self._send(LAST_CHUNK)
+            elif framing == Framing.UNTIL_CLOSE:
+                async for chunk in body_iter:
+                    if chunk:
+                        await self._send(chunk)
+                ok = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception:
+            # Head already sent: the only honest signal left is to cut the connection.
+            LOGGER.exception("streamed response body failed")
+            ok = False
+        finally:
+            await _close_body_iter(resp)
+        if not ok:
+            self.must_close = True
+        return ok
+
+    def _append_error(self, rej: _Reject) -> None:
+        """Queue the answer to a connection-level failure (always ``Connection: close``)."""
+        rid = request_id_from_headers(self.headers)
+        resp = error_response(rid, rej.error, rej.message, status=rej.status, details=rej.details)
+        head, _, _, _ = encode_head(
+            resp, request_id=None, keep_alive=False, http10=False, head_only=False
+        )
+        self.out += head
+        self.out += resp.body
+
+    async def _send(self, data: bytes | bytearray) -> None:
+        with trio.move_on_after(self.limits.write_timeout):
+            await self.stream.send_all(data)
+            return
+        raise trio.BrokenResourceError("client did not read the response in time")
+
+    async def _flush(self) -> None:
+        if self.out:
+            data = self.out
+            self.out = bytearray()
+            await self._send(data)
+
+    async def _linger(self) -> None:
+        """Half-close and drain input briefly, so a client still sending sees our answer."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return
+        try:
+            await stream.send_eof()
+            idle = self.hooks.control.idle_scopes
+            with trio.move_on_after(self.limits.linger_timeout) as scope:
+                # A drain may cut the linger short, like an idle wait.
+                idle.add(scope)
+                try:
+                    while await stream.receive_some(self.limits.read_size):
+                        pass
+                finally:
+                    idle.discard(scope)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+
+
+async def _close_body_iter(resp: HttpResponse) -> None:
+    aclose = getattr(resp.body_iter, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def rebuild_head(req: HttpRequest) -> bytes:
+    """The request head of ``req`` re-serialised (for protocol upgrades)."""
+    lines = [f"{req.method} {req.target} HTTP/{req.http_version}\r\n".encode("latin-1")]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in req.headers)
+    lines.append(b"\r\n")
+    return b"".join(lines)

@@ -1,0 +1,201 @@
+"""TokMesh's own HTTP/1.1 front on Trio: accept loop, TLS, graceful drain.
+
+Usage::
+
+    control = await nursery.start(serve_http, app, None)   # host/port keywords, or listeners
+    ...
+    clean = await control.drain(5.0)   # stop accepting, finish in-flight requests
+
+The accept loop follows ``trio.serve_listeners`` (a handler nursery, EMFILE and friends
+treated as overload: log, sleep 100 ms, retry). Each connection runs
+:class:`~tokmesh.api.http_connection.HttpConnection` in one task; see that module for
+the parsing rules, limits and error answers. Drain follows Hypercorn: move the handler
+nursery's deadline, close idle keep-alive connections at once, answer in-flight
+requests with ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from tokmesh.api.http_connection import HttpConnection, ServerHooks
+from tokmesh.api.http_limits import HttpLimits
+from tokmesh.api.http_types import HttpApp, StreamingPredicate, UpgradeHandler
+
+LOGGER = logging.getLogger("tokmesh.api.http")
+
+# Same set and pause as trio.serve_listeners: the process is out of resources, not broken.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SLEEP = 0.100
+
+
+class ServerControl:
+    """Handle on a running :func:`serve_http`: counters and graceful shutdown."""
+
+    def __init__(self) -> None:
+        self.listeners: list[trio.SocketListener] = []
+        self.connections = 0
+        """Connections open right now."""
+        self.accepted = 0
+        """Connections accepted since start."""
+        self.draining = False
+        # Cancel scopes of connections waiting idle for their next request.
+        self.idle_scopes: set[trio.CancelScope] = set()
+        self._accept_scope = trio.CancelScope()
+        self._handler_scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        self._forced = False
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound TCP ports (one per listener)."""
+        return [int(listener.socket.getsockname()[1]) for listener in self.listeners]
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :func:`serve_http` has returned."""
+        return self._stopped.is_set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting, let in-flight requests finish, then return.
+
+        Idle keep-alive connections close at once; a connection in the middle of a
+        request gets its answer with ``Connection: close``. Whatever still runs after
+        ``timeout`` seconds is cancelled. Returns True when nothing had to be cancelled.
+        """
+        self.draining = True
+        self._accept_scope.cancel()
+        for scope in list(self.idle_scopes):
+            scope.cancel()
+        if self._handler_scope is not None:
+            deadline = trio.current_time() + timeout
+            self._handler_scope.deadline = min(self._handler_scope.deadline, deadline)
+        await self._stopped.wait()
+        return not self._forced
+
+
+async def serve_http(
+    app: HttpApp,
+    listeners: Sequence[trio.SocketListener] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: HttpLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    streaming_predicate: StreamingPredicate | None = None,
+    upgrade_handler: UpgradeHandler | None = None,
+    upgrade_paths: frozenset[str] = frozenset({"/events"}),
+    control: ServerControl | None = None,
+    task_status: trio.TaskStatus[ServerControl] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve HTTP/1.1 with ``app`` until cancelled or drained.
+
+    Binds ``host:port`` (port 0 = ephemeral) unless ``listeners`` are given; takes
+    ownership of the listeners and closes them. With ``ssl_context`` every connection
+    is TLS (handshake bounded by ``limits.handshake_timeout``; a failed handshake closes
+    only that connection). ``streaming_predicate(method, path)`` selects requests whose
+    body reaches the handler as ``req.stream``. A WebSocket upgrade on one of
+    ``upgrade_paths`` is handed to ``upgrade_handler``. Reports the
+    :class:`ServerControl` through ``task_status`` once listening.
+    """
+    limits = limits if limits is not None else HttpLimits()
+    control = control if control is not None else ServerControl()
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    control.listeners = list(listeners)
+    hooks = ServerHooks(
+        app,
+        limits,
+        control,
+        streaming_predicate=streaming_predicate,
+        upgrade_handler=upgrade_handler,
+        upgrade_paths=upgrade_paths,
+    )
+    try:
+        async with trio.open_nursery() as handler_nursery:
+            control._handler_scope = handler_nursery.cancel_scope
+            with control._accept_scope:
+                async with trio.open_nursery() as accept_nursery:
+                    for listener in control.listeners:
+                        accept_nursery.start_soon(
+                            _accept_loop, listener, handler_nursery, hooks, ssl_context
+                        )
+                    task_status.started(control)
+        control._forced = handler_nursery.cancel_scope.cancel_called
+    finally:
+        control._stopped.set()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handler_nursery: trio.Nursery,
+    hooks: ServerHooks,
+    ssl_context: ssl.SSLContext | None,
+) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                LOGGER.error(
+                    "accept returned %s (%s); retrying in %s seconds",
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_SLEEP,
+                )
+                await trio.sleep(ACCEPT_RETRY_SLEEP)
+            else:
+                handler_nursery.start_soon(_run_connection, stream, hooks, ssl_context)
+
+
+def _address(sock: Any, peer: bool) -> tuple[str, int]:
+    try:
+        addr = sock.getpeername() if peer else sock.getsockname()
+    except OSError:
+        return ("", 0)
+    if isinstance(addr, tuple):
+        return (str(addr[0]), int(addr[1]))
+    return (str(addr), 0)
+
+
+async def _run_connection(
+    tcp: trio.SocketStream, hooks: ServerHooks, ssl_context: ssl.SSLContext | None
+) -> None:
+    control: ServerControl = hooks.control
+    control.connections += 1
+    control.accepted += 1
+    stream: trio.abc.Stream = tcp
+    try:
+        if ssl_context is not None:
+            tls = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+            stream = tls
+            handshake_done = False
+            with trio.move_on_after(hooks.limits.handshake_timeout):
+                await tls.do_handshake()
+                handshake_done = True
+            if not handshake_done:
+                return
+        conn = HttpConnection(
+            hooks,
+            stream,
+            peer=_address(tcp.socket, True),
+            local=_address(tcp.socket, False),
+            tls=ssl_context is not None,
+        )
+        await conn.serve()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away; nothing to answer
+    except Exception:
+        LOGGER.exception("HTTP connection failed")
+    finally:
+        control.connections -= 1
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,149 @@
+"""The local emergency admin socket (03 §6, 02 §9.5): a Unix socket, never TCP.
+
+One command per line, one compact JSON envelope per reply line. Trust is the file mode
+(0660 under a restrictive umask): callers act as admin without an API key and every
+command is audited as ``LOCAL_ADMIN``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from tokmesh.api.http_request_id import new_request_id
+from tokmesh.domain.errors import E, TokMeshError
+
+log = logging.getLogger("tokmesh.local")
+
+MAX_LINE = 4096
+
+#: command name -> handler(args) returning the ``data`` object
+CommandHandler = Callable[[list[str]], Awaitable[dict[str, Any]]]
+
+
+def envelope_ok(data: dict[str, Any]) -> bytes:
+    """A success envelope line."""
+    return orjson.dumps(
+        {
+            "code": "OK",
+            "message": "Success",
+            "request_id": new_request_id(),
+            "timestamp": time.time_ns() // 1_000_000,
+            "data": data,
+        }
+    ) + b"\n"
+
+
+def envelope_error(exc: TokMeshError) -> bytes:
+    """An error envelope line."""
+    doc: dict[str, Any] = {
+        "code": exc.code,
+        "message": exc.message,
+        "request_id": new_request_id(),
+        "timestamp": time.time_ns() // 1_000_000,
+    }
+    if exc.details:
+        doc["details"] = exc.details
+    return orjson.dumps(doc) + b"\n"
+
+
+def parse_command(line: bytes) -> tuple[str, list[str]]:
+    """Split one line into (UPPER-CASE command, args); ``TM-ARG-1001`` if empty."""
+    text = line.decode("utf-8", errors="replace").strip()
+    parts = text.split()
+    if not parts:
+        raise TokMeshError(E.ARG_INVALID, "empty command")
+    return parts[0].upper(), parts[1:]
+
+
+class LocalSocketServer:
+    """Serves the emergency commands on a Unix socket."""
+
+    def __init__(self, path: Path, commands: dict[str, CommandHandler]) -> None:
+        self.path = path
+        self.commands = commands
+
+    def bind(self) -> trio.socket.SocketType:
+        """Create the socket file (stale file replaced) with mode 0660, never briefly wider."""
+        parent = self.path.parent
+        parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        try:
+            st = self.path.lstat()
+            if stat.S_ISSOCK(st.st_mode):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o117)
+        try:
+            # bind() is synchronous for AF_UNIX paths; trio's wrapper is async-only.
+            sock._sock.bind(str(self.path))  # type: ignore[attr-defined]
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o660)
+        sock.listen(64)
+        return sock
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until cancelled; removes the socket file at exit."""
+        sock = self.bind()
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._handle, stream)
+        finally:
+            await listener.aclose()
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\n" not in buf:
+                    if len(buf) > MAX_LINE:
+                        await stream.send_all(
+                            envelope_error(TokMeshError(E.ARG_INVALID, "line too long"))
+                        )
+                        return
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        if buf.strip():
+                            await stream.send_all(await self.execute(buf))
+                        return
+                    buf += chunk
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    await stream.send_all(await self.execute(line))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def execute(self, line: bytes) -> bytes:
+        """Run one command line and return its reply line."""
+        try:
+            name, args = parse_command(line.rstrip(b"\r"))
+            handler = self.commands.get(name)
+            if handler is None:
+                raise TokMeshError(E.ARG_INVALID, f"unknown command: {name.lower()}")
+            return envelope_ok(await handler(args))
+        except TokMeshError as exc:
+            return envelope_error(exc)
+        except Exception:
+            log.exception("local socket command failed")
+            return envelope_error(TokMeshError(E.SYS_INTERNAL))

@@ -1,0 +1,430 @@
+"""Composition root: config → actors → listeners → recovery → ready (05 §15).
+
+Start order: JSON logging and warnings, the local admin socket, the HTTP listeners (they
+answer ``/ready`` 503 while recovery runs), then storage recovery, then READY. Shutdown
+on SIGTERM/SIGINT or the socket's ``SHUTDOWN``: ``/ready`` 503 at once, stop accepting,
+let in-flight requests finish within ``server.shutdown.grace_period``, then flush, fsync
+and seal the WAL; exit 0 when everything finished inside ``server.shutdown.timeout``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tokmesh import __version__
+from tokmesh.actors.auth_cache import AuthCache
+from tokmesh.actors.engine import EngineSettings, Phase, StorageEngine
+from tokmesh.actors.snapshotter import SnapshotSettings
+from tokmesh.actors.wal_writer import WalSettings
+from tokmesh.api.admin import status_data
+from tokmesh.api.app import NativeFront, build_api, create_quart_app
+from tokmesh.api.asgi_bridge import AsgiBridge
+from tokmesh.api.deps import ApiDeps
+from tokmesh.api.http_limits import HttpLimits
+from tokmesh.api.http_server import ServerControl, serve_http
+from tokmesh.api.local_socket import LocalSocketServer
+from tokmesh.config.node_id import data_dir_of, resolve_node_id
+from tokmesh.config.schema import Config
+from tokmesh.config.types import parse_addr
+from tokmesh.domain.clock import SYSTEM_CLOCK
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.session import Session
+from tokmesh.services.auth import Authenticator, AuthSettings
+from tokmesh.services.keys import KeyService
+from tokmesh.services.sessions import SessionSettings
+from tokmesh.storage.wal_codec import RecordType
+from tokmesh.telemetry import audit as audit_mod
+from tokmesh.telemetry import metrics
+from tokmesh.telemetry.logging import set_level
+
+log = logging.getLogger("tokmesh.server")
+
+
+class EngineKeyRepository:
+    """The ``KeyRepository`` of the auth layer on top of the storage engine.
+
+    Keys are read from the committed state (loaded by recovery) and written through
+    the WAL; before recovery finished there are no keys and writes answer 503.
+    """
+
+    def __init__(self, engine: StorageEngine) -> None:
+        self.engine = engine
+
+    def get_key(self, key_id: str) -> Any:
+        """The committed key or ``None``."""
+        return self.engine.state.keys.get(key_id)
+
+    def list_keys(self) -> list[Any]:
+        """All committed keys."""
+        return list(self.engine.state.keys.values())
+
+    async def put_key(self, key: Any) -> None:
+        """Durable upsert through the WAL."""
+        store = self.engine.store
+        if store is None:
+            raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready")
+        await store.put_key(key)
+
+
+def engine_settings(cfg: Config, node_id: str) -> EngineSettings:
+    """Map the ``storage.*`` and ``session.*`` config to :class:`EngineSettings`."""
+    st = cfg.storage
+    ses = cfg.session
+    return EngineSettings(
+        wal_dir=Path(st.wal.dir),
+        snapshot_dir=Path(st.snapshot.dir),
+        encryption_key_hex=cfg.security.storage.wal_encryption_key,
+        node_id=node_id,
+        wal=WalSettings(
+            sync_mode=st.wal.sync_mode,
+            sync_interval=st.wal.sync_interval,
+            batch_count=st.wal.batch_count,
+            batch_size=st.wal.batch_size,
+        ),
+        snapshot=SnapshotSettings(
+            interval=st.snapshot.interval,
+            threshold_bytes=st.snapshot.threshold,
+            retention_count=st.snapshot.retention_count,
+            retention_days=st.snapshot.retention_days,
+        ),
+        sessions=SessionSettings(
+            ttl_default_ms=int(ses.ttl.default * 1000),
+            ttl_max_ms=int(ses.ttl.max * 1000),
+            max_per_user=ses.quota.max_per_user,
+            quota_policy=ses.quota_policy,
+            touch_min_interval_ms=int(ses.touch_min_interval * 1000),
+        ),
+        gc_interval=ses.ttl.gc_interval,
+        sample_size=ses.ttl.sample_size,
+    )
+
+
+def auth_settings(cfg: Config) -> AuthSettings:
+    """Map ``security.*`` and the metrics auth flag to :class:`AuthSettings`."""
+    sec = cfg.security
+    a = sec.auth
+    return AuthSettings(
+        allow_list=tuple(a.allow_list),
+        rotation_grace_ms=int(a.rotation_grace * 1000),
+        cache_capacity=a.cache_capacity,
+        cache_ttl_ms=int(a.cache_ttl * 1000),
+        argon2_memory_kib=a.argon2.memory,
+        argon2_iterations=a.argon2.iterations,
+        argon2_parallelism=a.argon2.parallelism,
+        anti_replay_required=sec.anti_replay.required,
+        timestamp_window_ms=int(sec.anti_replay.timestamp_window * 1000),
+        nonce_ttl_ms=int(sec.anti_replay.nonce_ttl * 1000),
+        nonce_cache_size=sec.anti_replay.nonce_cache_size,
+        trusted_proxies=tuple(sec.network.trusted_proxies),
+        metrics_auth_enabled=cfg.telemetry.metrics.auth_enabled,
+    )
+
+
+def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext:
+    """TLS 1.2+ server context; a client CA makes client certificates mandatory (mTLS)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        ctx.load_verify_locations(client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class TokMeshServer:
+    """One TokMesh node."""
+
+    def __init__(self, cfg: Config, *, config_file: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_file = config_file
+        self.node_id = resolve_node_id(cfg)
+        self.data_dir = data_dir_of(cfg)
+        metrics_hook = self._on_change
+        self.engine = StorageEngine(engine_settings(cfg, self.node_id), on_change=metrics_hook)
+        a = auth_settings(cfg)
+        self.audit = audit_mod.AuditLog(
+            self.data_dir / "audit", retention_days=cfg.telemetry.audit.retention_days
+        )
+        self.auth_cache = AuthCache(
+            clock=SYSTEM_CLOCK,
+            capacity=a.cache_capacity,
+            ttl_ms=a.cache_ttl_ms,
+            argon2=a.argon2_params(),
+            on_argon2_seconds=metrics.AUTH_ARGON2_DURATION.observe,
+        )
+        repo = EngineKeyRepository(self.engine)
+        self.keys = KeyService(
+            repo, a.key_settings(), SYSTEM_CLOCK, self.auth_cache, self.auth_cache.invalidate
+        )
+        self.auth = Authenticator(
+            a,
+            repo,
+            self.auth_cache,
+            SYSTEM_CLOCK,
+            audit=self._audit_auth,
+            on_used=self.keys.note_used,
+        )
+        self.deps = ApiDeps(
+            self.engine,
+            self.auth,
+            self.keys,
+            node_id=self.node_id,
+            version=__version__,
+            audit=self.audit,
+            config=cfg,
+            server=self,
+        )
+        self.api = build_api(self.deps)
+        self.http_controls: list[ServerControl] = []
+        self.ports: dict[str, int] = {}
+        self.socket_path: Path | None = None
+        self._shutdown = trio.Event()
+        self._grace: float | None = None
+        self._register_gauges()
+        for warning in a.startup_warnings():
+            log.warning(warning)
+
+    # -- telemetry hooks ---------------------------------------------------------------------
+
+    def _register_gauges(self) -> None:
+        state = self.engine.state
+        metrics.register_gauge_provider(
+            "tokmesh_sessions_active_total", lambda: float(state.live_count())
+        )
+
+    def _on_change(self, rtype: RecordType, sid: str, new: Session | None, pos: int) -> None:
+        if rtype is RecordType.CREATE:
+            metrics.SESSION_CREATE.inc()
+
+    def _audit_auth(self, action: str, **fields: Any) -> None:
+        self.audit.append(audit_mod.AuditRecord.new(action, **fields))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def request_shutdown(self, grace: float | None = None) -> None:
+        """Begin a graceful shutdown (signals, the socket's SHUTDOWN)."""
+        if grace is not None:
+            self._grace = grace
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[TokMeshServer] = trio.TASK_STATUS_IGNORED) -> int:
+        """Run until shutdown; returns the process exit code."""
+        cfg = self.cfg
+        engine_done = trio.Event()
+        engine_started = _StartedFlag()
+
+        async def run_engine() -> None:
+            try:
+                await self.engine.run(task_status=engine_started)  # type: ignore[arg-type]
+            finally:
+                engine_done.set()
+                engine_started.started()  # unblock the parent if recovery failed
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.audit.run)
+            await nursery.start(self.auth_cache.run)
+            nursery.start_soon(self._signals)
+            await self._start_local_socket(nursery)
+            quart_app = create_quart_app(self.api, cfg.server.http.max_body_size)
+            bridge = AsgiBridge(quart_app)
+            async with bridge.running():
+                front = NativeFront(self.api, bridge)
+                limits = HttpLimits(max_body_size=cfg.server.http.max_body_size)
+                async with trio.open_nursery() as listeners:
+                    await self._start_http(listeners, front, limits)
+                    # Recovery runs while the listeners already answer /ready with 503.
+                    nursery.start_soon(run_engine)
+                    await engine_started.wait()
+                    if not engine_done.is_set():
+                        nursery.start_soon(self.keys.run)
+                        log.info(
+                            "tokmesh-server ready",
+                            extra={"node_id": self.node_id, "ports": self.ports},
+                        )
+                        task_status.started(self)
+                        await self._shutdown.wait()
+                    deadline = trio.current_time() + cfg.server.shutdown.timeout
+                    await self._drain_listeners()
+                    listeners.cancel_scope.cancel()
+            exit_code = await self._stop_storage(deadline, engine_done)
+            nursery.cancel_scope.cancel()
+        return exit_code
+
+    async def _drain_listeners(self) -> None:
+        """Phases 1-2 of 05 §15: not ready at once, stop accepting, finish in-flight."""
+        grace = self._grace if self._grace is not None else self.cfg.server.shutdown.grace_period
+        log.info("shutting down", extra={"grace_seconds": grace})
+        if self.engine.readiness.phase is not Phase.FAILED:
+            self.engine.readiness.set(Phase.STOPPING)
+        for control in self.http_controls:
+            if not await control.drain(grace):
+                log.warning("in-flight requests cancelled after the grace period")
+
+    async def _stop_storage(self, deadline: float, engine_done: trio.Event) -> int:
+        """Phase 4: flush, fsync and seal the WAL, close the audit log."""
+        exit_code = 0
+        with trio.move_on_at(deadline) as scope:
+            await self.engine.stop()
+            await engine_done.wait()
+            await self.audit.aclose()
+        if scope.cancelled_caught:
+            log.error(
+                "shutdown exceeded server.shutdown.timeout (%.0f s)",
+                self.cfg.server.shutdown.timeout,
+            )
+            exit_code = 1
+        if self.engine.readiness.phase is Phase.FAILED:
+            exit_code = 1
+        log.info("tokmesh-server stopped", extra={"exit_code": exit_code})
+        return exit_code
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    self.request_shutdown()
+
+    async def reload(self) -> dict[str, list[str]]:
+        """SIGHUP / ``RELOAD``: re-read the file and apply hot items (log level)."""
+        from tokmesh.config.loader import load_config
+
+        if self.config_file is None:
+            return {"updated": [], "ignored": []}
+        result = await trio.to_thread.run_sync(
+            lambda: load_config(self.config_file, dict(os.environ), {}, Path.cwd())
+        )
+        if result.errors:
+            log.error("config reload failed; keeping the running configuration")
+            return {"updated": [], "ignored": []}
+        updated: list[str] = []
+        new_level = result.config.telemetry.logging.level
+        if new_level != self.cfg.telemetry.logging.level:
+            set_level(new_level)
+            updated.append("telemetry.logging.level")
+        return {"updated": updated, "ignored": []}
+
+    # -- listeners -------------------------------------------------------------------------------
+
+    async def _start_http(self, nursery: trio.Nursery, front: NativeFront, limits: HttpLimits) -> None:
+        cfg = self.cfg
+        targets: list[tuple[str, str, ssl.SSLContext | None]] = []
+        if cfg.server.http.enabled:
+            targets.append(("http", cfg.server.http.address, None))
+        if cfg.server.https.enabled:
+            t = cfg.server.https.tls
+            targets.append(
+                ("https", cfg.server.https.address,
+                 server_ssl_context(t.cert_file, t.key_file, t.client_ca_file))
+            )
+        for name, address, ctx in targets:
+            host, port = parse_addr(address)
+            listeners = await trio.open_tcp_listeners(port, host=host or None)
+            control: ServerControl = await nursery.start(
+                functools.partial(serve_http, front, listeners, limits=limits, ssl_context=ctx)
+            )
+            self.http_controls.append(control)
+            self.ports[name] = control.ports[0]
+            log.info("listening", extra={"listener": name, "address": f"{host}:{control.ports[0]}"})
+
+    async def _start_local_socket(self, nursery: trio.Nursery) -> None:
+        configured = Path(self.cfg.server.local.socket_path)
+        candidates = [configured]
+        fallback = self.data_dir / "tokmesh-server.sock"
+        if fallback != configured:
+            candidates.append(fallback)
+        commands = {
+            "EMERGENCY_CREATE_ADMIN_KEY": self._cmd_emergency,
+            "STATUS": self._cmd_status,
+            "SHUTDOWN": self._cmd_shutdown,
+            "RELOAD": self._cmd_reload,
+            "DRAIN": self._cmd_drain,
+        }
+        for i, path in enumerate(candidates):
+            try:
+                server = LocalSocketServer(path, commands)
+                await nursery.start(server.serve)
+            except OSError as exc:
+                if i + 1 < len(candidates):
+                    log.warning(
+                        "local admin socket %s unavailable (%s); using %s instead",
+                        path, exc.strerror or exc, candidates[i + 1],
+                    )
+                    continue
+                log.warning("local admin socket disabled: %s", exc)
+                return
+            self.socket_path = path
+            log.info("local admin socket listening", extra={"socket_path": str(path)})
+            return
+
+    # -- local socket commands ------------------------------------------------------------------
+
+    def _local_audit(self, action: str, **details: Any) -> None:
+        self.audit.append(
+            audit_mod.AuditRecord.new(
+                action, operator_id=audit_mod.LOCAL_ADMIN, operator_role="admin",
+                resource="local_socket", details=details,
+            )
+        )
+
+    async def _cmd_emergency(self, args: list[str]) -> dict[str, Any]:
+        self.engine.readiness.require_ready()
+        key, secret, warning = await self.keys.create_emergency(" ".join(args) or None)
+        self._local_audit(audit_mod.EMERGENCY_KEY_CREATED, key_id=key.key_id)
+        return {
+            "key_id": key.key_id,
+            "key_secret": secret,
+            "created_at": key.created_at,
+            "warning": warning,
+        }
+
+    async def _cmd_status(self, args: list[str]) -> dict[str, Any]:
+        self._local_audit("STATUS")
+        return status_data(self.deps)
+
+    async def _cmd_shutdown(self, args: list[str]) -> dict[str, Any]:
+        grace = 30.0
+        if args:
+            try:
+                grace = float(args[0])
+            except ValueError:
+                raise TokMeshError(E.ARG_INVALID, "grace_seconds must be a number") from None
+            if grace < 0:
+                raise TokMeshError(E.ARG_INVALID, "grace_seconds must be >= 0")
+        self._local_audit("SHUTDOWN", grace_seconds=grace)
+        self.request_shutdown(grace)
+        return {"status": "shutting_down", "grace_seconds": grace}
+
+    async def _cmd_reload(self, args: list[str]) -> dict[str, Any]:
+        self._local_audit("RELOAD")
+        result = await self.reload()
+        return dict(result)
+
+    async def _cmd_drain(self, args: list[str]) -> dict[str, Any]:
+        self._local_audit("DRAIN")
+        for control in self.http_controls:
+            control.draining = True
+            control._accept_scope.cancel()
+        return {"status": "draining"}
+
+
+class _StartedFlag:
+    """A ``task_status`` object that also lets the parent wait for ``started()``."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def started(self, value: Any = None) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
