@@ -264,8 +264,11 @@ class TokMeshServer:
         log.info("shutting down", extra={"grace_seconds": grace})
         if self.engine.readiness.phase is not Phase.FAILED:
             self.engine.readiness.set(Phase.STOPPING)
+        # Drain every listener at once: none keeps accepting while another drains.
         for control in self.http_controls:
-            if not await control.drain(grace):
+            control.begin_drain(grace)
+        for control in self.http_controls:
+            if not await control.wait_stopped():
                 log.warning("in-flight requests cancelled after the grace period")
 
     async def _stop_storage(self, deadline: float, engine_done: trio.Event) -> int:
@@ -411,9 +414,9 @@ class TokMeshServer:
 
     async def _cmd_drain(self, args: list[str]) -> dict[str, Any]:
         self._local_audit("DRAIN")
+        grace = self.cfg.server.shutdown.grace_period
         for control in self.http_controls:
-            control.draining = True
-            control._accept_scope.cancel()
+            control.begin_drain(grace)
         return {"status": "draining"}
 
 

@@ -19,6 +19,8 @@ class HttpLimits:
     of the next request (also for a fresh connection); ``write_timeout`` bounds each send
     to a client that does not read; ``linger_timeout`` is how long a closing connection
     keeps draining input so that the client sees our last response instead of a reset.
+    Deadlines are checked every ``timer_resolution`` seconds by one timer task for all
+    connections, so each fires up to that much late.
     """
 
     max_header_bytes: int = 64 * 1024
@@ -32,3 +34,4 @@ class HttpLimits:
     linger_timeout: float = 2.0
     read_size: int = 64 * 1024
     flush_threshold: int = 256 * 1024
+    timer_resolution: float = 0.25

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import ssl
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 import trio
 
-from tokmesh.api.http_connection import HttpConnection, ServerHooks
+from tokmesh.api.http_connection import WAIT_IDLE, WAIT_LINGER, HttpConnection, ServerHooks
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_types import HttpApp, StreamingPredicate, UpgradeHandler
 
@@ -46,10 +47,11 @@ class ServerControl:
         self.accepted = 0
         """Connections accepted since start."""
         self.draining = False
-        # Cancel scopes of connections waiting idle for their next request.
-        self.idle_scopes: set[trio.CancelScope] = set()
+        self.conns: set[HttpConnection] = set()
+        """Connections past their TLS handshake; the reaper enforces their deadlines."""
         self._accept_scope = trio.CancelScope()
         self._handler_scope: trio.CancelScope | None = None
+        self._drain_deadline = math.inf
         self._stopped = trio.Event()
         self._forced = False
 
@@ -63,22 +65,32 @@ class ServerControl:
         """Whether :func:`serve_http` has returned."""
         return self._stopped.is_set()
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop accepting, let in-flight requests finish, then return.
+    def begin_drain(self, timeout: float) -> None:
+        """Start a drain without waiting (to drain several listeners at once).
 
-        Idle keep-alive connections close at once; a connection in the middle of a
-        request gets its answer with ``Connection: close``. Whatever still runs after
-        ``timeout`` seconds is cancelled. Returns True when nothing had to be cancelled.
+        Stops accepting, closes idle keep-alive connections at once, lets in-flight
+        requests finish (their answers carry ``Connection: close``) and cancels whatever
+        still runs ``timeout`` seconds from now.
         """
         self.draining = True
         self._accept_scope.cancel()
-        for scope in list(self.idle_scopes):
-            scope.cancel()
+        for conn in list(self.conns):
+            if conn.waiting == WAIT_IDLE or conn.waiting == WAIT_LINGER:
+                conn.scope.cancel()
+        deadline = trio.current_time() + timeout
+        self._drain_deadline = min(self._drain_deadline, deadline)
         if self._handler_scope is not None:
-            deadline = trio.current_time() + timeout
             self._handler_scope.deadline = min(self._handler_scope.deadline, deadline)
+
+    async def wait_stopped(self) -> bool:
+        """Wait until :func:`serve_http` has returned; True when nothing was cancelled."""
         await self._stopped.wait()
         return not self._forced
+
+    async def drain(self, timeout: float) -> bool:
+        """:meth:`begin_drain` then :meth:`wait_stopped`."""
+        self.begin_drain(timeout)
+        return await self.wait_stopped()
 
 
 async def serve_http(
@@ -119,18 +131,32 @@ async def serve_http(
         upgrade_paths=upgrade_paths,
     )
     try:
-        async with trio.open_nursery() as handler_nursery:
-            control._handler_scope = handler_nursery.cancel_scope
-            with control._accept_scope:
-                async with trio.open_nursery() as accept_nursery:
-                    for listener in control.listeners:
-                        accept_nursery.start_soon(
-                            _accept_loop, listener, handler_nursery, hooks, ssl_context
-                        )
-                    task_status.started(control)
-        control._forced = handler_nursery.cancel_scope.cancel_called
+        async with trio.open_nursery() as reaper_nursery:
+            reaper_nursery.start_soon(_reaper, control, limits.timer_resolution)
+            async with trio.open_nursery() as handler_nursery:
+                control._handler_scope = handler_nursery.cancel_scope
+                handler_nursery.cancel_scope.deadline = control._drain_deadline
+                with control._accept_scope:
+                    async with trio.open_nursery() as accept_nursery:
+                        for listener in control.listeners:
+                            accept_nursery.start_soon(
+                                _accept_loop, listener, handler_nursery, hooks, ssl_context
+                            )
+                        task_status.started(control)
+            control._forced = handler_nursery.cancel_scope.cancel_called
+            reaper_nursery.cancel_scope.cancel()
     finally:
         control._stopped.set()
+
+
+async def _reaper(control: ServerControl, resolution: float) -> None:
+    """Enforce connection deadlines: one timer for all connections (see HttpConnection)."""
+    while True:
+        await trio.sleep(resolution)
+        now = trio.current_time()
+        for conn in list(control.conns):
+            if conn.deadline <= now:
+                conn.scope.cancel()
 
 
 async def _accept_loop(

@@ -187,25 +187,15 @@ class Api:
             call = Call(req, route, params, self.deps, rid)
             resp = await self._run(call)
         except TokMeshError as exc:
-            resp = self._error(req, route, rid, exc)
+            # Every error, /metrics 401/403 included, is a full envelope (03 §2.2, D-2;
+            # 02 §6.1 only says /metrics needs no body, which does not forbid one).
+            resp = exception_response(rid, exc)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
             resp = error_response(rid, E.SYS_INTERNAL)
         if route is not None:
             self.deps.observe(route, req, resp, started, call)
         return resp
-
-    def _error(
-        self, req: HttpRequest, route: Route | None, rid: str, exc: TokMeshError
-    ) -> HttpResponse:
-        if route is not None and route.scope == SCOPE_METRICS and exc.http_status in (401, 403):
-            # /metrics answers auth failures bare (02 §6.1) but keeps the envelope headers.
-            return HttpResponse(
-                exc.http_status,
-                [("X-Request-ID", rid), ("X-Error-Code", exc.code)],
-                b"",
-            )
-        return exception_response(rid, exc)
 
     async def _run(self, call: Call) -> HttpResponse:
         route = call.route

@@ -1,0 +1,785 @@
+"""What the OpenAPI document says about each route (03 §2-§4): shapes, parameters, errors.
+
+The route records (``business.py``, ``admin.py``, ``ops.py``) say how a request is served;
+this module says how it looks on the wire, keyed by ``(method, path template)``. A route
+without an entry here is still documented (from its record, with the generic envelope
+and the errors of its scope); :data:`OPERATIONS` exists so that every route of the
+contract has exact shapes.
+
+Shapes are strict where the contract is strict: request bodies reject unknown fields
+(``additionalProperties: false``, 03 §2.3) and the success/error envelopes list every
+field the server sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+
+from tokmesh.domain.errors import E, ErrorCode
+
+Schema = dict[str, Any]
+
+#: the wire pattern of every error code (03 §2.2)
+ERROR_CODE_PATTERN: Final = r"^TM-[A-Z]+-[0-9]{4}$"
+#: the default of ``session.ttl.max`` (720 h); the served document uses the running value
+DEFAULT_TTL_MAX_SECONDS: Final = 720 * 3600
+
+SESSION_ID_PATTERN: Final = r"^tmss-[0-9a-z]{26}$"
+KEY_ID_PATTERN: Final = r"^tmak-[0-9a-z]{26}$"
+TOKEN_PATTERN: Final = r"^tmtk_[A-Za-z0-9_-]{43}$"
+KEY_SECRET_PATTERN: Final = r"^tmas_[0-9A-Za-z]+$"
+ROLES: Final = ["metrics", "validator", "issuer", "admin"]
+
+
+def ref(name: str) -> Schema:
+    """A ``$ref`` to ``#/components/schemas/<name>``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Schema], required: list[str] | None = None, **extra: Any) -> Schema:
+    """A closed object: exactly ``props``, ``required`` must be present."""
+    out: Schema = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    out.update(extra)
+    return out
+
+
+_MS: Final[Schema] = {"type": "integer", "minimum": 0, "description": "Unix milliseconds"}
+_MS0: Final[Schema] = {
+    "type": "integer",
+    "minimum": 0,
+    "description": "Unix milliseconds; 0 = never / unset",
+}
+_COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
+
+
+def _str(max_len: int | None = None, **extra: Any) -> Schema:
+    out: Schema = {"type": "string"}
+    if max_len is not None:
+        out["maxLength"] = max_len
+    out.update(extra)
+    return out
+
+
+_SESSION_PROPS: Final[dict[str, Schema]] = {
+    "id": _str(pattern=SESSION_ID_PATTERN, description="Session ID (lower-case ULID)"),
+    "user_id": _str(description="Owner, 1-128 UTF-8 bytes"),
+    "device_id": _str(description='Device, "" if unset'),
+    "ip_address": _str(description="Client IP at creation (immutable)"),
+    "user_agent": _str(512, description="User-Agent at creation (immutable, truncated)"),
+    "last_access_ip": _str(description="Client IP of the last recorded access"),
+    "last_access_ua": _str(512, description="User-Agent of the last recorded access"),
+    "created_by": _str(description="key_id of the creating API key"),
+    "created_at": _MS,
+    "expires_at": _MS0,
+    "last_active": _MS,
+    "data": {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "description": "Application data, string to string ({} if unset)",
+    },
+    "version": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "+1 on every mutation (optimistic lock)",
+    },
+    "idle_timeout_seconds": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "Sliding idle timeout; present only when the session has one",
+    },
+}
+_SESSION_ALWAYS: Final = [k for k in _SESSION_PROPS if k != "idle_timeout_seconds"]
+#: fields a touch response keeps whatever ``fields`` asks for (03 §2.5)
+TOUCH_MANDATORY: Final = ["id", "user_id", "expires_at", "last_active", "version"]
+
+_PAGE_PROPS: Final[dict[str, Schema]] = {
+    "total_items": {"type": "integer", "minimum": 0, "description": "Matches before paging"},
+    "page": {"type": "integer", "minimum": 1},
+    "size": {"type": "integer", "minimum": 1, "maximum": 100},
+}
+
+
+def page_of(item: Schema) -> Schema:
+    """The list shape of 03 §2.5: ``{items, total_items, page, size}``."""
+    return _obj(
+        {"items": {"type": "array", "items": item}, **_PAGE_PROPS},
+        ["items", "total_items", "page", "size"],
+    )
+
+
+def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[str, Schema]:
+    """Every named schema of ``components.schemas``."""
+    ttl_about = f"Seconds, 1..session.ttl.max ({ttl_max_seconds} on this node)"
+    ttl: Schema = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": ttl_max_seconds,
+        "description": ttl_about,
+    }
+    return {
+        "ErrorCode": {
+            "type": "string",
+            "pattern": ERROR_CODE_PATTERN,
+            "description": "TM-<MODULE>-<NNNN>; also in the X-Error-Code header",
+        },
+        "RequestId": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "Equals the X-Request-ID response header",
+        },
+        "ErrorEnvelope": _obj(
+            {
+                "code": ref("ErrorCode"),
+                "message": {"type": "string", "description": "Short text, never secrets"},
+                "request_id": ref("RequestId"),
+                "timestamp": {**_MS, "description": "Response build time, Unix ms"},
+                "details": {"type": "object", "description": "Optional facts about the error"},
+            },
+            ["code", "message", "request_id", "timestamp"],
+            description="Every error response (03 §2.2)",
+        ),
+        "Session": _obj(
+            dict(_SESSION_PROPS),
+            list(_SESSION_ALWAYS),
+            description="A session (03 §3.1); token and token hash are never returned",
+        ),
+        "SessionFields": _obj(
+            dict(_SESSION_PROPS),
+            ["id"],
+            description="A session trimmed by `fields` (id always kept)",
+        ),
+        "TouchedSession": _obj(
+            dict(_SESSION_PROPS),
+            list(TOUCH_MANDATORY),
+            description="A touched session trimmed by `fields` (5 fields always kept)",
+        ),
+        "SessionData": {
+            "type": "object",
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 1024},
+            "description": (
+                "String to string; key ≤ 64 B, value ≤ 1024 B, Σ keys+values ≤ 4096 UTF-8 "
+                "bytes (else 400 TM-SESS-4001); a non-string value is 400 TM-SYS-4000"
+            ),
+        },
+        "CreateSessionRequest": _obj(
+            {
+                "user_id": _str(128, minLength=1, description="Owner, 1-128 UTF-8 bytes"),
+                "device_id": _str(128, description="≤ 128 UTF-8 bytes"),
+                "ttl_seconds": {**ttl, "description": ttl_about + "; default 2 h"},
+                "data": ref("SessionData"),
+                "token": _str(
+                    pattern=TOKEN_PATTERN,
+                    description="Caller-chosen token (else generated); in use => 409",
+                ),
+                "idle_timeout_seconds": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Sliding idle timeout (0 = none)",
+                },
+            },
+            ["user_id"],
+        ),
+        "CreateSessionResult": _obj(
+            {
+                "session_id": _str(pattern=SESSION_ID_PATTERN),
+                "token": _str(
+                    pattern=TOKEN_PATTERN,
+                    description="The plaintext token: returned here only, never again",
+                ),
+                "expires_at": _MS,
+                "session": ref("Session"),
+            },
+            ["session_id", "token", "expires_at", "session"],
+        ),
+        "RenewRequest": _obj(
+            {
+                "ttl_seconds": ttl,
+                "expected_version": {
+                    "type": "integer",
+                    "description": "Optimistic lock: 409 TM-SESS-4091 if the version differs",
+                },
+            },
+            ["ttl_seconds"],
+        ),
+        "RenewResult": _obj(
+            {
+                "new_expires_at": {**_MS, "description": "now + ttl_seconds, Unix ms"},
+                "version": {"type": "integer", "minimum": 1},
+            },
+            ["new_expires_at"],
+        ),
+        "RevokeRequest": _obj(
+            {"sync": {"type": "boolean", "default": False, "description": "Wait for quorum"}}
+        ),
+        "RevokeResult": _obj({"success": {"const": True}}, ["success"]),
+        "RevokeUserRequest": _obj(
+            {
+                "sync": {"type": "boolean", "default": False},
+                "except_session_id": _str(description="Keep this one session"),
+            }
+        ),
+        "RevokeUserResult": _obj({"revoked_count": _COUNT}, ["revoked_count"]),
+        "ValidateRequest": _obj(
+            {
+                "token": _str(minLength=1, description="tmtk_ + 43 base64url characters"),
+                "touch": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Also update last_active and last_access_ip/ua",
+                },
+            },
+            ["token"],
+        ),
+        "ValidateResult": _obj(
+            {"valid": {"const": True}, "session": ref("Session")}, ["valid", "session"]
+        ),
+        "EmptyRequest": _obj({}, description="Empty body or {}", maxProperties=0),
+        "SessionList": page_of(ref("SessionFields")),
+        "Health": _obj({"status": {"const": "healthy"}, "timestamp": _MS}, ["status", "timestamp"]),
+        "ReadyChecks": {
+            "type": "object",
+            "properties": {
+                "storage": {
+                    "enum": ["ok", "starting", "recovering", "restoring", "stopping", "failed"]
+                },
+                "cluster": {"type": "string"},
+            },
+            "required": ["storage", "cluster"],
+        },
+        "Ready": _obj(
+            {"status": {"const": "ready"}, "checks": ref("ReadyChecks")}, ["status", "checks"]
+        ),
+        "StatusMetrics": _obj(
+            {
+                "total_sessions": _COUNT,
+                "stored_records": _COUNT,
+                "active_sessions": _COUNT,
+                "memory_usage_mb": {"type": "number", "minimum": 0},
+                "current_qps": {"type": "number", "minimum": 0},
+                "goroutines": {**_COUNT, "description": "Live Trio tasks"},
+            },
+            ["total_sessions", "active_sessions", "memory_usage_mb", "current_qps", "goroutines"],
+        ),
+        "StatusSummary": _obj(
+            {
+                "uptime_seconds": _COUNT,
+                "version": _str(),
+                "build_time": _str(description="RFC 3339 build stamp"),
+                "node_id": _str(pattern=r"^tmnd-"),
+                "cluster_state": _str(description='"healthy" when OK'),
+                "total_sessions": _COUNT,
+                "memory_usage_mb": {"type": "number", "minimum": 0},
+                "current_qps": {"type": "number", "minimum": 0},
+                "metrics": ref("StatusMetrics"),
+            },
+            [
+                "uptime_seconds",
+                "version",
+                "build_time",
+                "node_id",
+                "cluster_state",
+                "total_sessions",
+                "memory_usage_mb",
+                "current_qps",
+                "metrics",
+            ],
+        ),
+        "GcRequest": _obj(
+            {
+                "type": {
+                    "enum": ["expired_sessions", "expired", "memory", "all"],
+                    "default": "expired_sessions",
+                }
+            }
+        ),
+        "GcResult": _obj(
+            {
+                "cleaned_count": _COUNT,
+                "duration_ms": {"type": "number", "minimum": 0},
+                "freed_memory_mb": {"type": "number", "minimum": 0},
+            },
+            ["cleaned_count", "duration_ms", "freed_memory_mb"],
+        ),
+        "Role": {"enum": list(ROLES)},
+        "KeyStatus": {"enum": ["active", "disabled"]},
+        "ApiKey": _obj(
+            {
+                "key_id": _str(pattern=KEY_ID_PATTERN),
+                "role": ref("Role"),
+                "status": ref("KeyStatus"),
+                "description": _str(256),
+                "allowedlist": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+                "rate_limit": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                "created_at": _MS,
+                "created_by": _str(description="key_id of the creator, or LOCAL_ADMIN"),
+                "expires_at": _MS0,
+                "last_used_at": _MS0,
+                "grace_period_end": _MS0,
+            },
+            [
+                "key_id",
+                "role",
+                "status",
+                "description",
+                "allowedlist",
+                "rate_limit",
+                "created_at",
+                "created_by",
+                "expires_at",
+                "last_used_at",
+                "grace_period_end",
+            ],
+            description="An API key (03 §4.2); never secrets or hashes",
+        ),
+        "ApiKeyList": page_of(ref("ApiKey")),
+        "CreateKeyRequest": _obj(
+            {
+                "role": ref("Role"),
+                "description": _str(256),
+                "allowedlist": {
+                    "type": "array",
+                    "items": {"type": "string", "description": "IPv4/IPv6 address or CIDR"},
+                    "maxItems": 100,
+                },
+                "rate_limit": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1_000_000,
+                    "default": 1000,
+                    "description": "Requests per second",
+                },
+                "expires_at": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Future Unix ms; 0 or absent = never",
+                },
+            },
+            ["role"],
+        ),
+        "CreateKeyResult": _obj(
+            {
+                "key_id": _str(pattern=KEY_ID_PATTERN),
+                "key_secret": _str(
+                    pattern=KEY_SECRET_PATTERN, description="Shown once, unrecoverable later"
+                ),
+                "role": ref("Role"),
+                "created_at": _MS,
+                "expires_at": _MS0,
+                "warning": _str(description="Set when the key is valid for more than 1 year"),
+            },
+            ["key_id", "key_secret", "role", "created_at", "expires_at"],
+        ),
+        "KeyStatusRequest": _obj({"status": ref("KeyStatus")}, ["status"]),
+        "KeyStatusResult": _obj(
+            {
+                "key_id": _str(pattern=KEY_ID_PATTERN),
+                "status": ref("KeyStatus"),
+                "updated_at": _MS,
+                "warning": _str(description="Set when the last active admin key was disabled"),
+            },
+            ["key_id", "status", "updated_at"],
+        ),
+        "RotateKeyResult": _obj(
+            {
+                "key_id": _str(pattern=KEY_ID_PATTERN),
+                "new_key_secret": _str(pattern=KEY_SECRET_PATTERN),
+                "old_secret_valid_until": _MS,
+            },
+            ["key_id", "new_key_secret", "old_secret_valid_until"],
+        ),
+        "AuditRecord": {
+            "type": "object",
+            "properties": {
+                "id": _str(pattern=r"^audit-"),
+                "timestamp": _MS,
+                "operator_id": {"type": ["string", "null"]},
+                "operator_role": {"type": ["string", "null"]},
+                "action": _str(),
+                "resource": _str(),
+                "ip_address": {"type": ["string", "null"]},
+                "tcp_remote_ip": {"type": ["string", "null"]},
+                "user_agent": {"type": ["string", "null"]},
+                "request_id": {"type": ["string", "null"]},
+                "details": {"type": "object", "description": "Redacted"},
+                "result": {"enum": ["SUCCESS", "FAILURE"]},
+                "method": _str(),
+                "route": _str(),
+                "status": {"type": "integer"},
+                "duration_ms": {"type": "number"},
+            },
+            "required": ["id", "timestamp", "action", "result"],
+            "description": "One audit entry (03 §4.4); details are redacted",
+        },
+        "AuditList": page_of(ref("AuditRecord")),
+        "ClusterNodes": _obj(
+            {
+                "nodes": {"type": "array", "items": {"type": "object"}},
+                "cluster_id": _str(),
+                "leader_id": _str(),
+            },
+            ["nodes"],
+        ),
+        "ClusterResetRequest": _obj(
+            {"force": {"const": True}, "confirm": {"const": "RESET_CONFIRM"}},
+            ["force", "confirm"],
+        ),
+        "ClusterActionResult": {
+            "type": "object",
+            "properties": {"status": _str(), "message": _str(), "node_id": _str()},
+            "required": ["status"],
+        },
+        "OpenApiDocument": {
+            "type": "object",
+            "required": ["openapi", "info", "paths"],
+            "properties": {"openapi": {"const": "3.1.0"}},
+        },
+    }
+
+
+@attrs.frozen
+class Param:
+    """A query or path parameter."""
+
+    name: str
+    schema: Schema
+    description: str = ""
+    location: str = "query"
+    required: bool = False
+
+
+@attrs.frozen
+class OpDoc:
+    """The wire description of one route.
+
+    ``data``: the schema of the success envelope's ``data`` (``None`` with a non-JSON
+    ``media``). ``body``: the JSON request body schema (``None`` = no body).
+    ``errors``: the route's own error codes beyond those of its scope.
+    """
+
+    operation_id: str
+    tag: str
+    data: Schema | None = None
+    body: Schema | None = None
+    body_required: bool = False
+    query: tuple[Param, ...] = ()
+    errors: tuple[ErrorCode, ...] = ()
+    description: str = ""
+    roles: tuple[str, ...] = ()
+    media: str = "application/json"
+    media_schema: Schema | None = None
+
+
+_PAGE: Final = Param("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number (≥ 1)")
+_SIZE: Final = Param(
+    "size",
+    {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    "Page size 1..100 (out of range: 400 TM-ARG-1001 with details.max_size=100)",
+)
+_FIELDS: Final = Param(
+    "fields",
+    {"type": "string"},
+    "Comma list of Session field names to keep; unknown name: 400 TM-ARG-1001",
+)
+_TIME: Final[Schema] = {
+    "anyOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}],
+}
+
+_ISSUER: Final = ("issuer", "admin")
+_VALIDATOR: Final = ("validator", "issuer", "admin")
+_ADMIN: Final = ("admin",)
+P: Final = "/admin/v1"
+
+OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
+    ("POST", "/sessions"): OpDoc(
+        "createSession",
+        "Sessions",
+        data=ref("CreateSessionResult"),
+        body=ref("CreateSessionRequest"),
+        body_required=True,
+        errors=(
+            E.ARG_INVALID,
+            E.ARG_MISSING,
+            E.SESS_INVALID,
+            E.TOKN_MALFORMED,
+            E.TOKN_EXISTS,
+            E.SESS_EXISTS,
+            E.SESS_QUOTA,
+        ),
+        description=(
+            "Creates a session and returns its plaintext token (the only time it is "
+            "returned). More than session.quota.max_per_user live sessions of a user: "
+            "429 TM-SESS-4002 (or the oldest is evicted under quota_policy evict_oldest)."
+        ),
+        roles=_ISSUER,
+    ),
+    ("GET", "/sessions"): OpDoc(
+        "listSessions",
+        "Sessions",
+        data=ref("SessionList"),
+        query=(
+            Param("user_id", {"type": "string"}, "Exact owner (required for issuer keys)"),
+            Param("device_id", {"type": "string"}, "Exact device"),
+            Param("ip_address", {"type": "string"}, "Exact IP or CIDR against ip_address"),
+            Param("key_id", {"type": "string"}, "created_by, exact"),
+            Param("time_range_start", _TIME, "created_at ≥ value (Unix ms or RFC 3339)"),
+            Param("time_range_end", _TIME, "created_at ≤ value (Unix ms or RFC 3339)"),
+            Param("active_after", _TIME, "last_active > value (Unix ms or RFC 3339)"),
+            Param("status", {"enum": ["active", "expired"], "default": "active"}),
+            Param("sort_by", {"enum": ["created_at", "last_active"], "default": "created_at"}),
+            Param("sort_order", {"enum": ["desc", "asc"], "default": "desc"}),
+            _PAGE,
+            _SIZE,
+            _FIELDS,
+        ),
+        errors=(E.ARG_INVALID,),
+        description=(
+            "Filters are AND-ed; expired sessions are excluded. Issuer keys must filter "
+            "by user_id (else 403 TM-AUTH-4030); validator keys are refused."
+        ),
+        roles=("issuer (with user_id)", "admin"),
+    ),
+    ("GET", "/sessions/{session_id}"): OpDoc(
+        "getSession",
+        "Sessions",
+        data=ref("SessionFields"),
+        query=(_FIELDS,),
+        errors=(E.ARG_INVALID, E.SESS_NOT_FOUND, E.SESS_EXPIRED),
+        description=(
+            "Pure read: changes nothing. Unknown or malformed id: 404 TM-SESS-4040; "
+            "expired: 404 TM-SESS-4041. Without `fields` every Session field is present."
+        ),
+        roles=_VALIDATOR,
+    ),
+    ("POST", "/sessions/{session_id}/touch"): OpDoc(
+        "touchSession",
+        "Sessions",
+        data=ref("TouchedSession"),
+        body=ref("EmptyRequest"),
+        query=(_FIELDS,),
+        errors=(E.ARG_INVALID, E.SESS_NOT_FOUND, E.SESS_EXPIRED),
+        description=(
+            "last_active = max(old, now); expires_at and IP/UA fields untouched. The body "
+            "must be empty or {}."
+        ),
+        roles=_VALIDATOR,
+    ),
+    ("POST", "/sessions/{session_id}/renew"): OpDoc(
+        "renewSession",
+        "Sessions",
+        data=ref("RenewResult"),
+        body=ref("RenewRequest"),
+        body_required=True,
+        errors=(E.ARG_INVALID, E.ARG_MISSING, E.SESS_NOT_FOUND, E.SESS_EXPIRED, E.SESS_CONFLICT),
+        description="expires_at = now + ttl_seconds and last_active = now; nothing else.",
+        roles=_ISSUER,
+    ),
+    ("POST", "/sessions/{session_id}/revoke"): OpDoc(
+        "revokeSession",
+        "Sessions",
+        data=ref("RevokeResult"),
+        body=ref("RevokeRequest"),
+        description=(
+            "Idempotent: unknown, expired or already revoked sessions also answer 200. "
+            "sync=true waits for a quorum (standalone: same as false)."
+        ),
+        roles=_ISSUER,
+    ),
+    ("POST", "/users/{user_id}/sessions/revoke"): OpDoc(
+        "revokeUserSessions",
+        "Sessions",
+        data=ref("RevokeUserResult"),
+        body=ref("RevokeUserRequest"),
+        errors=(E.ARG_INVALID, E.SESS_QUOTA),
+        description=(
+            "Revokes every live session of the user (0 is still 200). More than 1000 "
+            "sessions: 429 TM-SESS-4002 and nothing is revoked."
+        ),
+        roles=_ISSUER,
+    ),
+    ("POST", "/tokens/validate"): OpDoc(
+        "validateToken",
+        "Tokens",
+        data=ref("ValidateResult"),
+        body=ref("ValidateRequest"),
+        body_required=True,
+        errors=(
+            E.ARG_MISSING,
+            E.TOKN_MALFORMED,
+            E.TOKN_INVALID,
+            E.TOKN_EXPIRED,
+            E.TOKN_REVOKED,
+        ),
+        description=(
+            "An invalid token is a 401 with the token code, never 200 valid:false. "
+            "touch=true also records last_access_ip/ua."
+        ),
+        roles=_VALIDATOR,
+    ),
+    ("GET", "/health"): OpDoc(
+        "health",
+        "Observability",
+        data=ref("Health"),
+        description="Always 200 while the process runs; no dependency checks.",
+    ),
+    ("GET", "/ready"): OpDoc(
+        "ready",
+        "Observability",
+        data=ref("Ready"),
+        errors=(E.SYS_UNAVAILABLE,),
+        description=(
+            "200 once recovery finished; 503 TM-SYS-5030 with details {status: not_ready, "
+            "checks} during startup, WAL replay, restore and shutdown."
+        ),
+    ),
+    ("GET", "/metrics"): OpDoc(
+        "metrics",
+        "Observability",
+        media="text/plain",
+        media_schema={"type": "string"},
+        description=(
+            "Prometheus text exposition (text/plain; version=0.0.4). Needs a metrics or "
+            "admin key unless telemetry.metrics.auth_enabled is false."
+        ),
+        roles=("metrics", "admin"),
+    ),
+    (
+        "GET",
+        f"{P}/status/summary",
+    ): OpDoc(
+        "getStatusSummary",
+        "Admin",
+        data=ref("StatusSummary"),
+        description="Node status, consistent with /metrics.",
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/gc/trigger"): OpDoc(
+        "triggerGc",
+        "Admin",
+        data=ref("GcResult"),
+        body=ref("GcRequest"),
+        errors=(E.ARG_INVALID, E.ADMIN_THROTTLED),
+        description="The same type again within 60 s: 429 TM-ADMIN-4291 with Retry-After.",
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/keys"): OpDoc(
+        "createApiKey",
+        "API keys",
+        data=ref("CreateKeyResult"),
+        body=ref("CreateKeyRequest"),
+        body_required=True,
+        errors=(E.ARG_INVALID, E.ARG_MISSING),
+        description="The secret is returned once. Missing role: 400 TM-ARG-1002.",
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/keys"): OpDoc(
+        "listApiKeys",
+        "API keys",
+        data=ref("ApiKeyList"),
+        query=(
+            _PAGE,
+            _SIZE,
+            Param("role", ref("Role"), "Only keys of this role"),
+            Param("status", ref("KeyStatus"), "Only keys in this status"),
+        ),
+        errors=(E.ARG_INVALID,),
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/keys/{{key_id}}/status"): OpDoc(
+        "setApiKeyStatus",
+        "API keys",
+        data=ref("KeyStatusResult"),
+        body=ref("KeyStatusRequest"),
+        body_required=True,
+        errors=(E.ARG_INVALID, E.ARG_MISSING, E.ADMIN_NOT_FOUND),
+        description=(
+            "Disabling is immediate. Disabling the last active admin key is allowed and "
+            "answers a warning."
+        ),
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/keys/{{key_id}}/rotate"): OpDoc(
+        "rotateApiKey",
+        "API keys",
+        data=ref("RotateKeyResult"),
+        body=ref("EmptyRequest"),
+        errors=(E.ADMIN_NOT_FOUND,),
+        description=(
+            "The new secret works at once; the previous one until old_secret_valid_until."
+        ),
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/audit/logs"): OpDoc(
+        "queryAuditLogs",
+        "Audit",
+        data=ref("AuditList"),
+        query=(
+            Param("start_time", {"type": "integer", "minimum": 0}, "Unix ms, inclusive"),
+            Param("end_time", {"type": "integer", "minimum": 0}, "Unix ms, inclusive"),
+            Param("operator_id", {"type": "string"}, "Exact operator"),
+            Param("action", {"type": "string"}, "Exact action, e.g. KEY_CREATED"),
+            _PAGE,
+            _SIZE,
+        ),
+        errors=(E.ARG_INVALID,),
+        description="Newest first.",
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/cluster/nodes"): OpDoc(
+        "listClusterNodes",
+        "Cluster",
+        data=ref("ClusterNodes"),
+        errors=(E.SYS_NOT_IMPLEMENTED,),
+        description="501 TM-SYS-5010 while the node runs standalone.",
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/cluster/nodes/{{node_id}}/remove"): OpDoc(
+        "removeClusterNode",
+        "Cluster",
+        data=ref("ClusterActionResult"),
+        body=ref("EmptyRequest"),
+        errors=(E.SYS_NOT_IMPLEMENTED, E.ADMIN_NOT_FOUND),
+        description="501 TM-SYS-5010 while the node runs standalone.",
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/cluster/reset"): OpDoc(
+        "resetCluster",
+        "Cluster",
+        data=ref("ClusterActionResult"),
+        body=ref("ClusterResetRequest"),
+        errors=(E.SYS_NOT_IMPLEMENTED, E.ARG_INVALID, E.ARG_MISSING),
+        description="501 TM-SYS-5010 while the node runs standalone.",
+        roles=_ADMIN,
+    ),
+    ("GET", "/openapi.json"): OpDoc(
+        "getOpenApiDocument",
+        "Documentation",
+        data=None,
+        media="application/json",
+        media_schema=ref("OpenApiDocument"),
+        description="This document (OpenAPI 3.1).",
+    ),
+    ("GET", "/docs"): OpDoc(
+        "getDocs",
+        "Documentation",
+        media="text/html",
+        media_schema={"type": "string"},
+        description="A self-contained HTML rendering of this document.",
+    ),
+}
+
+__all__ = [
+    "DEFAULT_TTL_MAX_SECONDS",
+    "ERROR_CODE_PATTERN",
+    "OPERATIONS",
+    "OpDoc",
+    "Param",
+    "component_schemas",
+    "page_of",
+    "ref",
+]
