@@ -160,6 +160,10 @@ class TokMeshServer:
             argon2=a.argon2_params(),
             on_argon2_seconds=metrics.AUTH_ARGON2_DURATION.observe,
         )
+        # A restore replaces every key: purge their cached grants at once.
+        self.engine.restore_hooks.append(
+            lambda key_ids: [self.auth_cache.invalidate(k) for k in key_ids]
+        )
         repo = EngineKeyRepository(self.engine)
         self.keys = KeyService(
             repo, a.key_settings(), SYSTEM_CLOCK, self.auth_cache, self.auth_cache.invalidate

@@ -243,3 +243,54 @@ async def test_sessions_settings_quota_survives_restart(runner: EngineRunner) ->
     with pytest.raises(TokMeshError) as info:
         await svc(engine).create(CTX, "U1")
     assert info.value.error is E.SESS_QUOTA
+
+
+async def test_restore_replaces_state_atomically(runner: EngineRunner, tmp_path: Path) -> None:
+    engine = await runner.start()
+    s = svc(engine)
+    kept = await s.create(CTX, "before")
+    revoked = await s.create(CTX, "before")
+    await s.revoke(CTX, revoked.session.id)
+    assert engine.snapshotter is not None
+    backup = await engine.snapshotter.take("manual")
+    backup_copy = tmp_path / "backup.snap"
+    backup_copy.write_bytes(backup.path.read_bytes())
+    expected = snapshot_of(engine)
+    # changes after the backup must disappear with the restore
+    later = await s.create(CTX, "after")
+    await s.renew(CTX, kept.session.id, 60)
+    seen: list[Phase] = []
+    engine.restore_hooks.append(lambda ids: seen.append(engine.readiness.phase))
+    result = await engine.restore(backup_copy)
+    assert seen == [Phase.RESTORING] and engine.readiness.ready
+    assert result["sessions"] == 2 and snapshot_of(engine) == expected
+    with pytest.raises(TokMeshError) as info:
+        s.get(later.session.id)
+    assert info.value.error is E.SESS_NOT_FOUND
+    with pytest.raises(TokMeshError) as info:
+        s.validate(revoked.token)
+    assert info.value.error is E.TOKN_REVOKED
+    # writes work after the restore and everything survives a restart
+    newer = await svc(engine).create(CTX, "post")
+    engine = await runner.restart()
+    assert newer.session.id in engine.state.sessions
+    assert later.session.id not in engine.state.sessions
+    assert engine.state.sessions[kept.session.id].version == 1
+
+
+async def test_restore_rejects_tampered_file_untouched(runner: EngineRunner, tmp_path: Path) -> None:
+    from tokmesh.storage.snapshot_codec import SnapshotCorrupt
+
+    engine = await runner.start()
+    s = svc(engine)
+    await s.create(CTX, "u")
+    assert engine.snapshotter is not None
+    info = await engine.snapshotter.take("manual")
+    raw = bytearray(info.path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(bytes(raw))
+    before = snapshot_of(engine)
+    with pytest.raises(SnapshotCorrupt):
+        await engine.restore(bad)
+    assert snapshot_of(engine) == before and engine.readiness.ready

@@ -126,6 +126,8 @@ class StorageEngine:
         self.recovery_info: dict[str, Any] = {}
         self._stopped = trio.Event()
         self._done = trio.Event()
+        #: called with the ids of every API key before and after a restore (cache purge)
+        self.restore_hooks: list[Any] = []
         self._cancel: trio.CancelScope | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -205,6 +207,63 @@ class StorageEngine:
         state.position = recovered.wal_position
         for key_id, rec in recovered.api_keys.items():
             state.keys[key_id] = ApiKey.from_record(rec)
+
+    async def restore(self, source: Path) -> dict[str, Any]:
+        """Replace the whole state with the snapshot file ``source`` (admin restore, 01 §10).
+
+        Verify → safety snapshot of the current state → maintenance (``/ready`` 503,
+        writes ``TM-ADMIN-5031``) → wait for in-flight writes → write ``source``'s content
+        as the newest snapshot at the current WAL position (the atomic rename is the
+        commit point: a crash before it restarts with the old state, after it with the
+        new one, never a mix) → reload through the normal recovery path → ready.
+        Raises ``SnapshotCorrupt`` / ``StorageFatalError`` before anything changes when
+        ``source`` is unreadable, tampered or encrypted with another key.
+        """
+        from tokmesh.storage import snapshot_files
+
+        cipher = self.cipher
+        store = self.store
+        wal = self.wal
+        if cipher is None or store is None or wal is None or self.snapshotter is None:
+            raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready")
+        loaded = await trio.to_thread.run_sync(snapshot_files.read_snapshot, source, cipher)
+        safety = await self.snapshotter.take("pre-restore")
+        old_keys = set(self.state.keys)
+        self.readiness.set(Phase.RESTORING)
+        try:
+            await store.barrier()
+            await wal.sync_now()
+            position = self.state.position
+            s = self.settings
+            now = self.clock.now_ms()
+            restored = await trio.to_thread.run_sync(
+                lambda: snapshot_files.write_snapshot(
+                    s.snapshot_dir,
+                    loaded.sessions,
+                    loaded.api_keys,
+                    position,
+                    s.node_id,
+                    cipher,
+                    now,
+                )
+            )
+            recovered = await trio.to_thread.run_sync(
+                recover, s.wal_dir, s.snapshot_dir, cipher, now
+            )
+            self.state.clear()
+            await self._load(recovered)
+            for hook in self.restore_hooks:
+                hook(old_keys | set(self.state.keys))
+        except BaseException:
+            self.readiness.set(Phase.FAILED, "restore failed")
+            raise
+        self.readiness.set(Phase.READY)
+        return {
+            "sessions": len(self.state.sessions),
+            "api_keys": len(self.state.keys),
+            "safety_snapshot": safety.id,
+            "snapshot": restored.id,
+        }
 
     def _on_wal_failure(self, exc: BaseException) -> None:
         self.readiness.set(Phase.FAILED, "write-ahead log failure")
