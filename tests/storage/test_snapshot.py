@@ -83,9 +83,13 @@ def test_file_format(tmp_path: Path, make_session: MakeSession, aes: Cipher) -> 
         "encrypted": True,
         "enc_alg": ALG_AES,
         "key_count": 1,
+        "chunk_records": 8192,
     }
-    (dlen,) = struct.unpack_from(">Q", raw, 12 + hlen)
-    kpos = 12 + hlen + 8 + dlen
+    # one session chunk, then the u32 0 end marker, then the key part
+    (clen,) = struct.unpack_from(">I", raw, 12 + hlen)
+    end_marker = 12 + hlen + 4 + clen
+    assert struct.unpack_from(">I", raw, end_marker) == (0,)
+    kpos = end_marker + 4
     (klen,) = struct.unpack_from(">Q", raw, kpos)
     assert kpos + 8 + klen + 32 == len(raw)
     assert raw[-32:] == hashlib.sha256(raw[:-32]).digest()
@@ -317,3 +321,14 @@ def test_compaction_cut_uses_second_newest(
     take(tmp_path, [make_session()], aes, now=NOW_MS - 2000, offset=make_position(5, 100))
     take(tmp_path, [make_session()], aes, now=NOW_MS - 1000, offset=make_position(9, 100))
     assert compaction_cut_segment(tmp_path) == 5
+
+
+def test_many_chunks_round_trip(tmp_path: Path, make_session: MakeSession, cipher: Cipher) -> None:
+    """More sessions than one chunk holds: split into several encrypted chunks and back."""
+    from tokmesh.storage.snapshot_codec import CHUNK_RECORDS
+
+    sessions = [make_session() for _ in range(CHUNK_RECORDS * 2 + 5)]
+    info = take(tmp_path, sessions, cipher, offset=make_position(1, 8))
+    loaded = read_snapshot(info.path, cipher)
+    assert loaded.sessions == sessions
+    assert info.session_count == len(sessions)

@@ -197,31 +197,43 @@ class Session:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Session:
-        """Inverse of :meth:`to_record`; ``ValueError`` on a malformed record."""
-        digest = parse_token_hash(rec["token_hash"])
-        if digest is None:
+        """Inverse of :meth:`to_record`; ``ValueError``/``KeyError``/``TypeError`` on a
+        malformed record.
+
+        This runs a million times at start-up (snapshot load), so it fills the slots
+        directly instead of going through ``__init__`` with seventeen keyword lookups.
+        """
+        th = rec["token_hash"]
+        if len(th) != 69 or th[:5].lower() != "tmth_":
             raise ValueError("malformed token_hash in record")
-        data = rec.get("data") or None
-        return cls(
-            id=rec["id"],
-            user_id=rec["user_id"],
-            token_hash=digest,
-            ip_address=rec.get("ip_address", ""),
-            user_agent=rec.get("user_agent", ""),
-            last_access_ip=rec.get("last_access_ip", ""),
-            last_access_ua=rec.get("last_access_ua", ""),
-            device_id=rec.get("device_id", ""),
-            created_by=rec.get("created_by", ""),
-            created_at=int(rec.get("created_at", 0)),
-            expires_at=int(rec.get("expires_at", 0)),
-            last_active=int(rec.get("last_active", 0)),
-            data=dict(data) if data else None,
-            version=int(rec.get("version", 1)),
-            shard_id=int(rec.get("shard_id", 0)),
-            ttl=int(rec.get("ttl", 0)),
-            is_deleted=bool(rec.get("is_deleted", False)),
-            idle_timeout=int(rec.get("idle_timeout", 0)),
-        )
+        digest = bytes.fromhex(th[5:])  # ValueError on non-hex
+        if len(digest) != 32:
+            raise ValueError("malformed token_hash in record")
+        self = object.__new__(cls)
+        get = rec.get
+        intern = sys.intern
+        self.id = rec["id"]
+        self.user_id = rec["user_id"]
+        self.token_hash = digest
+        self.ip_address = intern(get("ip_address") or "")
+        self.user_agent = intern(get("user_agent") or "")
+        self.last_access_ip = intern(get("last_access_ip") or "")
+        self.last_access_ua = intern(get("last_access_ua") or "")
+        self.device_id = get("device_id") or ""
+        self.created_by = intern(get("created_by") or "")
+        self.created_at = int(get("created_at", 0))
+        self.expires_at = int(get("expires_at", 0))
+        self.last_active = int(get("last_active", 0))
+        data = get("data")
+        self.data = dict(data) if data else None
+        self.version = int(get("version", 1))
+        self.shard_id = int(get("shard_id", 0))
+        self.ttl = int(get("ttl", 0))
+        self.is_deleted = bool(get("is_deleted", False))
+        self.idle_timeout = int(get("idle_timeout", 0))
+        if not isinstance(self.id, str) or not isinstance(self.user_id, str):
+            raise TypeError("session id and user_id must be strings")
+        return self
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Session):

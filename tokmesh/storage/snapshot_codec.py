@@ -4,20 +4,26 @@ Layout (all integers big-endian)::
 
     magic "TOKMSNAP" (8)
     header_len u32 · header JSON {version:1, created_at, node_id, session_count,
-                                  wal_last_offset, encrypted:true, enc_alg, key_count}
-    data_len  u64 · data  = nonce ‖ ciphertext ‖ tag of the JSON array of session records
+                                  wal_last_offset, encrypted:true, enc_alg, key_count,
+                                  chunk_records}
+    data: chunks, each  chunk_len u32 · nonce ‖ ciphertext ‖ tag of a JSON array of at most
+          ``chunk_records`` session records;  then  u32 0  (end of the session data)
     keys_len  u64 · keys  = nonce ‖ ciphertext ‖ tag of the JSON array of API-key records
     trailer (32)  = SHA-256 over every preceding byte
 
-``data_len`` is u64 (the spec allows it: 5M sessions can exceed 4 GiB). The ``keys`` part and
-``key_count`` are TokMesh additions that make API keys durable in snapshots too.
+The session data is split into independently encrypted chunks (a TokMesh choice within
+01 §13's incidental details): encoding, encryption and decoding then work on ~8k records
+at a time, so a million-session snapshot never holds the GIL for more than a few
+milliseconds at once (the event loop keeps serving while a worker thread writes it) and
+never materialises a million record dicts. The ``keys`` part and ``key_count`` are
+TokMesh additions that make API keys durable in snapshots too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -69,6 +75,52 @@ class EncodedSnapshot:
         return sum(len(c) for c in self.chunks) + TRAILER_LEN
 
 
+CHUNK_RECORDS = 8192
+
+
+def encode_header(
+    *,
+    session_count: int,
+    key_count: int,
+    wal_last_offset: int,
+    node_id: str,
+    created_at: int,
+    cipher: Cipher,
+    chunk_records: int = CHUNK_RECORDS,
+) -> bytes:
+    """Magic, header length and header JSON: the first bytes of a snapshot file."""
+    header = orjson.dumps(
+        {
+            "version": FORMAT_VERSION,
+            "created_at": created_at,
+            "node_id": node_id,
+            "session_count": session_count,
+            "wal_last_offset": wal_last_offset,
+            "encrypted": True,
+            "enc_alg": cipher.alg,
+            "key_count": key_count,
+            "chunk_records": chunk_records,
+        }
+    )
+    return MAGIC + _U32.pack(len(header)) + header
+
+
+def encode_chunk(records: Sequence[dict[str, Any]], cipher: Cipher) -> bytes:
+    """One encrypted chunk of session records, length-prefixed."""
+    blob = cipher.encrypt(orjson.dumps(records))
+    return _U32.pack(len(blob)) + blob
+
+
+#: marks the end of the session chunks
+END_OF_CHUNKS = _U32.pack(0)
+
+
+def encode_keys(key_records: Sequence[dict[str, Any]], cipher: Cipher) -> bytes:
+    """The end-of-chunks marker followed by the encrypted API-key part."""
+    keys = cipher.encrypt(orjson.dumps(list(key_records)))
+    return END_OF_CHUNKS + _U64.pack(len(keys)) + keys
+
+
 def encode_snapshot(
     session_records: Sequence[dict[str, Any]],
     key_records: Sequence[dict[str, Any]],
@@ -77,32 +129,27 @@ def encode_snapshot(
     node_id: str,
     created_at: int,
     cipher: Cipher,
+    chunk_records: int = CHUNK_RECORDS,
 ) -> EncodedSnapshot:
-    """Encode (and encrypt) a snapshot of plain record dicts."""
-    header = orjson.dumps(
-        {
-            "version": FORMAT_VERSION,
-            "created_at": created_at,
-            "node_id": node_id,
-            "session_count": len(session_records),
-            "wal_last_offset": wal_last_offset,
-            "encrypted": True,
-            "enc_alg": cipher.alg,
-            "key_count": len(key_records),
-        }
-    )
-    data = cipher.encrypt(orjson.dumps(list(session_records)))
-    keys = cipher.encrypt(orjson.dumps(list(key_records)))
-    chunks = (
-        MAGIC + _U32.pack(len(header)) + header + _U64.pack(len(data)),
-        data,
-        _U64.pack(len(keys)),
-        keys,
-    )
+    """Encode (and encrypt) a whole snapshot of plain record dicts in memory."""
+    chunks = [
+        encode_header(
+            session_count=len(session_records),
+            key_count=len(key_records),
+            wal_last_offset=wal_last_offset,
+            node_id=node_id,
+            created_at=created_at,
+            cipher=cipher,
+            chunk_records=chunk_records,
+        )
+    ]
+    for i in range(0, len(session_records), chunk_records):
+        chunks.append(encode_chunk(session_records[i : i + chunk_records], cipher))
+    chunks.append(encode_keys(key_records, cipher))
     digest = hashlib.sha256()
     for chunk in chunks:
         digest.update(chunk)
-    return EncodedSnapshot(chunks, digest.digest())
+    return EncodedSnapshot(tuple(chunks), digest.digest())
 
 
 def _take(buf: bytes, pos: int, n: int, end: int, what: str) -> int:
@@ -175,14 +222,16 @@ def decode_header(buf: bytes) -> SnapshotHeader:
     return _parse_header(buf[pos:end])
 
 
-def decode_snapshot(
+def iter_snapshot(
     buf: bytes, cipher: Cipher
-) -> tuple[SnapshotHeader, list[dict[str, Any]], list[dict[str, Any]], bytes]:
-    """``(header, session_records, key_records, checksum)`` of a complete snapshot file.
+) -> tuple[SnapshotHeader, Iterator[list[dict[str, Any]]], list[dict[str, Any]], bytes]:
+    """``(header, session_chunks, key_records, checksum)`` of a complete snapshot file.
 
-    :class:`SnapshotCorrupt` for bad magic, truncation, checksum mismatch or malformed
-    parts; :class:`StorageFatalError` for a plaintext snapshot, and :class:`DecryptError`
-    when a checksum-valid blob does not authenticate (wrong key): both fatal (01 §9.6).
+    The checksum, the layout and the key part are verified up front; the session chunks
+    are decrypted lazily, one chunk per iteration step. :class:`SnapshotCorrupt` for bad
+    magic, truncation, checksum mismatch or malformed parts; :class:`StorageFatalError`
+    for a plaintext snapshot, and :class:`DecryptError` when a checksum-valid blob does
+    not authenticate (wrong key): both fatal (01 §9.6).
     """
     checksum = verify_trailer(buf)
     end = len(buf) - TRAILER_LEN
@@ -192,21 +241,47 @@ def decode_snapshot(
         raise SnapshotCorrupt("impossible snapshot header length")
     hend = _take(buf, pos, hlen, end, "header")
     header = _parse_header(buf[pos:hend])
-    pos = _take(buf, hend, 8, end, "data length")
-    (dlen,) = _U64.unpack_from(buf, hend)
-    dend = _take(buf, pos, dlen, end, "data")
-    view = memoryview(buf)  # slices without copying a possibly huge data blob
-    data_blob = view[pos:dend]
-    pos = _take(buf, dend, 8, end, "keys length")
-    (klen,) = _U64.unpack_from(buf, dend)
-    kend = _take(buf, pos, klen, end, "keys")
-    keys_blob = view[pos:kend]
+    view = memoryview(buf)  # slices without copying the data blobs
+    spans: list[tuple[int, int]] = []
+    pos = hend
+    while True:
+        nxt = _take(buf, pos, 4, end, "chunk length")
+        (clen,) = _U32.unpack_from(buf, pos)
+        pos = nxt
+        if clen == 0:
+            break
+        cend = _take(buf, pos, clen, end, "chunk")
+        spans.append((pos, cend))
+        pos = cend
+    kpos = _take(buf, pos, 8, end, "keys length")
+    (klen,) = _U64.unpack_from(buf, pos)
+    kend = _take(buf, kpos, klen, end, "keys")
     if kend != end:
         raise SnapshotCorrupt("trailing bytes after snapshot keys")
-    sessions = _decrypt_list(cipher, data_blob, header.enc_alg, "sessions")
-    keys = _decrypt_list(cipher, keys_blob, header.enc_alg, "keys")
-    if len(sessions) != header.session_count or len(keys) != header.key_count:
-        raise SnapshotCorrupt("snapshot record counts do not match its header")
+    keys = _decrypt_list(cipher, view[kpos:kend], header.enc_alg, "keys")
+    if len(keys) != header.key_count:
+        raise SnapshotCorrupt("snapshot key count does not match its header")
+
+    def chunks() -> Iterator[list[dict[str, Any]]]:
+        total = 0
+        for a, b in spans:
+            items = _decrypt_list(cipher, view[a:b], header.enc_alg, "sessions")
+            total += len(items)
+            yield items
+        if total != header.session_count:
+            raise SnapshotCorrupt("snapshot session count does not match its header")
+
+    return header, chunks(), keys, checksum
+
+
+def decode_snapshot(
+    buf: bytes, cipher: Cipher
+) -> tuple[SnapshotHeader, list[dict[str, Any]], list[dict[str, Any]], bytes]:
+    """Like :func:`iter_snapshot` with every session record decoded into one list."""
+    header, chunks, keys, checksum = iter_snapshot(buf, cipher)
+    sessions: list[dict[str, Any]] = []
+    for chunk in chunks:
+        sessions.extend(chunk)
     return header, sessions, keys, checksum
 
 
@@ -229,6 +304,10 @@ __all__ = [
     "SnapshotHeader",
     "decode_header",
     "decode_snapshot",
+    "encode_chunk",
+    "encode_header",
+    "encode_keys",
     "encode_snapshot",
+    "iter_snapshot",
     "verify_trailer",
 ]

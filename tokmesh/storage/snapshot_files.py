@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -19,11 +20,14 @@ from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
 from tokmesh.storage.cipher import Cipher, DecryptError, StorageFatalError, ensure_dir, fsync_dir
 from tokmesh.storage.snapshot_codec import (
+    CHUNK_RECORDS,
     TRAILER_LEN,
     SnapshotCorrupt,
     decode_header,
-    decode_snapshot,
-    encode_snapshot,
+    encode_chunk,
+    encode_header,
+    encode_keys,
+    iter_snapshot,
 )
 from tokmesh.storage.wal_codec import split_position
 
@@ -126,25 +130,43 @@ def write_snapshot(
     snapshot_dir = Path(snapshot_dir)
     try:
         ensure_dir(snapshot_dir)
-        encoded = encode_snapshot(
-            [s.to_record() for s in sessions],
-            api_keys,
-            wal_last_offset=wal_last_offset,
-            node_id=node_id,
-            created_at=now_ms,
-            cipher=cipher,
-        )
         snap_id = _next_id(snapshot_dir, now_ms)
-    except (OSError, TypeError, ValueError) as exc:
-        # TypeError/ValueError: a record that JSON cannot encode (orjson.JSONEncodeError).
-        raise SnapshotError(f"snapshot encoding failed: {type(exc).__name__}") from exc
+    except OSError as exc:
+        raise SnapshotError(f"snapshot directory unusable: {exc.strerror or exc}") from exc
     tmp = snapshot_dir / f"{snap_id}.tmp"
     final = snapshot_dir / f"{snap_id}.snap"
+    digest = hashlib.sha256()
+    size = 0
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            _write_chunks(fd, [*encoded.chunks, encoded.checksum])
+
+            def emit(part: bytes) -> None:
+                nonlocal size
+                digest.update(part)
+                size += len(part)
+                _write_chunks(fd, [part])
+
+            emit(
+                encode_header(
+                    session_count=len(sessions),
+                    key_count=len(api_keys),
+                    wal_last_offset=wal_last_offset,
+                    node_id=node_id,
+                    created_at=now_ms,
+                    cipher=cipher,
+                )
+            )
+            # Chunk by chunk: only ~8k record dicts exist at a time, and no single C call
+            # (JSON encoding, encryption) holds the GIL for long.
+            for i in range(0, len(sessions), CHUNK_RECORDS):
+                records = [s.to_record() for s in sessions[i : i + CHUNK_RECORDS]]
+                emit(encode_chunk(records, cipher))
+            emit(encode_keys(api_keys, cipher))
+            checksum = digest.digest()
+            _write_chunks(fd, [checksum])
+            size += len(checksum)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -152,19 +174,21 @@ def write_snapshot(
             raise FileExistsError(final.name)
         os.rename(tmp, final)
         fsync_dir(snapshot_dir)
-    except OSError as exc:
+    except (OSError, TypeError, ValueError) as exc:
+        # TypeError/ValueError: a record that JSON cannot encode (orjson.JSONEncodeError).
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise SnapshotError(f"writing snapshot {snap_id} failed: {exc.strerror or exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SnapshotError(f"writing snapshot {snap_id} failed: {reason}") from exc
     info = SnapshotInfo(
         id=snap_id,
         path=final,
-        size=encoded.size,
+        size=size,
         created_at=now_ms,
         session_count=len(sessions),
         key_count=len(api_keys),
         wal_last_offset=wal_last_offset,
-        checksum=encoded.checksum.hex(),
+        checksum=checksum.hex(),
         node_id=node_id,
     )
     _log.info(
@@ -190,13 +214,15 @@ def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
     except OSError as exc:
         raise SnapshotCorrupt(f"cannot read snapshot: {exc.strerror or exc}") from None
     try:
-        header, records, keys, checksum = decode_snapshot(buf, cipher)
+        header, chunks, keys, checksum = iter_snapshot(buf, cipher)
+        sessions: list[Session] = []
+        from_record = Session.from_record
+        for records in chunks:
+            sessions.extend([from_record(r) for r in records])
     except DecryptError as exc:
         raise StorageFatalError(
             f"snapshot {path.name}: cannot decrypt: {exc}", {"snapshot": path.name}
         ) from None
-    try:
-        sessions = [Session.from_record(r) for r in records]
     except (KeyError, ValueError, TypeError) as exc:
         raise SnapshotCorrupt(
             f"malformed session record in snapshot: {type(exc).__name__}"
