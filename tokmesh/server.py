@@ -27,6 +27,7 @@ from tokmesh.actors.wal_writer import WalSettings
 from tokmesh.api.admin import status_data
 from tokmesh.api.app import NativeFront, build_api, create_quart_app
 from tokmesh.api.asgi_bridge import AsgiBridge
+from tokmesh.api.backups import streams_request_body
 from tokmesh.api.deps import ApiDeps
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_server import ServerControl, serve_http
@@ -37,7 +38,7 @@ from tokmesh.config.types import parse_addr
 from tokmesh.domain.clock import SYSTEM_CLOCK
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
-from tokmesh.services.auth import Authenticator, AuthSettings
+from tokmesh.services.auth import Authenticator, AuthHooks, AuthSettings
 from tokmesh.services.keys import KeyService
 from tokmesh.services.sessions import SessionSettings
 from tokmesh.storage.wal_codec import RecordType
@@ -174,6 +175,11 @@ class TokMeshServer:
             self.auth_cache,
             SYSTEM_CLOCK,
             audit=self._audit_auth,
+            hooks=AuthHooks(
+                cache_hit=metrics.AUTH_CACHE_HITS.inc,
+                cache_miss=metrics.AUTH_CACHE_MISSES.inc,
+                failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
+            ),
             on_used=self.keys.note_used,
         )
         self.deps = ApiDeps(
@@ -202,6 +208,10 @@ class TokMeshServer:
         state = self.engine.state
         metrics.register_gauge_provider(
             "tokmesh_sessions_active_total", lambda: float(state.live_count())
+        )
+        cache = self.auth_cache
+        metrics.register_gauge_provider(
+            "tokmesh_auth_cache_hit_rate", lambda: float(cache.stats.hit_rate()), {"key": "apikey"}
         )
 
     def _on_change(self, rtype: RecordType, sid: str, new: Session | None, pos: int) -> None:
@@ -337,7 +347,14 @@ class TokMeshServer:
             host, port = parse_addr(address)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             control: ServerControl = await nursery.start(
-                functools.partial(serve_http, front, listeners, limits=limits, ssl_context=ctx)
+                functools.partial(
+                    serve_http,
+                    front,
+                    listeners,
+                    limits=limits,
+                    ssl_context=ctx,
+                    streaming_predicate=streams_request_body,
+                )
             )
             self.http_controls.append(control)
             self.ports[name] = control.ports[0]

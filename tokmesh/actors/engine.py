@@ -30,6 +30,7 @@ from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.services.sessions import SessionService, SessionSettings
 from tokmesh.storage.cipher import Cipher, load_or_create_key
 from tokmesh.storage.recovery import recover
+from tokmesh.telemetry import metrics
 
 log = logging.getLogger("tokmesh.engine")
 
@@ -163,7 +164,11 @@ class StorageEngine:
         gc.freeze()
 
         wal = self.wal = WalWriter(
-            s.wal_dir, cipher, s.wal, on_failure=self._on_wal_failure
+            s.wal_dir,
+            cipher,
+            s.wal,
+            on_failure=self._on_wal_failure,
+            on_batch=lambda records, nbytes, seconds: metrics.WAL_WRITE_BYTES.inc(nbytes),
         )
         await wal.open(self.state.position)
         store = self.store = SessionStore(
@@ -266,6 +271,7 @@ class StorageEngine:
         }
 
     def _on_wal_failure(self, exc: BaseException) -> None:
+        metrics.WAL_FSYNC_FAILED.inc()
         self.readiness.set(Phase.FAILED, "write-ahead log failure")
 
     async def stop(self) -> None:

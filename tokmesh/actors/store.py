@@ -36,6 +36,7 @@ from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import new_session_id
 from tokmesh.domain.session import Session
 from tokmesh.storage.wal_codec import RecordType, WalRecord
+from tokmesh.telemetry import metrics
 
 log = logging.getLogger("tokmesh.store")
 
@@ -201,6 +202,7 @@ class SessionShard:
         evict: Session | None = None
         if len(live) >= msg.max_per_user:
             if not msg.evict_oldest:
+                metrics.SESSION_QUOTA_EXCEEDED.inc()
                 raise TokMeshError(
                     E.SESS_QUOTA,
                     "per-user session quota reached",
@@ -268,7 +270,7 @@ class SessionShard:
 
     async def _renew(self, msg: Renew) -> None:
         cur = self._must_exist(msg.sid, msg.now_ms)
-        _check_version(cur, msg.expected_version)
+        _check_version(cur, msg.expected_version, "renew")
         now = msg.now_ms
         new = cur.evolve(
             expires_at=now + msg.ttl_ms,
@@ -283,7 +285,7 @@ class SessionShard:
         cur = self._must_exist(msg.sid, msg.now_ms)
         if msg.user_id is not None and msg.user_id != cur.user_id:
             raise TokMeshError(E.ARG_INVALID, "user_id is immutable")
-        _check_version(cur, msg.expected_version)
+        _check_version(cur, msg.expected_version, "update")
         now = msg.now_ms
         changes: dict[str, object] = {
             "last_active": max(cur.last_active, now),
@@ -369,8 +371,9 @@ class SessionShard:
             await self._log(RecordType.DELETE, sid, None, now, counter.ok, counter.failed)
 
 
-def _check_version(cur: Session, expected: int | None) -> None:
+def _check_version(cur: Session, expected: int | None, method: str) -> None:
     if expected is not None and expected != cur.version:
+        metrics.SESSION_VERSION_CONFLICTS.labels(method=method).inc()
         raise TokMeshError(
             E.SESS_CONFLICT,
             details={"current_version": cur.version, "attempted_version": expected},

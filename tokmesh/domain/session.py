@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.domain.tokens import digest_to_hash, parse_token_hash
+from tokmesh.domain.tokens import digest_to_hash
 
 MAX_USER_ID_BYTES = 128
 MAX_DEVICE_ID_BYTES = 128

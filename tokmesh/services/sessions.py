@@ -32,8 +32,13 @@ from tokmesh.domain.session import (
     clean_user_agent,
 )
 from tokmesh.domain.tokens import generate_token, is_valid_token, token_digest
+from tokmesh.telemetry import metrics
 
 log = logging.getLogger("tokmesh.sessions")
+
+_VALIDATE_VALID = metrics.TOKEN_VALIDATE_VALID
+_VALIDATE_INVALID = metrics.TOKEN_VALIDATE_INVALID
+_VALIDATE_ERROR = metrics.TOKEN_VALIDATE_ERROR
 
 _sha_digest = token_digest
 
@@ -235,11 +240,21 @@ class SessionService:
 
     def validate(self, token: str) -> Session:
         """Validate without touch: no mutation, microseconds, no await."""
-        return self.find_by_token(token)
+        try:
+            s = self.find_by_token(token)
+        except TokMeshError as err:
+            # valid / invalid (token errors) / error (malformed request)
+            if err.error.code.startswith("TM-TOKN-40") and err.error is not E.TOKN_MALFORMED:
+                _VALIDATE_INVALID.inc()
+            else:
+                _VALIDATE_ERROR.inc()
+            raise
+        _VALIDATE_VALID.inc()
+        return s
 
     async def validate_touch(self, ctx: RequestContext, token: str) -> Session:
         """Validate with touch (01 §4.4 step 4): best effort, returns the post-touch session."""
-        s = self.find_by_token(token)
+        s = self.validate(token)
         reply: Reply[Session] = Reply()
         msg = m.Touch(
             sid=s.id,
