@@ -6,7 +6,7 @@ next to its target. Usage:
     python bench/core_bench.py wal            # sync/batch acknowledged writes/s, 64 writers
     python bench/core_bench.py validate       # service-layer validate, µs per call
     python bench/core_bench.py scale [N]      # N sessions (default 1,000,000): RSS, snapshot,
-                                              # cold start (+100k WAL records), validate p99 under GC
+                                              # cold start (+100k WAL), validate p99 under GC
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import gc
 import os
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,9 @@ from tokmesh.actors.engine import EngineSettings, StorageEngine
 from tokmesh.actors.wal_writer import WalSettings
 from tokmesh.services.sessions import RequestContext, SessionSettings
 
-CTX = RequestContext(key_id="tmak-01jf8xzm7e3xqh5p8n4r6s2w0t", client_ip="10.1.2.3", user_agent="bench/1.0")
+CTX = RequestContext(
+    key_id="tmak-01jf8xzm7e3xqh5p8n4r6s2w0t", client_ip="10.1.2.3", user_agent="bench/1.0"
+)
 
 
 def rss_mb() -> float:
@@ -75,8 +76,11 @@ async def bench_wal(mode: str, writers: int = 64, seconds: float = 3.0) -> float
             fsyncs = engine.wal.stats.fsyncs if engine.wal else 0
             await engine.stop()
         rate = done / elapsed
-        print(f"wal {mode:5s}: {rate:10,.0f} acknowledged creates/s with {writers} writers "
-              f"({done} in {elapsed:.2f}s, {fsyncs} fsyncs, {done / max(fsyncs, 1):.1f} records/fsync)")
+        print(
+            f"wal {mode:5s}: {rate:10,.0f} acknowledged creates/s with {writers} writers "
+            f"({done} in {elapsed:.2f}s, {fsyncs} fsyncs, "
+            f"{done / max(fsyncs, 1):.1f} records/fsync)"
+        )
         return rate
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -132,8 +136,10 @@ async def bench_scale(n: int) -> None:
             fill_s = time.perf_counter() - t0
             gc.collect()
             rss = rss_mb() - base_rss
-            print(f"{n:,} sessions created in {fill_s:.1f}s; RSS +{rss:,.0f} MB "
-                  f"(target ≤ 1024 MB, aim 600 MB; {rss * 1024 * 1024 / n:.0f} B/session)")
+            print(
+                f"{n:,} sessions created in {fill_s:.1f}s; RSS +{rss:,.0f} MB "
+                f"(target ≤ 1024 MB, aim 600 MB; {rss * 1024 * 1024 / n:.0f} B/session)"
+            )
             assert engine.snapshotter is not None
 
             # snapshot while writes continue: measure the longest stall of a ticking task
@@ -151,9 +157,11 @@ async def bench_scale(n: int) -> None:
             info = await engine.snapshotter.take("bench")
             snap_s = time.perf_counter() - t0
             stop.set()
-            print(f"snapshot of {info.session_count:,} sessions: {snap_s:.1f}s, "
-                  f"{info.size / 1e6:.0f} MB (target ≤ 10 s); longest loop stall "
-                  f"{max(stalls) * 1000:.1f} ms (target ≤ 50 ms)")
+            print(
+                f"snapshot of {info.session_count:,} sessions: {snap_s:.1f}s, "
+                f"{info.size / 1e6:.0f} MB (target ≤ 10 s); longest loop stall "
+                f"{max(stalls) * 1000:.1f} ms (target ≤ 50 ms)"
+            )
 
             # 100k WAL records after the snapshot
             t0 = time.perf_counter()
@@ -192,7 +200,10 @@ async def bench_scale(n: int) -> None:
             lat.sort()
             p99 = lat[int(len(lat) * 0.99)] * 1000
             worst = lat[-1] * 1000
-            print(f"validate during full GCs: p99 {p99:.3f} ms, max {worst:.1f} ms (target p99 ≤ 20 ms)")
+            print(
+                f"validate during full GCs: p99 {p99:.3f} ms, max {worst:.1f} ms "
+                "(target p99 ≤ 20 ms)"
+            )
             await engine.stop()
         # cold start: snapshot + 100k WAL records
         del engine
@@ -202,9 +213,11 @@ async def bench_scale(n: int) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(engine2.run)
             cold = time.perf_counter() - t0
-            print(f"cold start to ready from snapshot + 100k WAL records: {cold:.1f}s "
-                  f"(target ≤ 5 s); {len(engine2.state.sessions):,} sessions; "
-                  f"{engine2.recovery_info}")
+            print(
+                f"cold start to ready from snapshot + 100k WAL records: {cold:.1f}s "
+                f"(target ≤ 5 s); {len(engine2.state.sessions):,} sessions; "
+                f"{engine2.recovery_info}"
+            )
             await engine2.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -32,6 +32,7 @@ from tokmesh.api.deps import ApiDeps
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_server import ServerControl, serve_http
 from tokmesh.api.local_socket import LocalSocketServer
+from tokmesh.api.tls_reload import CertReloader, server_context
 from tokmesh.config.node_id import data_dir_of, resolve_node_id
 from tokmesh.config.schema import Config
 from tokmesh.config.types import parse_addr
@@ -129,23 +130,19 @@ def auth_settings(cfg: Config) -> AuthSettings:
     )
 
 
-def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext:
-    """TLS 1.2+ server context; a client CA makes client certificates mandatory (mTLS)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    if client_ca_file:
-        ctx.load_verify_locations(client_ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 class TokMeshServer:
     """One TokMesh node."""
 
-    def __init__(self, cfg: Config, *, config_file: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_file: str | None = None,
+        flags: dict[str, str] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.config_file = config_file
+        self.flags = dict(flags or {})
         self.node_id = resolve_node_id(cfg)
         self.data_dir = data_dir_of(cfg)
         metrics_hook = self._on_change
@@ -194,6 +191,7 @@ class TokMeshServer:
         )
         self.api = build_api(self.deps)
         self.http_controls: list[ServerControl] = []
+        self.cert_reloaders: list[CertReloader] = []
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
         self._shutdown = trio.Event()
@@ -229,7 +227,9 @@ class TokMeshServer:
             self._grace = grace
         self._shutdown.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[TokMeshServer] = trio.TASK_STATUS_IGNORED) -> int:
+    async def run(
+        self, *, task_status: trio.TaskStatus[TokMeshServer] = trio.TASK_STATUS_IGNORED
+    ) -> int:
         """Run until shutdown; returns the process exit code."""
         cfg = self.cfg
         engine_done = trio.Event()
@@ -237,7 +237,7 @@ class TokMeshServer:
 
         async def run_engine() -> None:
             try:
-                await self.engine.run(task_status=engine_started)  # type: ignore[arg-type]
+                await self.engine.run(task_status=engine_started)
             finally:
                 engine_done.set()
                 engine_started.started()  # unblock the parent if recovery failed
@@ -312,38 +312,52 @@ class TokMeshServer:
                     self.request_shutdown()
 
     async def reload(self) -> dict[str, list[str]]:
-        """SIGHUP / ``RELOAD``: re-read the file and apply hot items (log level)."""
-        from tokmesh.config.loader import load_config
+        """SIGHUP / ``RELOAD`` / ``POST /admin/v1/config/reload`` (05 §5).
 
+        Reloads the TLS certificates, re-reads the configuration with the original flags,
+        validates it fully and applies the hot items (log level); restart-only changes
+        are listed in ``ignored``. An invalid file changes nothing.
+        """
+        from tokmesh.config.reload import reload_plan
+        from tokmesh.config.validate import load_and_validate
+
+        updated = [f"server.{r.name}.tls" for r in self.cert_reloaders if r.reload()]
         if self.config_file is None:
-            return {"updated": [], "ignored": []}
-        result = await trio.to_thread.run_sync(
-            lambda: load_config(self.config_file, dict(os.environ), {}, Path.cwd())
+            return {"updated": updated, "ignored": []}
+        result, report = await trio.to_thread.run_sync(
+            lambda: load_and_validate(self.config_file, dict(os.environ), self.flags, Path.cwd())
         )
-        if result.errors:
-            log.error("config reload failed; keeping the running configuration")
-            return {"updated": [], "ignored": []}
-        updated: list[str] = []
-        new_level = result.config.telemetry.logging.level
-        if new_level != self.cfg.telemetry.logging.level:
-            set_level(new_level)
+        if report.errors:
+            log.error(
+                "config reload rejected; keeping the running configuration",
+                extra={"errors": [f"{e.key}: {e.code.code}" for e in report.errors]},
+            )
+            return {"updated": updated, "ignored": []}
+        hot, restart = reload_plan(self.cfg, result.config)
+        if "telemetry.logging.level" in hot:
+            set_level(result.config.telemetry.logging.level)
             updated.append("telemetry.logging.level")
-        return {"updated": updated, "ignored": []}
+        self.cfg = result.config if not restart else self.cfg
+        log.info("config_reloaded", extra={"updated": updated, "ignored": restart})
+        return {"updated": updated, "ignored": restart}
 
     # -- listeners -------------------------------------------------------------------------------
 
-    async def _start_http(self, nursery: trio.Nursery, front: NativeFront, limits: HttpLimits) -> None:
+    async def _start_http(
+        self, nursery: trio.Nursery, front: NativeFront, limits: HttpLimits
+    ) -> None:
         cfg = self.cfg
         targets: list[tuple[str, str, ssl.SSLContext | None]] = []
         if cfg.server.http.enabled:
             targets.append(("http", cfg.server.http.address, None))
         if cfg.server.https.enabled:
             t = cfg.server.https.tls
-            targets.append(
-                ("https", cfg.server.https.address,
-                 server_ssl_context(t.cert_file, t.key_file, t.client_ca_file))
-            )
-        for name, address, ctx in targets:
+            ctx = server_context(t.cert_file, t.key_file, t.client_ca_file)
+            reloader = CertReloader("https", ctx, t.cert_file, t.key_file, t.client_ca_file)
+            self.cert_reloaders.append(reloader)
+            await nursery.start(reloader.run)
+            targets.append(("https", cfg.server.https.address, ctx))
+        for name, address, tls in targets:
             host, port = parse_addr(address)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             control: ServerControl = await nursery.start(
@@ -352,7 +366,7 @@ class TokMeshServer:
                     front,
                     listeners,
                     limits=limits,
-                    ssl_context=ctx,
+                    ssl_context=tls,
                     streaming_predicate=streams_request_body,
                 )
             )
@@ -381,7 +395,9 @@ class TokMeshServer:
                 if i + 1 < len(candidates):
                     log.warning(
                         "local admin socket %s unavailable (%s); using %s instead",
-                        path, exc.strerror or exc, candidates[i + 1],
+                        path,
+                        exc.strerror or exc,
+                        candidates[i + 1],
                     )
                     continue
                 log.warning("local admin socket disabled: %s", exc)
@@ -395,8 +411,11 @@ class TokMeshServer:
     def _local_audit(self, action: str, **details: Any) -> None:
         self.audit.append(
             audit_mod.AuditRecord.new(
-                action, operator_id=audit_mod.LOCAL_ADMIN, operator_role="admin",
-                resource="local_socket", details=details,
+                action,
+                operator_id=audit_mod.LOCAL_ADMIN,
+                operator_role="admin",
+                resource="local_socket",
+                details=details,
             )
         )
 

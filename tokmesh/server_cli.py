@@ -52,7 +52,7 @@ def _version_text() -> str:
 def _print_version(ctx: click.Context, _param: Any, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         click.echo(_version_text())
-        ctx.exit(0)
+        raise click.exceptions.Exit(0)
 
 
 def _options(func: Any) -> Any:
@@ -126,7 +126,7 @@ async def run_cli(config_path: str | None, flags: dict[str, str], test_only: boo
     from tokmesh.server import TokMeshServer
 
     try:
-        server = TokMeshServer(cfg, config_file=result.source.file)
+        server = TokMeshServer(cfg, config_file=result.source.file, flags=flags)
         return await server.run()
     except TokMeshError as exc:
         log.error("fatal: %s %s", exc.code, exc.message)

@@ -15,8 +15,11 @@ from tokmesh.domain.clock import ManualClock
 from tokmesh.services.sessions import RequestContext, SessionSettings
 
 CTX = RequestContext(
-    request_id="req-test", key_id="tmak-01jf8xzm7e3xqh5p8n4r6s2w0t", role="issuer",
-    client_ip="10.0.0.1", user_agent="UA-A",
+    request_id="req-test",
+    key_id="tmak-01jf8xzm7e3xqh5p8n4r6s2w0t",
+    role="issuer",
+    client_ip="10.0.0.1",
+    user_agent="UA-A",
 )
 
 

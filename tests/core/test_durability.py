@@ -206,9 +206,7 @@ async def test_readiness_during_recovery(
     await eng2.wait_stopped()
 
 
-async def test_batch_mode_acks_without_fsync_each(
-    runner: EngineRunner, clock: ManualClock
-) -> None:
+async def test_batch_mode_acks_without_fsync_each(runner: EngineRunner, clock: ManualClock) -> None:
     engine = await runner.start(wal=WalSettings(sync_mode="batch", sync_interval=0.05))
     s = svc(engine)
     for i in range(50):
@@ -278,7 +276,9 @@ async def test_restore_replaces_state_atomically(runner: EngineRunner, tmp_path:
     assert engine.state.sessions[kept.session.id].version == 1
 
 
-async def test_restore_rejects_tampered_file_untouched(runner: EngineRunner, tmp_path: Path) -> None:
+async def test_restore_rejects_tampered_file_untouched(
+    runner: EngineRunner, tmp_path: Path
+) -> None:
     from tokmesh.storage.snapshot_codec import SnapshotCorrupt
 
     engine = await runner.start()

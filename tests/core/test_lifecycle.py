@@ -78,8 +78,16 @@ async def test_get_uppercase_id(engine: StorageEngine) -> None:
 async def test_limits(engine: StorageEngine) -> None:
     s = svc(engine)
     await expect(E.SESS_INVALID, s.create(CTX, "U1", data={"k": "v" * 4095, "x": "y" * 0}))
-    ok = await s.create(CTX, "U1", data={"k": "v" * 1023, "k2": "v" * 1023, "k3": "v" * 1023,
-                                         "k4": "v" * (4096 - 3 * 1025 - 2 - 2)})
+    ok = await s.create(
+        CTX,
+        "U1",
+        data={
+            "k": "v" * 1023,
+            "k2": "v" * 1023,
+            "k3": "v" * 1023,
+            "k4": "v" * (4096 - 3 * 1025 - 2 - 2),
+        },
+    )
     assert ok.session.data is not None
     await expect(E.SESS_INVALID, s.create(CTX, "U1", data={"k" * 65: "v"}))
     await expect(E.SESS_INVALID, s.create(CTX, "U1", data={"k": "v" * 1025}))
@@ -106,7 +114,7 @@ async def test_data_exactly_4096_and_4097(engine: StorageEngine) -> None:
 async def test_quota(engine: StorageEngine, clock: ManualClock) -> None:
     s = svc(engine)
     first = None
-    for i in range(50):
+    for _ in range(50):
         r = await s.create(CTX, "U1")
         first = first or r
     err = await expect(E.SESS_QUOTA, s.create(CTX, "U1"))
@@ -188,7 +196,9 @@ async def test_validate_states(engine: StorageEngine, clock: ManualClock) -> Non
     await expect(E.TOKN_MALFORMED, lambda: s.validate("tmtk_short"))
 
 
-async def test_validate_touch_updates_access_fields(engine: StorageEngine, clock: ManualClock) -> None:
+async def test_validate_touch_updates_access_fields(
+    engine: StorageEngine, clock: ManualClock
+) -> None:
     s = svc(engine)
     r = await s.create(CTX, "U1")
     clock.advance(1000)

@@ -14,7 +14,9 @@ from tests.support.server import ServerProcess
 def server_factory(tmp_path: Path) -> Iterator[object]:
     made: list[ServerProcess] = []
 
-    def make(name: str = "node", overrides: dict | None = None, start: bool = True) -> ServerProcess:
+    def make(
+        name: str = "node", overrides: dict | None = None, start: bool = True
+    ) -> ServerProcess:
         s = ServerProcess(tmp_path / name, overrides)
         made.append(s)
         if start:

@@ -57,7 +57,11 @@ def writer(base: str, key: str, n: int, stop: threading.Event, ledger: Ledger) -
                 if r.status_code == 200:
                     rd = r.json()["data"]
                     a = ledger.sessions[sid]
-                    a.version, a.expires_at, a.in_flight = rd["version"], rd["new_expires_at"], False
+                    a.version, a.expires_at, a.in_flight = (
+                        rd["version"],
+                        rd["new_expires_at"],
+                        False,
+                    )
                 if i % 3 == 0:
                     ledger.sessions[sid].in_flight = True
                     r = client.post(f"/sessions/{sid}/revoke")
@@ -180,8 +184,11 @@ def test_readme_default_start_without_config(tmp_path: Path) -> None:
     import subprocess
 
     proc = subprocess.Popen(
-        ["tokmesh-server"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ["tokmesh-server"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 20

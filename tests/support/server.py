@@ -62,13 +62,12 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True, extra_args: list[str] | None = None) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
-        log = open(self.log_path, "ab")
         exe = Path(sys.executable).with_name("tokmesh-server")
         cmd = [str(exe) if exe.exists() else "tokmesh-server", "--config", str(self.config_path)]
-        self.proc = subprocess.Popen(
-            cmd + (extra_args or []), stdout=log, stderr=subprocess.STDOUT, cwd=self.root
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd + (extra_args or []), stdout=log, stderr=subprocess.STDOUT, cwd=self.root
+            )
         if wait_ready:
             self.wait_ready()
 

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from tokmesh.actors.session_store import SessionStore
-from tokmesh.actors.snapshotter import Snapshotter, SnapshotSettings
+from tokmesh.actors.snapshotter import SnapshotSettings, Snapshotter
 from tokmesh.actors.state import StoreState
 from tokmesh.actors.store import ChangeHook
 from tokmesh.actors.sweeper import TtlSweeper
@@ -95,9 +95,9 @@ class EngineSettings:
     snapshot_dir: Path
     encryption_key_hex: str = ""
     node_id: str = ""
-    wal: WalSettings = WalSettings()
-    snapshot: SnapshotSettings = SnapshotSettings()
-    sessions: SessionSettings = SessionSettings()
+    wal: WalSettings = attrs.field(factory=WalSettings)
+    snapshot: SnapshotSettings = attrs.field(factory=SnapshotSettings)
+    sessions: SessionSettings = attrs.field(factory=SessionSettings)
     gc_interval: float = 0.1
     sample_size: int = 20
     shard_count: int = 4

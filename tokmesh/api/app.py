@@ -15,8 +15,11 @@ from typing import Any
 
 import quart
 from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
 
 from tokmesh.api.admin import admin_routes
+from tokmesh.api.admin_config import config_routes
+from tokmesh.api.backups import backup_routes
 from tokmesh.api.business import business_routes
 from tokmesh.api.deps import ApiDeps
 from tokmesh.api.http_types import HttpRequest, HttpResponse
@@ -30,7 +33,14 @@ RouteFactory = Callable[[], list[Route]]
 def build_api(deps: ApiDeps, extra: list[RouteFactory] | None = None) -> Api:
     """The :class:`Api` with every route (plus ``extra`` route factories)."""
     routes: list[Route] = []
-    factories: list[RouteFactory] = [ops_routes, business_routes, admin_routes, *(extra or [])]
+    factories: list[RouteFactory] = [
+        ops_routes,
+        business_routes,
+        admin_routes,
+        config_routes,
+        backup_routes,
+        *(extra or []),
+    ]
     for factory in factories:
         routes.extend(factory())
     api = Api(deps, routes)
@@ -73,10 +83,7 @@ def create_quart_app(api: Api, max_body_size: int = 100 << 20) -> QuartTrio:
         body = await request.get_data(cache=False)
         scope = request.scope
         raw_path = scope.get("raw_path") or request.path.encode()
-        headers = [
-            (name.lower(), value)
-            for name, value in scope.get("headers", [])
-        ]
+        headers = [(name.lower(), value) for name, value in scope.get("headers", [])]
         client = scope.get("client") or ("", 0)
         server = scope.get("server") or ("", 0)
         hreq = HttpRequest(
@@ -94,14 +101,17 @@ def create_quart_app(api: Api, max_body_size: int = 100 << 20) -> QuartTrio:
         )
         resp = await api.handle(hreq)
         if resp.body_iter is not None:
-            return quart.Response(resp.body_iter, status=resp.status, headers=resp.headers)
-        return quart.Response(resp.body, status=resp.status, headers=resp.headers)
+            return quart.Response(
+                resp.body_iter, status=resp.status, headers=Headers(resp.headers)
+            )
+        return quart.Response(resp.body, status=resp.status, headers=Headers(resp.headers))
 
+    app.add_url_rule("/", "root", dispatch, methods=ALL_METHODS, provide_automatic_options=False)
     app.add_url_rule(
-        "/", "root", dispatch, methods=ALL_METHODS, provide_automatic_options=False
-    )
-    app.add_url_rule(
-        "/<path:path>", "dispatch", dispatch, methods=ALL_METHODS,
+        "/<path:path>",
+        "dispatch",
+        dispatch,
+        methods=ALL_METHODS,
         provide_automatic_options=False,
     )
     return app

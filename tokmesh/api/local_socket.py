@@ -7,12 +7,13 @@ command is audited as ``LOCAL_ADMIN``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,18 @@ CommandHandler = Callable[[list[str]], Awaitable[dict[str, Any]]]
 
 def envelope_ok(data: dict[str, Any]) -> bytes:
     """A success envelope line."""
-    return orjson.dumps(
-        {
-            "code": "OK",
-            "message": "Success",
-            "request_id": new_request_id(),
-            "timestamp": time.time_ns() // 1_000_000,
-            "data": data,
-        }
-    ) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "code": "OK",
+                "message": "Success",
+                "request_id": new_request_id(),
+                "timestamp": time.time_ns() // 1_000_000,
+                "data": data,
+            }
+        )
+        + b"\n"
+    )
 
 
 def envelope_error(exc: TokMeshError) -> bytes:
@@ -68,7 +72,7 @@ def parse_command(line: bytes) -> tuple[str, list[str]]:
 class LocalSocketServer:
     """Serves the emergency commands on a Unix socket."""
 
-    def __init__(self, path: Path, commands: dict[str, CommandHandler]) -> None:
+    def __init__(self, path: Path, commands: Mapping[str, CommandHandler]) -> None:
         self.path = path
         self.commands = commands
 
@@ -76,12 +80,9 @@ class LocalSocketServer:
         """Create the socket file (stale file replaced) with mode 0660, never briefly wider."""
         parent = self.path.parent
         parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        try:
-            st = self.path.lstat()
-            if stat.S_ISSOCK(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
-        except FileNotFoundError:
-            pass
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)
         try:
@@ -105,10 +106,8 @@ class LocalSocketServer:
                     nursery.start_soon(self._handle, stream)
         finally:
             await listener.aclose()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            except FileNotFoundError:
-                pass
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         buf = b""

@@ -478,7 +478,9 @@ def _ip_in(text: str, net: Any) -> bool:
         return False
 
 
-def trim_fields(public: dict[str, Any], fields: str | None, mandatory: Iterable[str]) -> dict[str, Any]:
+def trim_fields(
+    public: dict[str, Any], fields: str | None, mandatory: Iterable[str]
+) -> dict[str, Any]:
     """Field trimming of 03 §2.5: unknown names → ``TM-ARG-1001``; mandatory fields kept."""
     if not fields:
         return public
