@@ -192,6 +192,7 @@ class TokMeshServer:
         self.api = build_api(self.deps)
         self.http_controls: list[ServerControl] = []
         self.cert_reloaders: list[CertReloader] = []
+        self._hypercorn_stops: list[trio.Event] = []
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
         self._shutdown = trio.Event()
@@ -253,7 +254,10 @@ class TokMeshServer:
                 front = NativeFront(self.api, bridge)
                 limits = HttpLimits(max_body_size=cfg.server.http.max_body_size)
                 async with trio.open_nursery() as listeners:
-                    await self._start_http(listeners, front, limits)
+                    if cfg.server.http.engine == "hypercorn":
+                        await self._start_hypercorn(listeners, quart_app)
+                    else:
+                        await self._start_http(listeners, front, limits)
                     # Recovery runs while the listeners already answer /ready with 503.
                     nursery.start_soon(run_engine)
                     await engine_started.wait()
@@ -272,6 +276,40 @@ class TokMeshServer:
             nursery.cancel_scope.cancel()
         return exit_code
 
+    async def _start_hypercorn(self, nursery: trio.Nursery, app: Any) -> None:
+        """``server.http.engine: hypercorn``: the whole Quart-Trio app under Hypercorn
+        (HTTP/2 on HTTPS via ALPN), same routes and pipeline as the native front."""
+        from hypercorn.config import Config as HypercornConfig
+        from hypercorn.trio import serve
+
+        cfg = self.cfg
+        for name, enabled, address in (
+            ("http", cfg.server.http.enabled, cfg.server.http.address),
+            ("https", cfg.server.https.enabled, cfg.server.https.address),
+        ):
+            if not enabled:
+                continue
+            hc = HypercornConfig()
+            hc.bind = [address]
+            hc.accesslog = None
+            hc.errorlog = None
+            hc.graceful_timeout = cfg.server.shutdown.grace_period
+            hc.h11_max_incomplete_size = 64 * 1024
+            if name == "https":
+                t = cfg.server.https.tls
+                hc.certfile, hc.keyfile = t.cert_file, t.key_file
+                if t.client_ca_file:
+                    hc.ca_certs = t.client_ca_file
+                    hc.verify_mode = ssl.CERT_REQUIRED
+            stopped = trio.Event()
+            self._hypercorn_stops.append(stopped)
+            binds: list[str] = await nursery.start(
+                functools.partial(serve, app, hc, shutdown_trigger=stopped.wait)
+            )
+            port = int(binds[0].rsplit(":", 1)[1]) if binds else parse_addr(address)[1]
+            self.ports[name] = port
+            log.info("listening (hypercorn)", extra={"listener": name, "address": address})
+
     async def _drain_listeners(self) -> None:
         """Phases 1-2 of 05 §15: not ready at once, stop accepting, finish in-flight."""
         grace = self._grace if self._grace is not None else self.cfg.server.shutdown.grace_period
@@ -281,6 +319,8 @@ class TokMeshServer:
         # Drain every listener at once: none keeps accepting while another drains.
         for control in self.http_controls:
             control.begin_drain(grace)
+        for stop in self._hypercorn_stops:
+            stop.set()
         for control in self.http_controls:
             if not await control.wait_stopped():
                 log.warning("in-flight requests cancelled after the grace period")
