@@ -377,3 +377,25 @@ async def test_idle_timeout(engine: StorageEngine, clock: ManualClock) -> None:
     assert s.validate(r.token).id == r.session.id
     clock.advance(3000)
     await expect(E.TOKN_EXPIRED, lambda: s.validate(r.token))
+
+
+async def test_expired_codes_survive_the_purge(engine: StorageEngine, clock: ManualClock) -> None:
+    """After the sweeper purged an expired session, reads still say "expired"."""
+    s = svc(engine)
+    r = await s.create(CTX, "U1", ttl_seconds=1)
+    clock.advance(1500)
+    with trio.fail_after(10):
+        while r.session.id in engine.state.sessions:
+            await trio.sleep(0.02)
+    await expect(E.SESS_EXPIRED, lambda: s.get(r.session.id))
+    await expect(E.TOKN_EXPIRED, lambda: s.validate(r.token))
+    await expect(E.SESS_EXPIRED, s.renew(CTX, r.session.id, 60))
+    await expect(E.SESS_EXPIRED, s.touch(CTX, r.session.id))
+    # a revoked session's token turns "invalid" (not "expired") once its tombstone ends
+    v = await s.create(CTX, "U2", ttl_seconds=1)
+    await s.revoke(CTX, v.session.id)
+    clock.advance(1500)
+    with trio.fail_after(10):
+        while v.session.id in engine.state.sessions:
+            await trio.sleep(0.02)
+    await expect(E.TOKN_INVALID, lambda: s.validate(v.token))

@@ -11,6 +11,7 @@ sampling array consistent in one step (01 §5 index atomicity).
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from tokmesh.domain.apikey import ApiKey
 
 
+#: How many purged expired sessions are remembered for precise error codes.
+EXPIRED_MEMORY = 100_000
+
+
 class StoreState:
     """The committed sessions, their indexes and the API keys."""
 
@@ -29,6 +34,8 @@ class StoreState:
         "by_device",
         "by_token",
         "by_user",
+        "expired_ids",
+        "expired_tokens",
         "keys",
         "pending_tokens",
         "position",
@@ -51,6 +58,11 @@ class StoreState:
         #: WAL position (segment << 32 | offset) just after the last committed record.
         self.position = 0
         self.wheel = ExpiryWheel()
+        # Sessions the sweeper purged after they expired, remembered (bounded, in memory)
+        # so reads keep answering "expired" (TM-SESS-4041 / TM-TOKN-4011) rather than
+        # "unknown" for a while after the record itself is gone.
+        self.expired_ids: OrderedDict[str, int] = OrderedDict()
+        self.expired_tokens: OrderedDict[bytes, int] = OrderedDict()
         # Ids in insertion order for O(1) random sampling by the sweeper; entries of
         # removed sessions are dropped lazily when sampled (swap-remove).
         self._sample_ids: list[str] = []
@@ -99,6 +111,18 @@ class StoreState:
                 self._unindex(self.by_device, old.device_id, sid)
         return old
 
+    def note_expired(self, session: Session) -> None:
+        """Remember a purged expired session (not a revoked one: its token must turn
+        ``TM-TOKN-4010`` once the tombstone ends)."""
+        ids = self.expired_ids
+        tokens = self.expired_tokens
+        ids[session.id] = session.expires_at
+        tokens[session.token_hash] = session.expires_at
+        while len(ids) > EXPIRED_MEMORY:
+            ids.popitem(last=False)
+        while len(tokens) > EXPIRED_MEMORY:
+            tokens.popitem(last=False)
+
     def load(self, sessions: Iterable[Session], position: int) -> None:
         """Bulk-load recovered sessions (empty state expected)."""
         for session in sessions:
@@ -112,6 +136,8 @@ class StoreState:
         self.by_user.clear()
         self.by_device.clear()
         self.keys.clear()
+        self.expired_ids.clear()
+        self.expired_tokens.clear()
         self.position = 0
         self.wheel = ExpiryWheel()
         self._sample_ids = []

@@ -156,7 +156,9 @@ class SessionShard:
             settle()
             state = self.state
             if new is None:
-                state.remove(sid)
+                old = state.remove(sid)
+                if old is not None and not old.is_deleted:
+                    state.note_expired(old)
             else:
                 state.put(new)
             state.position = position

@@ -22,8 +22,12 @@ from tokmesh.telemetry import audit as audit_mod
 from tokmesh.telemetry.metrics import _read_rss_bytes
 
 P = "/admin/v1"
-GC_TYPES = {"expired_sessions": "expired_sessions", "expired": "expired_sessions",
-            "memory": "memory", "all": "all"}
+GC_TYPES = {
+    "expired_sessions": "expired_sessions",
+    "expired": "expired_sessions",
+    "memory": "memory",
+    "all": "all",
+}
 
 
 def _audit(call: Call, action: str, resource: str, **details: Any) -> None:
@@ -80,6 +84,8 @@ def status_data(deps: Any) -> dict[str, Any]:
 def _count_tasks() -> int:
     """Live Trio tasks (the ``goroutines`` figure of 03 §4.1)."""
     root = trio.lowlevel.current_root_task()
+    if root is None:  # not inside trio.run (e.g. a synchronous caller)
+        return 0
     count = 0
     stack = [root]
     while stack:
@@ -217,16 +223,25 @@ def admin_routes() -> list[Route]:
     return [
         Route("GET", f"{P}/status/summary", status_summary, a, summary="Node status summary"),
         Route("POST", f"{P}/gc/trigger", gc_trigger, a, summary="Trigger garbage collection"),
-        Route("POST", f"{P}/keys", create_key, a, summary="Create an API key",
-              success_status=201),
+        Route("POST", f"{P}/keys", create_key, a, summary="Create an API key", success_status=201),
         Route("GET", f"{P}/keys", list_keys, a, summary="List API keys"),
-        Route("POST", f"{P}/keys/{{key_id}}/status", key_status, a,
-              summary="Enable or disable an API key"),
+        Route(
+            "POST",
+            f"{P}/keys/{{key_id}}/status",
+            key_status,
+            a,
+            summary="Enable or disable an API key",
+        ),
         Route("POST", f"{P}/keys/{{key_id}}/rotate", rotate_key, a, summary="Rotate an API key"),
         Route("GET", f"{P}/audit/logs", audit_logs, a, summary="Query the audit log"),
         Route("GET", f"{P}/cluster/nodes", not_implemented, a, summary="Cluster nodes"),
-        Route("POST", f"{P}/cluster/nodes/{{node_id}}/remove", not_implemented, a,
-              summary="Remove a node"),
+        Route(
+            "POST",
+            f"{P}/cluster/nodes/{{node_id}}/remove",
+            not_implemented,
+            a,
+            summary="Remove a node",
+        ),
         Route("POST", f"{P}/cluster/reset", not_implemented, a, summary="Reset the cluster"),
     ]
 

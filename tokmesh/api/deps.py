@@ -6,6 +6,8 @@ Built once by the composition root (``tokmesh/server.py``) and handed to :class:
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokmesh.actors.engine import Readiness, StorageEngine
@@ -20,6 +22,24 @@ if TYPE_CHECKING:
     from tokmesh.api.routes import Call, Route
 
 
+def default_build_time() -> str:
+    """The RFC 3339 build stamp of ``GET /admin/v1/status/summary`` (03 §4.1).
+
+    A release build writes ``tokmesh._build.BUILD_TIME``; without it the modification
+    time of the installed package stands in (pip writes it at install time).
+    """
+    try:
+        from tokmesh import _build  # type: ignore[attr-defined]
+
+        return str(_build.BUILD_TIME)
+    except ImportError:
+        pass
+    import tokmesh
+
+    mtime = Path(tokmesh.__file__).stat().st_mtime
+    return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class ApiDeps:
     """Service handles and cross-cutting hooks used by the route handlers."""
 
@@ -31,7 +51,7 @@ class ApiDeps:
         *,
         node_id: str,
         version: str,
-        build_time: str = "unknown",
+        build_time: str | None = None,
         audit: audit_mod.AuditLog | None = None,
         config: Any = None,
         server: Any = None,
@@ -42,7 +62,7 @@ class ApiDeps:
         self.readiness: Readiness = engine.readiness
         self.node_id = node_id
         self.version = version
-        self.build_time = build_time
+        self.build_time = build_time or default_build_time()
         self.audit = audit
         self.config = config
         #: the running server (config reload, maintenance, restore); optional in tests

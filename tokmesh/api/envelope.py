@@ -100,13 +100,13 @@ def int_param(
     raw = params.get(name)
     if raw is None or raw == "":
         return default
+    details: dict[str, Any] = {"field": name}
+    if name == "size" and hi is not None:
+        details["max_size"] = hi  # 03 §2.5: every bad size names the bound, not-integer too
     try:
         value = int(raw)
     except ValueError:
-        raise TokMeshError(E.ARG_INVALID, f"{name} must be an integer", {"field": name}) from None
+        raise TokMeshError(E.ARG_INVALID, f"{name} must be an integer", details) from None
     if value < lo or (hi is not None and value > hi):
-        details: dict[str, Any] = {"field": name}
-        if name == "size" and hi is not None:
-            details["max_size"] = hi
         raise TokMeshError(E.ARG_INVALID, f"{name} out of range", details)
     return value

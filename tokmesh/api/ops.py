@@ -43,6 +43,13 @@ def ops_routes() -> list[Route]:
     return [
         Route("GET", "/health", health, SCOPE_OPEN, None, True, "Liveness"),
         Route("GET", "/ready", ready, SCOPE_OPEN, None, True, "Readiness"),
-        Route("GET", "/metrics", metrics_route, SCOPE_METRICS, ak.PERM_METRICS_READ, False,
-              "Prometheus metrics"),
+        Route(
+            "GET",
+            "/metrics",
+            metrics_route,
+            SCOPE_METRICS,
+            ak.PERM_METRICS_READ,
+            False,
+            "Prometheus metrics",
+        ),
     ]

@@ -212,6 +212,8 @@ class SessionService:
         sid = normalize_session_id(session_id)
         s = self.state.sessions.get(sid) if sid is not None else None
         if s is None or s.is_deleted:
+            if s is None and sid is not None and sid in self.state.expired_ids:
+                raise TokMeshError(E.SESS_EXPIRED)
             raise TokMeshError(E.SESS_NOT_FOUND)
         if s.is_expired(self.clock.now_ms()):
             raise TokMeshError(E.SESS_EXPIRED)
@@ -224,13 +226,16 @@ class SessionService:
         if not is_valid_token(token):
             raise TokMeshError(E.TOKN_MALFORMED)
         state = self.state
-        sid = state.by_token.get(_sha_digest(token))
+        digest = _sha_digest(token)
+        sid = state.by_token.get(digest)
         if sid is None:
+            if digest in state.expired_tokens:
+                raise TokMeshError(E.TOKN_EXPIRED)
             raise TokMeshError(E.TOKN_INVALID)
         s = state.sessions.get(sid)
         if s is None:
             # An index entry pointing at nothing is an orphan (01 §4.4 step 2).
-            state.by_token.pop(_sha_digest(token), None)
+            state.by_token.pop(digest, None)
             raise TokMeshError(E.TOKN_INVALID)
         if s.is_deleted:
             raise TokMeshError(E.TOKN_REVOKED)
@@ -279,6 +284,8 @@ class SessionService:
         sid = normalize_session_id(session_id)
         s = self.state.sessions.get(sid) if sid is not None else None
         if s is None and not missing_ok:
+            if sid is not None and sid in self.state.expired_ids:
+                raise TokMeshError(E.SESS_EXPIRED)
             raise TokMeshError(E.SESS_NOT_FOUND)
         return sid or session_id, s
 
