@@ -25,7 +25,7 @@ from tokmesh.actors.engine import EngineSettings, Phase, StorageEngine
 from tokmesh.actors.snapshotter import SnapshotSettings
 from tokmesh.actors.wal_writer import WalSettings
 from tokmesh.api.admin import status_data
-from tokmesh.api.app import NativeFront, build_api, create_quart_app
+from tokmesh.api.app import BodyLimit, NativeFront, build_api, create_quart_app
 from tokmesh.api.asgi_bridge import AsgiBridge
 from tokmesh.api.backups import streams_request_body
 from tokmesh.api.deps import ApiDeps
@@ -255,7 +255,8 @@ class TokMeshServer:
                 limits = HttpLimits(max_body_size=cfg.server.http.max_body_size)
                 async with trio.open_nursery() as listeners:
                     if cfg.server.http.engine == "hypercorn":
-                        await self._start_hypercorn(listeners, quart_app)
+                        limited = BodyLimit(quart_app, cfg.server.http.max_body_size)
+                        await self._start_hypercorn(listeners, limited)
                     else:
                         await self._start_http(listeners, front, limits)
                     # Recovery runs while the listeners already answer /ready with 503.

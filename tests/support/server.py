@@ -49,6 +49,9 @@ class ServerProcess:
             "security": {"auth": {"argon2": {"memory": 8192, "iterations": 1, "parallelism": 1}}},
             "telemetry": {"logging": {"level": "info"}},
         }
+        engine = os.environ.get("TOKMESH_TEST_HTTP_ENGINE")
+        if engine:  # run a whole suite against another HTTP engine (issue 3, acceptance 5)
+            self.config["server"]["http"]["engine"] = engine
         if overrides:
             _merge(self.config, overrides)
         self.config_path = root / "config.yaml"

@@ -16,16 +16,19 @@ from typing import Any
 import quart
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from tokmesh.api.admin import admin_routes
 from tokmesh.api.admin_config import config_routes
 from tokmesh.api.backups import backup_routes
 from tokmesh.api.business import business_routes
 from tokmesh.api.deps import ApiDeps
+from tokmesh.api.http_errors import error_response
+from tokmesh.api.http_request_id import request_id_from_headers
 from tokmesh.api.http_types import HttpRequest, HttpResponse
 from tokmesh.api.ops import ops_routes
 from tokmesh.api.routes import Api, Route
-from tokmesh.domain.errors import TokMeshError
+from tokmesh.domain.errors import E, TokMeshError
 
 RouteFactory = Callable[[], list[Route]]
 
@@ -69,6 +72,63 @@ class NativeFront:
         return resp
 
 
+class BodyLimit:
+    """ASGI middleware enforcing ``server.http.max_body_size`` in front of Quart.
+
+    Used for ``server.http.engine: hypercorn``. Quart's own limit is raised inside its
+    receive task for chunked bodies, which leaves the request hanging; here the body is
+    counted as it arrives and an oversize request gets the 413 ``TM-ADMIN-4130`` envelope
+    at once (Content-Length is checked before reading anything).
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = list(scope.get("headers", []))
+        for name, value in headers:
+            if name.lower() == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._too_large(headers, send)
+                return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.limit:
+                await self._too_large(headers, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            message: dict[str, Any] = await receive()
+            return message
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, headers: list[tuple[bytes, bytes]], send: Any) -> None:
+        rid = request_id_from_headers(headers)
+        resp = error_response(rid, E.ADMIN_TOO_LARGE, details={"max_body_size": self.limit})
+        raw = [(k.lower().encode(), v.encode()) for k, v in resp.headers]
+        raw.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": resp.status, "headers": raw})
+        await send({"type": "http.response.body", "body": resp.body, "more_body": False})
+
+
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
@@ -80,8 +140,17 @@ def create_quart_app(api: Api, max_body_size: int = 100 << 20) -> QuartTrio:
 
     async def dispatch(path: str = "") -> quart.Response:
         request = quart.request
-        body = await request.get_data(cache=False)
         scope = request.scope
+        try:
+            body = await request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            rid = request_id_from_headers(list(scope.get("headers", [])))
+            too_big = error_response(
+                rid, E.ADMIN_TOO_LARGE, details={"max_body_size": max_body_size}
+            )
+            return quart.Response(
+                too_big.body, status=too_big.status, headers=Headers(too_big.headers)
+            )
         raw_path = scope.get("raw_path") or request.path.encode()
         headers = [(name.lower(), value) for name, value in scope.get("headers", [])]
         client = scope.get("client") or ("", 0)
@@ -101,9 +170,7 @@ def create_quart_app(api: Api, max_body_size: int = 100 << 20) -> QuartTrio:
         )
         resp = await api.handle(hreq)
         if resp.body_iter is not None:
-            return quart.Response(
-                resp.body_iter, status=resp.status, headers=Headers(resp.headers)
-            )
+            return quart.Response(resp.body_iter, status=resp.status, headers=Headers(resp.headers))
         return quart.Response(resp.body, status=resp.status, headers=Headers(resp.headers))
 
     app.add_url_rule("/", "root", dispatch, methods=ALL_METHODS, provide_automatic_options=False)
