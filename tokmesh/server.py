@@ -193,6 +193,7 @@ class TokMeshServer:
         self.http_controls: list[ServerControl] = []
         self.cert_reloaders: list[CertReloader] = []
         self._hypercorn_stops: list[trio.Event] = []
+        self.resp_stats: Any = None
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
         self._shutdown = trio.Event()
@@ -264,6 +265,7 @@ class TokMeshServer:
                     await engine_started.wait()
                     if not engine_done.is_set():
                         nursery.start_soon(self.keys.run)
+                        await self._start_resp(listeners)
                         log.info(
                             "tokmesh-server ready",
                             extra={"node_id": self.node_id, "ports": self.ports},
@@ -276,6 +278,49 @@ class TokMeshServer:
             exit_code = await self._stop_storage(deadline, engine_done)
             nursery.cancel_scope.cancel()
         return exit_code
+
+    async def _start_resp(self, nursery: trio.Nursery) -> None:
+        """RESP listeners (03 §5): plain ``server.redis.*`` and TLS ``server.redis_tls.*``.
+
+        They open once recovery is complete: RESP has no readiness probe, so a refused
+        connection is its "not ready" (decision recorded in docs/decisions.md).
+        """
+        from tokmesh.resp.backend import ServiceBackend
+        from tokmesh.resp.commands import Dispatcher
+        from tokmesh.resp.handler import RespStats, serve_resp
+        from tokmesh.resp.limits import RespLimits
+
+        cfg = self.cfg
+        sessions = self.engine.sessions
+        if sessions is None or not (cfg.server.redis.enabled or cfg.server.redis_tls.enabled):
+            return
+        readiness = self.engine.readiness
+        backend = ServiceBackend(
+            self.auth, sessions, in_maintenance=lambda: readiness.phase is Phase.RESTORING
+        )
+        dispatcher = Dispatcher(backend)
+        self.resp_stats = RespStats()
+        targets: list[tuple[str, str, ssl.SSLContext | None]] = []
+        if cfg.server.redis.enabled:
+            log.warning("plaintext RESP listener enabled (server.redis.enabled): dev use only")
+            targets.append(("redis", cfg.server.redis.address, None))
+        if cfg.server.redis_tls.enabled:
+            t = cfg.server.redis_tls.tls
+            ctx = server_context(t.cert_file, t.key_file, t.client_ca_file)
+            reloader = CertReloader("redis_tls", ctx, t.cert_file, t.key_file, t.client_ca_file)
+            self.cert_reloaders.append(reloader)
+            await nursery.start(reloader.run)
+            targets.append(("redis_tls", cfg.server.redis_tls.address, ctx))
+        for name, address, tls in targets:
+            host, port = parse_addr(address)
+            listeners = await trio.open_tcp_listeners(port, host=host or None)
+            await nursery.start(
+                functools.partial(
+                    serve_resp, listeners, dispatcher, RespLimits(), tls, stats=self.resp_stats
+                )
+            )
+            self.ports[name] = int(listeners[0].socket.getsockname()[1])
+            log.info("listening", extra={"listener": name, "address": f"{host}:{self.ports[name]}"})
 
     async def _start_hypercorn(self, nursery: trio.Nursery, app: Any) -> None:
         """``server.http.engine: hypercorn``: the whole Quart-Trio app under Hypercorn

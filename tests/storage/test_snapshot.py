@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokmesh.domain.errors import E
+from tokmesh.domain.session import ROW_FIELDS
 from tokmesh.storage.cipher import ALG_AES, ALG_CHACHA, Cipher, StorageFatalError
 from tokmesh.storage.snapshot_codec import MAGIC, SnapshotCorrupt, decode_snapshot, encode_snapshot
 from tokmesh.storage.snapshot_files import (
@@ -84,6 +85,7 @@ def test_file_format(tmp_path: Path, make_session: MakeSession, aes: Cipher) -> 
         "enc_alg": ALG_AES,
         "key_count": 1,
         "chunk_records": 8192,
+        "fields": list(ROW_FIELDS),
     }
     # one session chunk, then the u32 0 end marker, then the key part
     (clen,) = struct.unpack_from(">I", raw, 12 + hlen)

@@ -212,7 +212,15 @@ class SessionShard:
                 )
             evict = min(live, key=lambda x: (x.created_at, x.id))
         sid = s.id
-        if self._latest(sid) is not None or sid in self.state.sessions:
+        existing = self._latest(sid)
+        replaced: Session | None = None
+        if existing is not None and msg.exclusive_id and existing.is_expired(now):
+            if not existing.is_deleted or (existing.expires_at and now > existing.expires_at):
+                # An expired session is absent for every create path (03 D-29): its id
+                # is purged first (WAL DELETE) and then created afresh.
+                replaced = existing
+                existing = None
+        if existing is not None:
             if msg.exclusive_id:
                 raise TokMeshError(E.SESS_EXISTS)
             for _ in range(3):
@@ -232,6 +240,8 @@ class SessionShard:
                 raise TokMeshError(E.TOKN_EXISTS)
         if digest in self._pending_tokens:
             raise TokMeshError(E.TOKN_EXISTS)
+        if replaced is not None:
+            await self._log(RecordType.DELETE, sid, None, now, _noop, _log_failure)
         if evict is not None:
             tomb = evict.evolve(is_deleted=True, version=evict.version + 1)
             await self._log(

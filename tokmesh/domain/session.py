@@ -41,6 +41,29 @@ PUBLIC_FIELDS: tuple[str, ...] = (
 )
 
 
+#: Column order of :meth:`Session.to_row` (recorded in every snapshot header).
+ROW_FIELDS: tuple[str, ...] = (
+    "id",
+    "user_id",
+    "token_hash",
+    "ip_address",
+    "user_agent",
+    "last_access_ip",
+    "last_access_ua",
+    "device_id",
+    "created_by",
+    "created_at",
+    "expires_at",
+    "last_active",
+    "data",
+    "version",
+    "shard_id",
+    "ttl",
+    "is_deleted",
+    "idle_timeout",
+)
+
+
 class Session:
     """One session record. Treat as immutable; use :meth:`evolve` to change it."""
 
@@ -233,6 +256,80 @@ class Session:
         self.idle_timeout = int(get("idle_timeout", 0))
         if not isinstance(self.id, str) or not isinstance(self.user_id, str):
             raise TypeError("session id and user_id must be strings")
+        return self
+
+    def to_row(self) -> list[Any]:
+        """Positional form for snapshots (column order :data:`ROW_FIELDS`): compact, and
+        decoded without per-field key lookups at start-up."""
+        return [
+            self.id,
+            self.user_id,
+            self.token_hash.hex(),
+            self.ip_address,
+            self.user_agent,
+            self.last_access_ip,
+            self.last_access_ua,
+            self.device_id,
+            self.created_by,
+            self.created_at,
+            self.expires_at,
+            self.last_active,
+            self.data or {},
+            self.version,
+            self.shard_id,
+            self.ttl,
+            self.is_deleted,
+            self.idle_timeout,
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Session:
+        """Inverse of :meth:`to_row`; ``ValueError``/``TypeError`` on a malformed row."""
+        (
+            sid,
+            user_id,
+            token_hex,
+            ip,
+            ua,
+            last_ip,
+            last_ua,
+            device_id,
+            created_by,
+            created_at,
+            expires_at,
+            last_active,
+            data,
+            version,
+            shard_id,
+            ttl,
+            is_deleted,
+            idle_timeout,
+        ) = row
+        digest = bytes.fromhex(token_hex)
+        if len(digest) != 32 or type(sid) is not str or type(user_id) is not str:
+            raise ValueError("malformed session row")
+        if type(expires_at) is not int or type(version) is not int:
+            raise TypeError("malformed session row")
+        intern = sys.intern
+        self = object.__new__(cls)
+        self.id = sid
+        self.user_id = user_id
+        self.token_hash = digest
+        self.ip_address = intern(ip)
+        self.user_agent = intern(ua)
+        self.last_access_ip = intern(last_ip)
+        self.last_access_ua = intern(last_ua)
+        self.device_id = device_id
+        self.created_by = intern(created_by)
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self.last_active = last_active
+        self.data = data or None
+        self.version = version
+        self.shard_id = shard_id
+        self.ttl = ttl
+        self.is_deleted = is_deleted
+        self.idle_timeout = idle_timeout
         return self
 
     def __eq__(self, other: object) -> bool:

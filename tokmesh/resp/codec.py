@@ -80,7 +80,7 @@ class _HiredisReplyError(Exception):
 # -- reply encoding ---------------------------------------------------------------------------
 
 #: Values :func:`encode_array` can encode (nested lists allowed).
-RespValue: TypeAlias = "bytes | str | int | None | Sequence[RespValue]"
+RespValue: TypeAlias = "bytes | str | int | Sequence[RespValue] | None"
 
 OK: Final = b"+OK\r\n"
 PONG: Final = b"+PONG\r\n"
@@ -215,7 +215,7 @@ def parse_multibulk(
         if p >= end:
             return p + 1
         kind = buf[p]
-        if kind == _DOLLAR or kind == _EQUALS:
+        if kind in (_DOLLAR, _EQUALS):
             r = _read_length(buf, p, "bulk")
             if isinstance(r, int):
                 return r
@@ -239,7 +239,7 @@ def parse_multibulk(
                 return q + length + 2
             argv.append(bytes(buf[q + skip : q + length]))
             p = q + length + 2
-        elif kind == _PLUS or kind == _LPAREN:
+        elif kind in (_PLUS, _LPAREN):
             nl = buf.find(b"\r\n", p + 1)
             if nl < 0:
                 # The content can only shrink by a trailing '\r' of the terminator.
@@ -265,9 +265,12 @@ def parse_multibulk(
 
 
 _SPACE: Final = frozenset(b" \t\n\r\v\f")
-_TOKEN_END: Final = frozenset(b" \n\r\t\x00")
+_TOKEN_END: Final = frozenset(b" \n\r\t")
 _ESCAPES: Final = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+# Quotes need the full splitter; so do \v and \f, which bytes.split() treats as
+# separators but Redis keeps inside an unquoted argument.
+_NEEDS_SLOW_SPLIT: Final = re.compile(rb"[\"'\x0b\x0c]")
 
 
 def split_inline(line: bytes) -> list[bytes] | None:
@@ -277,7 +280,10 @@ def split_inline(line: bytes) -> list[bytes] | None:
     and ``\\xHH`` escapes, ``'...'`` supports ``\\'``. A closing quote must be followed
     by whitespace or the end. Returns ``None`` for unbalanced quotes.
     """
-    if b'"' not in line and b"'" not in line:
+    if b"\x00" in line:
+        # Redis splits a C string: a NUL byte ends the line there.
+        line = line[: line.index(b"\x00")]
+    if not _NEEDS_SLOW_SPLIT.search(line):
         return line.split()  # fast path: the common case, same result
     args: list[bytes] = []
     n = len(line)
@@ -398,10 +404,13 @@ class RespParser:
         """True while an unfinished command is buffered (the command timeout applies)."""
         return bool(self._chunks) or bool(self._pybuf)
 
-    def feed(self, data: bytes) -> list[list[bytes]]:
+    def feed(self, data: bytes | bytearray) -> list[list[bytes]]:
         """Consume ``data``; return the commands it completed (see the class doc)."""
         if self.error is not None:
             raise self.error
+        if data.__class__ is not bytes:
+            data = bytes(data)  # memory streams hand out bytearrays
+        assert isinstance(data, bytes)
         out: list[list[bytes]] = []
         try:
             if self._pybuf:

@@ -56,6 +56,8 @@ class SnapshotHeader:
     key_count: int
     wal_last_offset: int
     enc_alg: str
+    #: column names when session records are positional rows; empty = JSON objects
+    fields: tuple[str, ...] = ()
 
 
 @attrs.frozen(slots=True)
@@ -87,8 +89,12 @@ def encode_header(
     created_at: int,
     cipher: Cipher,
     chunk_records: int = CHUNK_RECORDS,
+    fields: Sequence[str] = (),
 ) -> bytes:
-    """Magic, header length and header JSON: the first bytes of a snapshot file."""
+    """Magic, header length and header JSON: the first bytes of a snapshot file.
+
+    ``fields`` names the columns when session records are written as positional rows.
+    """
     header = orjson.dumps(
         {
             "version": FORMAT_VERSION,
@@ -100,12 +106,13 @@ def encode_header(
             "enc_alg": cipher.alg,
             "key_count": key_count,
             "chunk_records": chunk_records,
+            **({"fields": list(fields)} if fields else {}),
         }
     )
     return MAGIC + _U32.pack(len(header)) + header
 
 
-def encode_chunk(records: Sequence[dict[str, Any]], cipher: Cipher) -> bytes:
+def encode_chunk(records: Sequence[Any], cipher: Cipher) -> bytes:
     """One encrypted chunk of session records, length-prefixed."""
     blob = cipher.encrypt(orjson.dumps(records))
     return _U32.pack(len(blob)) + blob
@@ -186,6 +193,9 @@ def _parse_header(raw: bytes) -> SnapshotHeader:
     node_id = obj.get("node_id") or ""
     if not isinstance(node_id, str):
         raise SnapshotCorrupt("snapshot header field 'node_id' invalid")
+    fields = obj.get("fields") or []
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise SnapshotCorrupt("snapshot header field 'fields' invalid")
     return SnapshotHeader(
         version=FORMAT_VERSION,
         created_at=ints["created_at"],
@@ -194,6 +204,7 @@ def _parse_header(raw: bytes) -> SnapshotHeader:
         key_count=key_count,
         wal_last_offset=ints["wal_last_offset"],
         enc_alg=str(alg),
+        fields=tuple(fields),
     )
 
 
@@ -291,8 +302,8 @@ def _decrypt_list(cipher: Cipher, blob: memoryview, alg: str, what: str) -> list
         items = orjson.loads(plaintext)
     except orjson.JSONDecodeError:
         raise SnapshotCorrupt(f"snapshot {what} are not JSON") from None
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise SnapshotCorrupt(f"snapshot {what} are not a list of objects")
+    if not isinstance(items, list) or not all(isinstance(i, dict | list) for i in items):
+        raise SnapshotCorrupt(f"snapshot {what} are not a list of records")
     return items
 
 

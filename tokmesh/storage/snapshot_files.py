@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.domain.session import Session
+from tokmesh.domain.session import ROW_FIELDS, Session
 from tokmesh.storage.cipher import Cipher, DecryptError, StorageFatalError, ensure_dir, fsync_dir
 from tokmesh.storage.snapshot_codec import (
     CHUNK_RECORDS,
@@ -156,13 +156,14 @@ def write_snapshot(
                     node_id=node_id,
                     created_at=now_ms,
                     cipher=cipher,
+                    fields=ROW_FIELDS,
                 )
             )
             # Chunk by chunk: only ~8k record dicts exist at a time, and no single C call
             # (JSON encoding, encryption) holds the GIL for long.
             for i in range(0, len(sessions), CHUNK_RECORDS):
-                records = [s.to_record() for s in sessions[i : i + CHUNK_RECORDS]]
-                emit(encode_chunk(records, cipher))
+                rows = [s.to_row() for s in sessions[i : i + CHUNK_RECORDS]]
+                emit(encode_chunk(rows, cipher))
             emit(encode_keys(api_keys, cipher))
             checksum = digest.digest()
             _write_chunks(fd, [checksum])
@@ -216,9 +217,14 @@ def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
     try:
         header, chunks, keys, checksum = iter_snapshot(buf, cipher)
         sessions: list[Session] = []
-        from_record = Session.from_record
+        if header.fields:
+            if header.fields != ROW_FIELDS:
+                raise SnapshotCorrupt("snapshot row layout is not supported by this version")
+            decode = Session.from_row
+        else:
+            decode = Session.from_record  # type: ignore[assignment]
         for records in chunks:
-            sessions.extend([from_record(r) for r in records])
+            sessions.extend([decode(r) for r in records])  # type: ignore[arg-type]
     except DecryptError as exc:
         raise StorageFatalError(
             f"snapshot {path.name}: cannot decrypt: {exc}", {"snapshot": path.name}

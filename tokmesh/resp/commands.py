@@ -1,0 +1,683 @@
+"""The RESP command table and the per-command pipeline (03 §5.2-§5.4, 02 §3-§4).
+
+:class:`Dispatcher` owns a table ``name -> CommandSpec`` (arity in the Redis convention,
+the roles allowed, the handler as a bound method). :meth:`Dispatcher.dispatch` runs the
+pipeline of 03 §5.2 for one command and returns either the reply bytes (reads and
+errors: answered inline, no ``await``) or an awaitable of them (mutations, which go
+through the store actors). Handlers call the same service functions as the HTTP routes.
+
+Pipeline order (03 §5.2): open commands (PING, AUTH, QUIT) -> NOAUTH -> re-check of the
+bound key -> unknown command -> maintenance -> per-key rate limit -> role -> arity ->
+execute.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+
+from tokmesh.domain.apikey import (
+    PERM_SESSION_CREATE,
+    PERM_SESSION_READ,
+    PERM_SESSION_RENEW,
+    PERM_SESSION_REVOKE,
+    PERM_SESSION_REVOKE_USER,
+    PERM_SESSION_TOUCH,
+    PERM_TOKEN_VALIDATE,
+    ROLES,
+    role_allows,
+)
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.ids import normalize_session_id
+from tokmesh.domain.session import BATCH_REVOKE_LIMIT, Session
+from tokmesh.resp.codec import (
+    MINUS_ONE,
+    MINUS_TWO,
+    NIL,
+    OK,
+    ONE,
+    PONG,
+    ZERO,
+    encode_array,
+    encode_bulk,
+    encode_error,
+    encode_integer,
+)
+from tokmesh.resp.deps import RespBackend, RespPrincipal
+from tokmesh.services.sessions import RequestContext
+
+log = logging.getLogger("tokmesh.resp")
+
+Reply = bytes
+HandlerResult = bytes | Awaitable[bytes]
+
+# -- fixed replies (03 §5.2, §5.4; 02 §4) -------------------------------------------------
+
+# 03 §5.2 writes "-NOAUTH Authentication required", 02 §4/§19.1 "-NOAUTH TM-AUTH-4010 ...":
+# this text carries the Redis prefix (clients map it to an authentication error), the
+# catalogue code and the Redis wording, so it satisfies both.
+NOAUTH: Final = encode_error("NOAUTH TM-AUTH-4010 Authentication required")
+ERR_NO_COMMAND: Final = encode_error("ERR no command")
+ERR_SYNTAX: Final = encode_error("ERR syntax error")
+ERR_NOT_INTEGER: Final = encode_error("ERR value is not an integer or out of range")
+ERR_INVALID_CURSOR: Final = encode_error("ERR invalid cursor")
+ERR_MAINTENANCE: Final = encode_error(
+    f"ERR {E.ADMIN_MAINTENANCE.code} service unavailable: restore in progress"
+)
+ERR_RATE_LIMITED: Final = encode_error(f"ERR {E.SYS_RATE_LIMITED.code} rate limit exceeded")
+ERR_INTERNAL: Final = encode_error(f"ERR {E.SYS_INTERNAL.code} internal error")
+ERR_AUTH_FORMAT: Final = encode_error(
+    "ERR invalid AUTH format, expected 'key_id:key_secret' or 'key_id key_secret'"
+)
+ERR_AUTH_INVALID: Final = encode_error(f"ERR {E.AUTH_INVALID.code} invalid credentials")
+ERR_AUTH_DISABLED: Final = encode_error(f"ERR {E.AUTH_DISABLED.code} api key disabled")
+ERR_AUTH_IP: Final = encode_error(f"ERR {E.AUTH_IP_DENIED.code} client ip not allowed")
+ERR_BAD_SESSION_ID: Final = encode_error(f"ERR {E.ARG_INVALID.code} invalid session_id format")
+ERR_BAD_JSON: Final = encode_error(f"ERR {E.SYS_BAD_REQUEST.code} invalid JSON value")
+ERR_TTL_RANGE: Final = encode_error(
+    f"ERR {E.ARG_INVALID.code} ttl must be positive and not exceed session.ttl.max"
+)
+ERR_SET_TOKEN_REQUIRED: Final = encode_error(
+    f"ERR {E.ARG_MISSING.code} token is required when creating new session with SET"
+)
+ERR_SET_TOKEN_ROTATION: Final = encode_error(
+    f"ERR {E.ARG_INVALID.code} token rotation via SET not supported, recreate session instead"
+)
+ERR_USER_ID_IMMUTABLE: Final = encode_error(f"ERR {E.ARG_INVALID.code} user_id cannot be changed")
+ERR_DEL_TOO_MANY: Final = encode_error(
+    f"ERR {E.SESS_QUOTA.code} maximum {BATCH_REVOKE_LIMIT} keys per DEL command"
+)
+ERR_SESSION_CONFLICT: Final = encode_error(f"ERR {E.SESS_EXISTS.code} session id conflict")
+ERR_TOKEN_INVALID: Final = encode_error(f"ERR {E.TOKN_INVALID.code} Token invalid")
+ERR_VALIDATE_SYNTAX: Final = encode_error("ERR syntax error, expected 'TOUCH' option")
+ERR_SESSION_NOT_FOUND: Final = encode_error(f"ERR {E.SESS_NOT_FOUND.code} Session not found")
+ERR_SESSION_EXPIRED: Final = encode_error(f"ERR {E.SESS_EXPIRED.code} Session expired")
+
+_GONE: Final = (E.SESS_NOT_FOUND, E.SESS_EXPIRED)
+_TOKEN_ERRORS: Final = (
+    E.TOKN_MALFORMED,
+    E.TOKN_INVALID,
+    E.TOKN_EXPIRED,
+    E.TOKN_REVOKED,
+    E.ARG_MISSING,  # empty token
+)
+_AUTH_REPLIES: Final = {
+    E.AUTH_MISSING: ERR_AUTH_INVALID,  # malformed id/secret: "bad credentials" (03 §5.4)
+    E.AUTH_INVALID: ERR_AUTH_INVALID,
+    E.AUTH_DISABLED: ERR_AUTH_DISABLED,
+    E.AUTH_IP_DENIED: ERR_AUTH_IP,
+}
+
+_INT_RE: Final = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
+_CURSOR_RE: Final = re.compile(rb"0|[1-9][0-9]{0,19}")
+_U64: Final = 1 << 64
+_MAX_NAME_ECHO: Final = 128
+
+
+def parse_integer(raw: bytes) -> int | None:
+    """A signed 64-bit decimal as Redis' ``string2ll`` accepts it, else ``None``."""
+    if not _INT_RE.fullmatch(raw):
+        return None
+    value = int(raw)
+    if value >= 1 << 63 or value < -(1 << 63):
+        return None
+    return value
+
+
+def render_error(exc: TokMeshError) -> bytes:
+    """``-ERR <code> <message>`` (02 §19.1)."""
+    return encode_error(f"ERR {exc.code} {exc.message}")
+
+
+def _echo_name(raw: bytes) -> str:
+    """A client-sent command name made safe to echo in an error line."""
+    text = raw[:_MAX_NAME_ECHO].decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def unknown_command(raw: bytes) -> bytes:
+    """``-ERR unknown command '<NAME>'`` with the name as the client sent it."""
+    return encode_error(f"ERR unknown command '{_echo_name(raw)}'")
+
+
+# -- connection state ------------------------------------------------------------------------
+
+
+class Connection:
+    """Per-connection RESP state: peer address, bound key, close-after-reply flag."""
+
+    __slots__ = ("closing", "ctx", "peer_ip", "principal")
+
+    def __init__(self, peer_ip: str) -> None:
+        self.peer_ip = peer_ip
+        self.principal: RespPrincipal | None = None
+        #: Request context of the bound key (RESP sessions: IP = peer, UA = "").
+        self.ctx = RequestContext(client_ip=peer_ip)
+        #: Set by QUIT: answer, then close; later commands of the read are dropped.
+        self.closing = False
+
+    def bind(self, principal: RespPrincipal) -> None:
+        """(Re)bind the connection to an authenticated key."""
+        self.principal = principal
+        self.ctx = RequestContext(
+            key_id=principal.key_id, role=principal.role, client_ip=self.peer_ip
+        )
+
+    def unbind(self) -> None:
+        """Back to unauthenticated (the bound key failed its re-check)."""
+        self.principal = None
+        self.ctx = RequestContext(client_ip=self.peer_ip)
+
+
+Handler = Callable[[Connection, list[bytes]], HandlerResult]
+
+
+class CommandSpec:
+    """One command: name, arity (Redis convention), allowed roles, handler."""
+
+    __slots__ = ("arity", "denied", "handler", "max_args", "name", "roles", "wrong_arity")
+
+    def __init__(
+        self,
+        name: str,
+        arity: int,
+        handler: Handler,
+        permission: str | None,
+        max_args: int = 0,
+    ) -> None:
+        self.name = name
+        #: ``n > 0``: exactly n words (name included); ``n < 0``: at least ``-n``.
+        self.arity = arity
+        #: Upper bound on words for variadic commands (0 = none).
+        self.max_args = max_args
+        self.handler = handler
+        #: ``None``: needs no authentication (PING, AUTH, QUIT).
+        self.roles: frozenset[str] | None = (
+            None
+            if permission is None
+            else frozenset(r for r in ROLES if role_allows(r, permission))
+        )
+        self.wrong_arity = encode_error(f"ERR wrong number of arguments for '{name}' command")
+        self.denied = encode_error(
+            f"ERR {E.AUTH_FORBIDDEN.code} permission denied for command '{name}'"
+        )
+
+    def arity_ok(self, argc: int) -> bool:
+        """True when ``argc`` words (name included) fit the arity."""
+        if self.arity >= 0:
+            return argc == self.arity
+        return argc >= -self.arity and (self.max_args == 0 or argc <= self.max_args)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _session_id(raw: bytes) -> str | None:
+    """The normalised session id of a key, or ``None`` (an invalid key is "absent")."""
+    if len(raw) != 31:
+        return None
+    return normalize_session_id(raw.decode("latin-1"))
+
+
+def _json_fields(raw: bytes) -> dict[str, Any]:
+    """Parse a SET / TM.CREATE value: a JSON object, else ``TM-SYS-4000``."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise TokMeshError(E.SYS_BAD_REQUEST, "invalid JSON value") from None
+    if not isinstance(value, dict):
+        raise TokMeshError(E.SYS_BAD_REQUEST, "invalid JSON value")
+    return value
+
+
+def _opt_str(fields: dict[str, Any], name: str) -> str | None:
+    """A string field, ``None`` when absent or null; another type is ``TM-SYS-4000``."""
+    value = fields.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise TokMeshError(E.SYS_BAD_REQUEST, f"invalid JSON value: {name} must be a string")
+
+
+def _opt_data(fields: dict[str, Any]) -> dict[str, str] | None:
+    value = fields.get("data")
+    if value is None or isinstance(value, dict):
+        return value
+    raise TokMeshError(E.SYS_BAD_REQUEST, "invalid JSON value: data must be an object")
+
+
+@functools.lru_cache(maxsize=64)
+def glob_regex(pattern: bytes) -> re.Pattern[bytes]:
+    """Compile a Redis glob (``*``, ``?``, ``[...]`` with ``^`` and ranges, ``\\`` escape)."""
+    out: list[bytes] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == 42:  # '*'
+            while i + 1 < n and pattern[i + 1] == 42:
+                i += 1
+            out.append(b".*")
+        elif c == 63:  # '?'
+            out.append(b".")
+        elif c == 92 and i + 1 < n:  # '\'
+            i += 1
+            out.append(b"\\x%02x" % pattern[i])
+        elif c == 91:  # '['
+            j = i + 1
+            negate = j < n and pattern[j] == 94
+            if negate:
+                j += 1
+            items: list[bytes] = []
+            while j < n and pattern[j] != 93:
+                ch = pattern[j]
+                if ch == 92 and j + 1 < n:
+                    j += 1
+                    items.append(b"\\x%02x" % pattern[j])
+                elif j + 2 < n and pattern[j + 1] == 45 and pattern[j + 2] != 93:
+                    lo, hi = sorted((ch, pattern[j + 2]))
+                    items.append(b"\\x%02x-\\x%02x" % (lo, hi))
+                    j += 2
+                else:
+                    items.append(b"\\x%02x" % ch)
+                j += 1
+            # Redis ends an unterminated class at the end of the pattern.
+            body = b"".join(items)
+            if not body:
+                out.append(b"." if negate else b"(?!)")
+            else:
+                out.append(b"[" + (b"^" if negate else b"") + body + b"]")
+            i = j
+        else:
+            out.append(b"\\x%02x" % c)
+        i += 1
+    return re.compile(b"".join(out), re.DOTALL)
+
+
+# -- the dispatcher ---------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """The command table plus the 03 §5.2 pipeline, over a :class:`RespBackend`."""
+
+    def __init__(self, backend: RespBackend, *, scan_count_max: int = 10_000) -> None:
+        self.backend = backend
+        self.scan_count_max = scan_count_max
+        specs = [
+            CommandSpec("PING", -1, self.cmd_ping, None, max_args=2),
+            CommandSpec("QUIT", -1, self.cmd_quit, None),
+            CommandSpec("AUTH", -2, self.cmd_auth, None, max_args=3),
+            CommandSpec("GET", 2, self.cmd_get, PERM_SESSION_READ),
+            CommandSpec("TTL", 2, self.cmd_ttl, PERM_SESSION_READ),
+            CommandSpec("EXISTS", -2, self.cmd_exists, PERM_SESSION_READ),
+            CommandSpec("SCAN", -2, self.cmd_scan, PERM_SESSION_READ),
+            CommandSpec("TM.VALIDATE", -2, self.cmd_tm_validate, PERM_TOKEN_VALIDATE, max_args=3),
+            CommandSpec("TM.TOUCH", 2, self.cmd_tm_touch, PERM_SESSION_TOUCH),
+            CommandSpec("SET", -3, self.cmd_set, PERM_SESSION_CREATE),
+            CommandSpec("DEL", -2, self.cmd_del, PERM_SESSION_REVOKE),
+            CommandSpec("EXPIRE", 3, self.cmd_expire, PERM_SESSION_RENEW),
+            CommandSpec("TM.CREATE", -3, self.cmd_tm_create, PERM_SESSION_CREATE),
+            CommandSpec("TM.REVOKE_USER", 2, self.cmd_tm_revoke_user, PERM_SESSION_REVOKE_USER),
+        ]
+        #: Upper- and lower-case names map to the spec: one dict hit for usual clients.
+        self.table: dict[bytes, CommandSpec] = {}
+        for spec in specs:
+            raw = spec.name.encode("ascii")
+            self.table[raw] = spec
+            self.table[raw.lower()] = spec
+
+    # -- pipeline --------------------------------------------------------------------------
+
+    def dispatch(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """Run one command through the pipeline: reply bytes, or an awaitable of them.
+
+        A :class:`TokMeshError` escaping here (or from the awaitable) is rendered by the
+        caller with :func:`render_error`.
+        """
+        if not argv:
+            return ERR_NO_COMMAND
+        name = argv[0]
+        spec = self.table.get(name)
+        if spec is None:
+            spec = self.table.get(name.upper())
+        if spec is not None and spec.roles is None:
+            if not spec.arity_ok(len(argv)):
+                return spec.wrong_arity
+            return spec.handler(conn, argv)
+        principal = conn.principal
+        if principal is None:
+            return NOAUTH
+        backend = self.backend
+        try:
+            fresh = backend.check_principal(principal)
+        except TokMeshError:
+            # A disabled/expired/deleted key loses access at once (03 §5.2 step 3).
+            conn.unbind()
+            return NOAUTH
+        if fresh is not principal:
+            conn.bind(fresh)
+        if spec is None:
+            return unknown_command(name)
+        if backend.in_maintenance():
+            return ERR_MAINTENANCE
+        try:
+            backend.rate_limit(fresh)
+        except TokMeshError:
+            return ERR_RATE_LIMITED
+        assert spec.roles is not None
+        if fresh.role not in spec.roles:
+            return spec.denied
+        if not spec.arity_ok(len(argv)):
+            return spec.wrong_arity
+        return spec.handler(conn, argv)
+
+    async def execute(self, conn: Connection, argv: list[bytes]) -> bytes:
+        """:meth:`dispatch`, awaited and with every error rendered as a reply."""
+        try:
+            result = self.dispatch(conn, argv)
+            if isinstance(result, bytes):
+                return result
+            return await result
+        except TokMeshError as exc:
+            return render_error(exc)
+        except Exception:
+            log.exception("RESP command failed", extra={"command": _echo_name(argv[0])})
+            return ERR_INTERNAL
+
+    # -- open commands ---------------------------------------------------------------------
+
+    def cmd_ping(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``PING [msg]``: ``+PONG`` or the message as a bulk string."""
+        if len(argv) == 1:
+            return PONG
+        return encode_bulk(argv[1])
+
+    def cmd_quit(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``QUIT``: ``+OK``, then the connection closes."""
+        conn.closing = True
+        return OK
+
+    def cmd_auth(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``AUTH <id> <secret>`` or ``AUTH <id>:<secret>`` (02 §4, 03 §5.4)."""
+        if len(argv) == 2:
+            key_id, sep, secret = argv[1].partition(b":")
+            if not sep:
+                return ERR_AUTH_FORMAT
+        else:
+            key_id, secret = argv[1], argv[2]
+        # latin-1 maps bytes 1:1, so a non-ASCII credential just fails the format check.
+        return self._auth(conn, key_id.decode("latin-1"), secret.decode("latin-1"))
+
+    async def _auth(self, conn: Connection, key_id: str, secret: str) -> bytes:
+        try:
+            principal = await self.backend.authenticate(key_id, secret, conn.peer_ip)
+        except TokMeshError as exc:
+            # A failed AUTH keeps whatever the connection had before (03 §5.4).
+            return _AUTH_REPLIES.get(exc.error) or render_error(exc)
+        conn.bind(principal)
+        return OK
+
+    # -- reads (inline, no await) ----------------------------------------------------------
+
+    def _live(self, raw_key: bytes) -> Session | None:
+        sid = _session_id(raw_key)
+        if sid is None:
+            return None
+        try:
+            return self.backend.sessions.get(sid)
+        except TokMeshError as exc:
+            if exc.error in _GONE:
+                return None
+            raise
+
+    def cmd_get(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``GET key``: the session JSON of 03 §3.1, or nil if absent/expired/invalid."""
+        session = self._live(argv[1])
+        if session is None:
+            return NIL
+        return encode_bulk(orjson.dumps(session.to_public()))
+
+    def cmd_ttl(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``TTL key``: -2 absent/expired, -1 no expiry, else whole seconds left."""
+        session = self._live(argv[1])
+        if session is None:
+            return MINUS_TWO
+        end = session.effective_expiry()
+        if end == 0:
+            return MINUS_ONE
+        left = end - self.backend.sessions.clock.now_ms()
+        return encode_integer(left // 1000 if left > 0 else 0)
+
+    def cmd_exists(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``EXISTS key [key ...]``: live keys among the arguments, duplicates counted."""
+        live = self._live
+        return encode_integer(sum(1 for raw in argv[1:] if live(raw) is not None))
+
+    def cmd_scan(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``SCAN cursor [MATCH glob] [COUNT n]``: ``[next_cursor, [keys]]``."""
+        if not _CURSOR_RE.fullmatch(argv[1]):
+            return ERR_INVALID_CURSOR
+        cursor = int(argv[1])
+        if cursor >= _U64:
+            return ERR_INVALID_CURSOR
+        pattern: bytes | None = None
+        count = 10
+        i, n = 2, len(argv)
+        while i < n:
+            opt = argv[i].upper()
+            if opt == b"MATCH" and i + 1 < n:
+                pattern = argv[i + 1]
+            elif opt == b"COUNT" and i + 1 < n:
+                value = parse_integer(argv[i + 1])
+                if value is None:
+                    return ERR_NOT_INTEGER
+                if value < 1:
+                    return ERR_SYNTAX
+                count = value
+            else:
+                return ERR_SYNTAX
+            i += 2
+        # COUNT is a hint in Redis too: clamping bounds one command's latency.
+        next_cursor, ids = self.backend.scanner.scan(cursor, min(count, self.scan_count_max))
+        keys = [sid.encode("ascii") for sid in ids]
+        if pattern is not None and pattern != b"*":
+            match = glob_regex(pattern).fullmatch
+            keys = [k for k in keys if match(k)]
+        return encode_array([b"%d" % next_cursor, keys])
+
+    def cmd_tm_validate(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``TM.VALIDATE token [TOUCH]``: ``+OK`` or ``TM-TOKN-4010 Token invalid``."""
+        token = argv[1].decode("latin-1")
+        if len(argv) == 3:
+            if argv[2].upper() != b"TOUCH":
+                return ERR_VALIDATE_SYNTAX
+            return self._validate_touch(conn, token)
+        try:
+            self.backend.sessions.validate(token)
+        except TokMeshError as exc:
+            if exc.error in _TOKEN_ERRORS:
+                return ERR_TOKEN_INVALID
+            raise
+        return OK
+
+    async def _validate_touch(self, conn: Connection, token: str) -> bytes:
+        try:
+            await self.backend.sessions.validate_touch(conn.ctx, token)
+        except TokMeshError as exc:
+            if exc.error in _TOKEN_ERRORS:
+                return ERR_TOKEN_INVALID
+            raise
+        return OK
+
+    # -- mutations (through the store actors) ------------------------------------------------
+
+    def _ttl_seconds(self, raw: bytes) -> int | bytes:
+        """An EX / TTL / EXPIRE argument in seconds, or the error reply."""
+        value = parse_integer(raw)
+        if value is None:
+            return ERR_NOT_INTEGER
+        if value <= 0 or value * 1000 > self.backend.sessions.settings.ttl_max_ms:
+            return ERR_TTL_RANGE
+        return value
+
+    def cmd_tm_touch(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``TM.TOUCH session_id``: the new ``last_active`` (ms)."""
+        sid = _session_id(argv[1])
+        if sid is None:
+            return ERR_SESSION_NOT_FOUND
+        return self._touch(conn, sid)
+
+    async def _touch(self, conn: Connection, sid: str) -> bytes:
+        try:
+            session = await self.backend.sessions.touch(conn.ctx, sid)
+        except TokMeshError as exc:
+            if exc.error is E.SESS_NOT_FOUND:
+                return ERR_SESSION_NOT_FOUND
+            if exc.error is E.SESS_EXPIRED:
+                return ERR_SESSION_EXPIRED
+            raise
+        return encode_integer(session.last_active)
+
+    def cmd_expire(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``EXPIRE key seconds``: renew; ``:1`` renewed, ``:0`` absent/expired."""
+        ttl = self._ttl_seconds(argv[2])
+        if isinstance(ttl, bytes):
+            return ttl
+        sid = _session_id(argv[1])
+        if sid is None:
+            return ZERO
+        return self._renew(conn, sid, ttl)
+
+    async def _renew(self, conn: Connection, sid: str, ttl: int) -> bytes:
+        try:
+            await self.backend.sessions.renew(conn.ctx, sid, ttl)
+        except TokMeshError as exc:
+            if exc.error in _GONE:
+                return ZERO
+            raise
+        return ONE
+
+    def cmd_del(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``DEL key [key ...]``: live sessions actually revoked (≤ 1000 keys)."""
+        if len(argv) - 1 > BATCH_REVOKE_LIMIT:
+            return ERR_DEL_TOO_MANY
+        return self._del(conn, argv)
+
+    async def _del(self, conn: Connection, argv: list[bytes]) -> bytes:
+        revoke = self.backend.sessions.revoke
+        count = 0
+        for raw in argv[1:]:
+            sid = _session_id(raw)
+            if sid is not None and await revoke(conn.ctx, sid):
+                count += 1
+        return encode_integer(count)
+
+    def cmd_tm_revoke_user(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``TM.REVOKE_USER user_id``: number of sessions revoked."""
+        try:
+            user_id = argv[1].decode("utf-8")
+        except UnicodeDecodeError:
+            return ZERO  # no stored user id is invalid UTF-8
+        return self._revoke_user(conn, user_id)
+
+    async def _revoke_user(self, conn: Connection, user_id: str) -> bytes:
+        return encode_integer(await self.backend.sessions.revoke_user(conn.ctx, user_id))
+
+    def cmd_set(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``SET key json [EX s]``: create (absent/expired key) or update (live key)."""
+        ttl: int | None = None
+        if len(argv) > 3:
+            if len(argv) != 5 or argv[3].upper() != b"EX":
+                return ERR_SYNTAX
+            parsed = self._ttl_seconds(argv[4])
+            if isinstance(parsed, bytes):
+                return parsed
+            ttl = parsed
+        sid = _session_id(argv[1])
+        if sid is None:
+            return ERR_BAD_SESSION_ID
+        fields = _json_fields(argv[2])
+        return self._set(conn, sid, fields, ttl)
+
+    async def _set(
+        self, conn: Connection, sid: str, fields: dict[str, Any], ttl: int | None
+    ) -> bytes:
+        user_id = _opt_str(fields, "user_id")
+        token = _opt_str(fields, "token")
+        device_id = _opt_str(fields, "device_id")
+        data = _opt_data(fields)
+        sessions = self.backend.sessions
+        try:
+            current: Session | None = sessions.get(sid)
+        except TokMeshError as exc:
+            if exc.error not in _GONE:
+                raise
+            current = None
+        if current is not None:
+            if token is not None:
+                return ERR_SET_TOKEN_ROTATION
+            if user_id is not None and user_id != current.user_id:
+                return ERR_USER_ID_IMMUTABLE
+            try:
+                await sessions.update(
+                    conn.ctx, sid, user_id=user_id, device_id=device_id, data=data, ttl_seconds=ttl
+                )
+                return OK
+            except TokMeshError as exc:
+                # Expired or revoked between the read and the update: expired = absent,
+                # so SET creates it (D-29).
+                if exc.error not in _GONE:
+                    raise
+        if not token:
+            return ERR_SET_TOKEN_REQUIRED
+        await sessions.create(
+            conn.ctx,
+            user_id,
+            device_id=device_id,
+            data=data,
+            ttl_seconds=ttl,
+            token=token,
+            session_id=sid,
+            require_token=True,
+        )
+        return OK
+
+    def cmd_tm_create(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
+        """``TM.CREATE key json [TTL s]``: server token; bulk ``{session_id,token,expires_at}``."""
+        ttl: int | None = None
+        if len(argv) > 3:
+            if len(argv) != 5 or argv[3].upper() != b"TTL":
+                return ERR_SYNTAX
+            parsed = self._ttl_seconds(argv[4])
+            if isinstance(parsed, bytes):
+                return parsed
+            ttl = parsed
+        sid = _session_id(argv[1])
+        if sid is None:
+            return ERR_BAD_SESSION_ID
+        fields = _json_fields(argv[2])
+        return self._tm_create(conn, sid, fields, ttl)
+
+    async def _tm_create(
+        self, conn: Connection, sid: str, fields: dict[str, Any], ttl: int | None
+    ) -> bytes:
+        user_id = _opt_str(fields, "user_id")
+        device_id = _opt_str(fields, "device_id")
+        data = _opt_data(fields)
+        try:
+            result = await self.backend.sessions.create(
+                conn.ctx, user_id, device_id=device_id, data=data, ttl_seconds=ttl, session_id=sid
+            )
+        except TokMeshError as exc:
+            if exc.error is E.SESS_EXISTS:
+                return ERR_SESSION_CONFLICT
+            raise
+        body = {
+            "session_id": result.session.id,
+            "token": result.token,
+            "expires_at": result.session.expires_at,
+        }
+        return encode_bulk(orjson.dumps(body))

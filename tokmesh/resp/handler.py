@@ -1,0 +1,226 @@
+"""The RESP listener: a Trio stream handler around the sans-IO codec (03 §5.1).
+
+One loop per connection: read (under the idle timeout between commands, the command
+timeout once a command has started), parse every command the read completed, run each
+through the :class:`~tokmesh.resp.commands.Dispatcher` in order (reads inline, mutations
+awaited one after the other, so replies keep the order of the commands), and answer all
+of them with ONE ``send_all`` under the write timeout. A framing fault answers the
+commands before it, then ``-ERR protocol error...`` / ``-ERR protocol limit exceeded``,
+then closes this connection only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+
+import trio
+
+from tokmesh.domain.errors import TokMeshError
+from tokmesh.resp.codec import RespParser
+from tokmesh.resp.commands import ERR_INTERNAL, Connection, Dispatcher, render_error
+from tokmesh.resp.limits import RespLimits
+
+log = logging.getLogger("tokmesh.resp")
+
+
+class RespStats:
+    """Connection and error counters of the RESP listeners (read by the metrics layer)."""
+
+    __slots__ = ("active", "commands", "protocol_errors", "timeouts", "total")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.total = 0
+        self.commands = 0
+        self.protocol_errors = 0
+        self.timeouts = 0
+
+
+def peer_ip_of(stream: trio.abc.Stream) -> str:
+    """The socket peer's IP (IPv4-mapped IPv6 shown as IPv4), or ``""`` if unknown."""
+    inner: object = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return ""
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return ""
+    if not isinstance(addr, tuple):
+        return ""
+    host = str(addr[0])
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+async def serve_resp_connection(
+    stream: trio.abc.Stream,
+    dispatcher: Dispatcher,
+    limits: RespLimits,
+    peer: str,
+    stats: RespStats | None = None,
+) -> None:
+    """Serve one RESP connection until EOF, QUIT, a protocol fault or a timeout.
+
+    Never raises for peer misbehaviour or transport errors; the stream is always
+    closed on return.
+    """
+    stats = stats if stats is not None else RespStats()
+    stats.active += 1
+    stats.total += 1
+    try:
+        if isinstance(stream, trio.SSLStream):
+            with trio.move_on_after(limits.handshake_timeout) as cs:
+                await stream.do_handshake()
+            if cs.cancelled_caught:
+                stats.timeouts += 1
+                return
+        await _serve(stream, dispatcher, limits, Connection(peer), stats)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+        # The peer went away or spoke something that is not TLS: nothing to answer.
+        pass
+    finally:
+        stats.active -= 1
+        await _close(stream)
+
+
+async def _serve(
+    stream: trio.abc.Stream,
+    dispatcher: Dispatcher,
+    limits: RespLimits,
+    conn: Connection,
+    stats: RespStats,
+) -> None:
+    parser = RespParser(limits)
+    dispatch = dispatcher.dispatch
+    receive_some = stream.receive_some
+    send_all = stream.send_all
+    read_size = limits.read_size
+    idle_timeout = limits.idle_timeout
+    command_timeout = limits.command_timeout
+    write_timeout = limits.write_timeout
+    current_time = trio.current_time
+    raw = _stdlib_socket(stream)
+    command_deadline = 0.0
+    # One cancel scope for the connection's whole life; its deadline is moved before
+    # each wait (two float stores per request instead of two new scopes).
+    with trio.CancelScope() as scope:
+        while True:
+            if parser.has_partial:
+                # 30 s to finish a started command, counted from its first byte.
+                if command_deadline == 0.0:
+                    command_deadline = current_time() + command_timeout
+                scope.deadline = command_deadline
+            else:
+                command_deadline = 0.0
+                scope.deadline = current_time() + idle_timeout
+            data = await receive_some(read_size)
+            if not data:
+                return  # EOF
+            # Running the commands and writing every reply: the write timeout.
+            scope.deadline = current_time() + write_timeout
+            commands = parser.feed(data)
+            replies: list[bytes] = []
+            for argv in commands:
+                try:
+                    reply = dispatch(conn, argv)
+                    if not isinstance(reply, bytes):
+                        reply = await reply
+                except TokMeshError as exc:
+                    reply = render_error(exc)
+                except Exception:
+                    log.exception("RESP command failed")
+                    reply = ERR_INTERNAL
+                replies.append(reply)
+                if conn.closing:
+                    break
+            stats.commands += len(replies)
+            error = parser.error
+            if error is not None and not conn.closing:
+                stats.protocol_errors += 1
+                replies.append(error.reply)
+            if replies:
+                out = replies[0] if len(replies) == 1 else b"".join(replies)
+                sent = 0
+                if raw is not None:
+                    # Fast path: the reply usually fits the kernel buffer at once, and
+                    # a direct non-blocking send saves Trio's post-send reschedule. The
+                    # receive above is still a full checkpoint every iteration.
+                    try:
+                        sent = raw.send(out)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                if sent < len(out):
+                    await send_all(memoryview(out)[sent:] if sent else out)
+            if conn.closing or error is not None:
+                return
+    if scope.cancelled_caught:
+        stats.timeouts += 1
+
+
+def _stdlib_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The non-blocking stdlib socket under a plain ``SocketStream`` (else ``None``)."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    sock = getattr(stream.socket, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close without waiting on a stuck peer (TLS close_notify may block)."""
+    with trio.move_on_after(1) as cs:
+        cs.shield = True
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError
+        ):
+            await stream.aclose()
+    if cs.cancelled_caught:
+        await trio.aclose_forcefully(stream)
+
+
+async def serve_resp(
+    listeners: list[trio.SocketListener],
+    dispatcher: Dispatcher,
+    limits: RespLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    stats: RespStats | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[trio.abc.Stream]]] = (
+        trio.TASK_STATUS_IGNORED
+    ),
+) -> None:
+    """Accept RESP connections on ``listeners`` (plain, or TLS with ``ssl_context``).
+
+    Runs until cancelled. ``task_status.started`` reports the (possibly TLS-wrapped)
+    listeners once they accept. Accept errors such as EMFILE are handled by
+    ``trio.serve_listeners`` (it pauses instead of crashing), so a connection flood
+    slows accepting but never stops the server.
+    """
+    limits = limits or RespLimits()
+    stats = stats if stats is not None else RespStats()
+    wrapped: list[trio.abc.Listener[trio.abc.Stream]] = []
+    for listener in listeners:
+        if ssl_context is not None:
+            # The handshake runs in the handler, under its own timeout.
+            wrapped.append(trio.SSLListener(listener, ssl_context, https_compatible=False))
+        else:
+            wrapped.append(listener)
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await serve_resp_connection(stream, dispatcher, limits, peer_ip_of(stream), stats)
+
+    await trio.serve_listeners(
+        handle, wrapped, handler_nursery=handler_nursery, task_status=task_status
+    )
