@@ -214,12 +214,16 @@ class SessionShard:
         sid = s.id
         existing = self._latest(sid)
         replaced: Session | None = None
-        if existing is not None and msg.exclusive_id and existing.is_expired(now):
-            if not existing.is_deleted or (existing.expires_at and now > existing.expires_at):
-                # An expired session is absent for every create path (03 D-29): its id
-                # is purged first (WAL DELETE) and then created afresh.
-                replaced = existing
-                existing = None
+        # An expired session is absent for every create path (03 D-29): its id is purged
+        # first (WAL DELETE) and then created afresh. A live tombstone keeps its id.
+        if (
+            existing is not None
+            and msg.exclusive_id
+            and existing.is_expired(now)
+            and (not existing.is_deleted or (existing.expires_at and now > existing.expires_at))
+        ):
+            replaced = existing
+            existing = None
         if existing is not None:
             if msg.exclusive_id:
                 raise TokMeshError(E.SESS_EXISTS)
