@@ -204,11 +204,11 @@ class StorageEngine:
         from tokmesh.domain.apikey import ApiKey
 
         state = self.state
-        put = state.put
-        for i, session in enumerate(recovered.sessions.values()):
-            put(session)
-            if i % 20000 == 19999:
-                await trio.sleep(0)  # let listeners answer /ready 503 meanwhile
+        records = list(recovered.sessions.values())
+        step = 50_000
+        for i in range(0, len(records), step):
+            state.load(records[i : i + step])
+            await trio.sleep(0)  # let listeners answer /ready 503 meanwhile
         state.position = recovered.wal_position
         for key_id, rec in recovered.api_keys.items():
             state.keys[key_id] = ApiKey.from_record(rec)

@@ -35,6 +35,16 @@ class ExpiryWheel:
         ids.append(sid)
         self.entries += 1
 
+    def bulk_buckets(self) -> dict[int, list[str]]:
+        """The bucket map for a bulk load; call :meth:`bulk_done` afterwards."""
+        return self._buckets
+
+    def bulk_done(self) -> None:
+        """Rebuild the heap and the entry count after a bulk load into the buckets."""
+        self._heap = list(self._buckets)
+        heapq.heapify(self._heap)
+        self.entries = sum(len(ids) for ids in self._buckets.values())
+
     def pop_due(self, now_ms: int, limit: int) -> list[str]:
         """Take up to ``limit`` ids whose bucket is entirely in the past."""
         out: list[str] = []

@@ -123,11 +123,46 @@ class StoreState:
         while len(tokens) > EXPIRED_MEMORY:
             tokens.popitem(last=False)
 
-    def load(self, sessions: Iterable[Session], position: int) -> None:
-        """Bulk-load recovered sessions (empty state expected)."""
-        for session in sessions:
-            self.put(session)
-        self.position = position
+    def load(self, sessions: Iterable[Session], position: int | None = None) -> None:
+        """Bulk-load recovered sessions that are not in the state yet.
+
+        Start-up path for a million records: one tight loop with local names instead of
+        :meth:`put` per record (same resulting indexes).
+        """
+        by_id = self.sessions
+        by_token = self.by_token
+        by_user = self.by_user
+        by_device = self.by_device
+        sample = self._sample_ids
+        buckets = self.wheel.bulk_buckets()
+        for s in sessions:
+            sid = s.id
+            by_id[sid] = s
+            by_token[s.token_hash] = sid
+            sample.append(sid)
+            if not s.is_deleted:
+                ids = by_user.get(s.user_id)
+                if ids is None:
+                    by_user[s.user_id] = {sid}
+                else:
+                    ids.add(sid)
+                if s.device_id:
+                    dev = by_device.get(s.device_id)
+                    if dev is None:
+                        by_device[s.device_id] = {sid}
+                    else:
+                        dev.add(sid)
+            expiry = s.effective_expiry() if s.idle_timeout else s.expires_at
+            if expiry:
+                bucket = -(-expiry // 1000)
+                ids_in = buckets.get(bucket)
+                if ids_in is None:
+                    buckets[bucket] = [sid]
+                else:
+                    ids_in.append(sid)
+        self.wheel.bulk_done()
+        if position is not None:
+            self.position = position
 
     def clear(self) -> None:
         """Drop everything (restore replaces the whole state)."""

@@ -1,0 +1,236 @@
+"""Talking to a node: HTTP(S) through httpx, and the local admin socket line protocol.
+
+Every request carries ``User-Agent: tokmesh-cli/<v>`` and ``Accept: application/json``;
+HTTP(S) requests carry ``Authorization: Bearer <id>:<secret>`` (never on ``/health`` or
+``/ready``); POSTs add ``X-Timestamp`` (Unix ms) and ``X-Nonce`` (ruling R2). No retries;
+the timeout is per request. Failures become :class:`~tokmesh.cli.errors.CliError` with the
+exit codes of 06 §4.3 / §8.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import secrets
+import ssl
+import sys
+import time
+from typing import Any
+
+from tokmesh.cli.errors import (
+    EXIT_GENERAL,
+    CliError,
+    timeout_error,
+    tls_error,
+    unreachable_error,
+)
+from tokmesh.cli.targets import Endpoint
+from tokmesh.cli.version import USER_AGENT
+
+#: Messages the CLI prints for well-known server codes (06 §9.3).
+_ROLE_SUGGESTION = "This operation requires role={role}"
+
+
+def error_from_envelope(status: int, doc: Any, path: str = "") -> CliError:
+    """The :class:`CliError` for an HTTP status >= 400 (or a socket reply with code != OK)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("code"), str):
+        return CliError(f"request failed with status {status}", exit_code=EXIT_GENERAL)
+    code = doc["code"]
+    details = doc.get("details") if isinstance(doc.get("details"), dict) else None
+    suggestion = None
+    if status == 403 and code in ("TM-AUTH-4030", "TM-ADMIN-4030"):
+        role = (details or {}).get("required_role") or (
+            "admin" if path.startswith("/admin/") else "issuer"
+        )
+        suggestion = _ROLE_SUGGESTION.format(role=role)
+    elif status == 401 and code.startswith("TM-AUTH-"):
+        suggestion = "Check the API key (-k key_id:key_secret or TOKMESH_API_KEY)."
+    return CliError(
+        str(doc.get("message") or code),
+        code=code,
+        exit_code=EXIT_GENERAL,
+        details=details,
+        suggestion=suggestion,
+        request_id=doc.get("request_id"),
+    )
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError | ssl.CertificateError):
+            return True
+        if "[SSL" in str(seen) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class HttpClient:
+    """An httpx client bound to one HTTP(S) endpoint and one API key."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        api_key: str | None,
+        *,
+        timeout_s: float,
+        tls_ca: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        import httpx
+
+        self.endpoint = endpoint
+        self.api_key = api_key
+        self.verbose = verbose
+        verify: ssl.SSLContext | bool = True
+        if endpoint.address.startswith("https://"):
+            ca = tls_ca or endpoint.ca_file
+            ctx = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+            if endpoint.cert_file and endpoint.key_file:
+                ctx.load_cert_chain(endpoint.cert_file, endpoint.key_file)
+            verify = ctx
+        self._client = httpx.AsyncClient(
+            base_url=endpoint.address,
+            timeout=timeout_s,
+            verify=verify,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        auth: bool = True,
+    ) -> tuple[int, Any]:
+        """Send one request: (status, decoded JSON body or ``None``). Network errors raise."""
+        import httpx
+
+        headers: dict[str, str] = {}
+        if auth and self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        content: bytes | None = None
+        if method == "POST":
+            headers["Content-Type"] = "application/json"
+            headers["X-Timestamp"] = str(time.time_ns() // 1_000_000)
+            headers["X-Nonce"] = secrets.token_hex(16)
+            content = json.dumps(body if body is not None else {}).encode()
+        started = time.perf_counter()
+        try:
+            resp = await self._client.request(
+                method, path, params=params, content=content, headers=headers
+            )
+        except httpx.TimeoutException:
+            raise timeout_error(f"request to {self.endpoint.host_port} timed out") from None
+        except (httpx.TransportError, ssl.SSLError, OSError) as exc:
+            if _is_tls_failure(exc):
+                raise tls_error(
+                    f"TLS handshake with {self.endpoint.host_port} failed: {_short(exc)}"
+                ) from None
+            raise unreachable_error(
+                f"cannot connect to {self.endpoint.host_port}: {_short(exc)}",
+                suggestion=(
+                    "Ensure the TokMesh server is running and accessible at "
+                    f"{self.endpoint.address}."
+                ),
+            ) from None
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = None
+        if self.verbose:
+            ms = (time.perf_counter() - started) * 1000
+            rid = resp.headers.get("X-Request-ID", "-")
+            sys.stderr.write(
+                f"→ {method} {resp.request.url.raw_path.decode()} {resp.status_code} "
+                f"{ms:.0f}ms request_id={rid}\n"
+            )
+        return resp.status_code, doc
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        auth: bool = True,
+    ) -> Any:
+        """Send one request and return the envelope's ``data``; status >= 400 raises."""
+        status, doc = await self.request(method, path, params=params, body=body, auth=auth)
+        if status >= 400:
+            raise error_from_envelope(status, doc, path)
+        if isinstance(doc, dict) and "data" in doc:
+            return doc["data"]
+        return doc if doc is not None else {}
+
+
+class SocketClient:
+    """The local admin socket: one command line out, one JSON envelope line back."""
+
+    def __init__(self, path: str, *, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+
+    async def command(self, line: str) -> Any:
+        """Run one command; the reply's ``data``, or a :class:`CliError` (code != OK → 1)."""
+        try:
+            raw = await asyncio.wait_for(self._exchange(line), self.timeout_s)
+        except TimeoutError:
+            raise timeout_error(f"local socket {self.path} did not answer in time") from None
+        except PermissionError:
+            raise unreachable_error(
+                f"permission denied on local socket {self.path}",
+                suggestion=f"Check OS permissions on {self.path}.",
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.EACCES:
+                raise unreachable_error(
+                    f"permission denied on local socket {self.path}",
+                    suggestion=f"Check OS permissions on {self.path}.",
+                ) from None
+            raise unreachable_error(
+                f"cannot connect to local socket {self.path}: {exc.strerror or exc}",
+                suggestion=(f"Ensure the TokMesh server is running and accessible at {self.path}."),
+            ) from None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise CliError("the local socket sent an invalid reply") from None
+        if not isinstance(doc, dict) or doc.get("code") != "OK":
+            raise error_from_envelope(400, doc)
+        return doc.get("data") or {}
+
+    async def _exchange(self, line: str) -> bytes:
+        reader, writer = await asyncio.open_unix_connection(self.path)
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            reply = await reader.readline()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if not reply:
+            raise ConnectionResetError(errno.ECONNRESET, "connection closed without a reply")
+        return reply
+
+    async def aclose(self) -> None:
+        """Nothing to close: every command uses its own connection."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."
