@@ -136,17 +136,25 @@ class StorageEngine:
         s = self.settings
         self.readiness.set(Phase.RECOVERING)
         started = time.monotonic()
-        key = await trio.to_thread.run_sync(load_or_create_key, s.wal_dir, s.encryption_key_hex)
-        cipher = self.cipher = Cipher(key)
-        log.info("encryption at rest: %s", cipher.alg)
+        # Recovery allocates millions of long-lived objects: generational collections
+        # during it only rescan them. Off until everything is loaded and frozen below.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
+            key = await trio.to_thread.run_sync(
+                load_or_create_key, s.wal_dir, s.encryption_key_hex
+            )
+            cipher = self.cipher = Cipher(key)
+            log.info("encryption at rest: %s", cipher.alg)
             recovered = await trio.to_thread.run_sync(
                 recover, s.wal_dir, s.snapshot_dir, cipher, self.clock.now_ms()
             )
-        except TokMeshError:
+            await self._load(recovered)
+        except BaseException:
+            if gc_was_enabled:
+                gc.enable()
             self.readiness.set(Phase.FAILED, "recovery failed")
             raise
-        await self._load(recovered)
         elapsed = time.monotonic() - started
         self.recovery_info = {
             "sessions": len(self.state.sessions),
@@ -160,8 +168,9 @@ class StorageEngine:
             log.warning("recovery took %.1f s (target 5 s)", elapsed)
         # Everything loaded so far is long-lived: keep it out of the GC's young
         # generations so a full collection does not walk a million records.
-        gc.collect()
         gc.freeze()
+        if gc_was_enabled:
+            gc.enable()
 
         wal = self.wal = WalWriter(
             s.wal_dir,

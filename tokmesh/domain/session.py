@@ -315,10 +315,11 @@ class Session:
         self.id = sid
         self.user_id = user_id
         self.token_hash = digest
-        self.ip_address = intern(ip)
-        self.user_agent = intern(ua)
-        self.last_access_ip = intern(last_ip)
-        self.last_access_ua = intern(last_ua)
+        self.ip_address = ip = intern(ip)
+        self.user_agent = ua = intern(ua)
+        # Usually unchanged since creation: share the interned string without a lookup.
+        self.last_access_ip = ip if last_ip == ip else intern(last_ip)
+        self.last_access_ua = ua if last_ua == ua else intern(last_ua)
         self.device_id = device_id
         self.created_by = intern(created_by)
         self.created_at = created_at
