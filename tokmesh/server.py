@@ -27,7 +27,7 @@ from tokmesh.actors.wal_writer import WalSettings
 from tokmesh.api.admin import status_data
 from tokmesh.api.app import BodyLimit, NativeFront, build_api, create_quart_app
 from tokmesh.api.asgi_bridge import AsgiBridge
-from tokmesh.api.backups import streams_request_body
+from tokmesh.api.backups import backup_service, streams_request_body
 from tokmesh.api.deps import ApiDeps
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_server import ServerControl, serve_http
@@ -265,6 +265,7 @@ class TokMeshServer:
                     await engine_started.wait()
                     if not engine_done.is_set():
                         nursery.start_soon(self.keys.run)
+                        await nursery.start(backup_service(self.deps).run)
                         await self._start_resp(listeners)
                         log.info(
                             "tokmesh-server ready",

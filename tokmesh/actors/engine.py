@@ -213,14 +213,15 @@ class StorageEngine:
         from tokmesh.domain.apikey import ApiKey
 
         state = self.state
+        # Keys first: during a restore, requests must never see sessions without keys.
+        for key_id, rec in recovered.api_keys.items():
+            state.keys[key_id] = ApiKey.from_record(rec)
         records = list(recovered.sessions.values())
         step = 50_000
         for i in range(0, len(records), step):
             state.load(records[i : i + step])
             await trio.sleep(0)  # let listeners answer /ready 503 meanwhile
         state.position = recovered.wal_position
-        for key_id, rec in recovered.api_keys.items():
-            state.keys[key_id] = ApiKey.from_record(rec)
 
     async def restore(self, source: Path) -> dict[str, Any]:
         """Replace the whole state with the snapshot file ``source`` (admin restore, 01 §10).
