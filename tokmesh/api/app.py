@@ -17,6 +17,7 @@ import quart
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import PathConverter
 
 from tokmesh.api.admin import admin_routes
 from tokmesh.api.admin_config import config_routes
@@ -129,6 +130,15 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": resp.body, "more_body": False})
 
 
+class AnyPathConverter(PathConverter):
+    """Matches every path, control characters included (Werkzeug's ``path`` stops at a
+    newline, which would leave Quart's HTML 404 instead of the route table's envelope)."""
+
+    regex = r"[\s\S]*"
+    # Werkzeug infers segment isolation from a "/" in the regex; this one spans segments.
+    part_isolating = False
+
+
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
@@ -174,8 +184,9 @@ def create_quart_app(api: Api, max_body_size: int = 100 << 20) -> QuartTrio:
         return quart.Response(resp.body, status=resp.status, headers=Headers(resp.headers))
 
     app.add_url_rule("/", "root", dispatch, methods=ALL_METHODS, provide_automatic_options=False)
+    app.url_map.converters["anypath"] = AnyPathConverter
     app.add_url_rule(
-        "/<path:path>",
+        "/<anypath:path>",
         "dispatch",
         dispatch,
         methods=ALL_METHODS,

@@ -244,5 +244,8 @@ def business_routes() -> list[Route]:
             ak.PERM_TOKEN_VALIDATE,
             True,
             "Validate a token",
+            # A read on every gateway request, not a business write: counted in metrics,
+            # not written to the audit log (docs/decisions.md).
+            audited=False,
         ),
     ]

@@ -107,6 +107,10 @@ def int_param(
         value = int(raw)
     except ValueError:
         raise TokMeshError(E.ARG_INVALID, f"{name} must be an integer", details) from None
-    if value < lo or (hi is not None and value > hi):
+    if value < lo or (hi is not None and value > hi) or value > MAX_SAFE_INTEGER:
         raise TokMeshError(E.ARG_INVALID, f"{name} out of range", details)
     return value
+
+
+#: the largest integer every JSON client reads exactly (2**53 - 1)
+MAX_SAFE_INTEGER = 2**53 - 1

@@ -130,9 +130,12 @@ def operation_errors(route: Route, op: OpDoc | None) -> dict[int, list[ErrorCode
             codes += [E.AUTH_TIMESTAMP, E.AUTH_NONCE_REUSED, E.SYS_STORAGE]
     if op is not None:
         codes += list(op.errors)
+    pairs = [(c.http_status, c) for c in codes]
+    if op is not None:
+        pairs += list(op.status_overrides)
     by_status: dict[int, list[ErrorCode]] = {}
-    for c in codes:
-        bucket = by_status.setdefault(c.http_status, [])
+    for status, c in pairs:
+        bucket = by_status.setdefault(status, [])
         if c not in bucket:
             bucket.append(c)
     for bucket in by_status.values():
@@ -216,22 +219,29 @@ def build_operation(route: Route, op: OpDoc | None) -> Schema:
         if body is None and op is None:
             body = {"type": "object"}
         if body is not None:
+            content: dict[str, Any] = {_JSON: {"schema": body}}
+            for media, schema in op.more_bodies if op else ():
+                content[media] = {"schema": schema}
             operation["requestBody"] = {
                 "required": bool(op and op.body_required),
                 "description": "JSON object (strict: unknown fields are 400 TM-SYS-4000)",
-                "content": {_JSON: {"schema": body}},
+                "content": content,
             }
     operation["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}] if authenticated else []
     ok: Schema = {
         "description": "Success",
         "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
     }
+    for name, header in op.success_headers if op else ():
+        ok["headers"][name] = header
     if op is not None and op.media_schema is not None:
         ok["content"] = {op.media: {"schema": op.media_schema}}  # not an envelope
     else:
         data = op.data if op is not None and op.data is not None else {"type": "object"}
         ok["content"] = {_JSON: {"schema": _success_envelope(data)}}
     responses: dict[str, Any] = {str(route.success_status): ok}
+    for status in op.more_success if op else ():
+        responses[str(status)] = {**ok, "description": f"Success ({status})"}
     for status, codes in operation_errors(route, op).items():
         responses[str(status)] = _error_response(status, codes)
     operation["responses"] = responses
@@ -296,8 +306,11 @@ def _components(ttl_max_seconds: int) -> Schema:
             "X-Request-ID": {
                 "name": "X-Request-ID",
                 "in": "header",
-                "description": "Echoed if 1-128 printable ASCII characters, else replaced",
-                "schema": {**string, "pattern": "^[\\x21-\\x7e]{1,128}$"},
+                "description": (
+                    "Echoed if 1-128 printable ASCII characters; any other value is replaced "
+                    "by a generated req-… ID"
+                ),
+                "schema": string,
             },
             "X-Timestamp": {
                 "name": "X-Timestamp",

@@ -434,6 +434,148 @@ def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[st
             "properties": {"status": _str(), "message": _str(), "node_id": _str()},
             "required": ["status"],
         },
+        "Snapshot": _obj(
+            {
+                "snapshot_id": _str(description="snap-YYYYMMDD-HHMMSS"),
+                "size_bytes": _COUNT,
+                "path": _str(),
+                "created_at": _MS,
+                "checksum": _str(pattern=r"^sha256:[0-9a-f]{64}$"),
+                "description": _str(256),
+                "type": _str(description="manual, scheduled, wal-compact, pre-restore …"),
+                "encrypted": {"type": "boolean"},
+                "session_count": _COUNT,
+                "key_count": _COUNT,
+            },
+            ["snapshot_id", "size_bytes", "path", "created_at", "checksum", "description"],
+            description="A snapshot usable as a backup (03 §4.3)",
+        ),
+        "SnapshotList": page_of(ref("Snapshot")),
+        "CreateSnapshotRequest": _obj({"description": _str(256)}),
+        "RestoreRequest": _obj(
+            {"snapshot_id": _str(description="Restore this snapshot (preferred)")},
+            description="Either snapshot_id here or a multipart upload",
+        ),
+        "RestoreUpload": {
+            "type": "object",
+            "properties": {
+                "file": {
+                    "type": "string",
+                    "contentMediaType": "application/octet-stream",
+                    "description": "A .bak backup file (TOKMESH_BAK_V1)",
+                },
+                "snapshot_id": _str(),
+            },
+            "additionalProperties": False,
+            "description": "multipart/form-data: part `file` (or `snapshot_id`, not both)",
+        },
+        "RestoreJobStatus": {"enum": ["RUNNING", "FAILED", "IDLE"]},
+        "RestoreStarted": _obj(
+            {
+                "job_id": _str(),
+                "status": ref("RestoreJobStatus"),
+                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "message": _str(),
+            },
+            ["job_id", "status", "progress", "message"],
+        ),
+        "RestoreJob": _obj(
+            {
+                "job_id": _str(),
+                "status": ref("RestoreJobStatus"),
+                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "message": _str(),
+                "snapshot_id": _str(),
+                "started_at": _MS,
+                "finished_at": {**_MS0, "description": "Unix ms; 0 while running"},
+            },
+            [
+                "job_id",
+                "status",
+                "progress",
+                "message",
+                "snapshot_id",
+                "started_at",
+                "finished_at",
+            ],
+        ),
+        "WalStatus": _obj(
+            {
+                "enabled": {"type": "boolean"},
+                "sync_mode": _str(description='"sync" or "batch"'),
+                "current_segment": _COUNT,
+                "current_segment_file": _str(),
+                "total_segments": _COUNT,
+                "total_size_bytes": _COUNT,
+                "oldest_entry_time": _MS0,
+                "newest_entry_time": _MS0,
+                "last_offset": _COUNT,
+            },
+            [
+                "enabled",
+                "sync_mode",
+                "current_segment",
+                "total_segments",
+                "total_size_bytes",
+                "oldest_entry_time",
+                "newest_entry_time",
+                "last_offset",
+            ],
+        ),
+        "WalCompactResult": _obj(
+            {
+                "snapshot_id": _str(),
+                "removed_segments": _COUNT,
+                "removed_files": {"type": "array", "items": {"type": "string"}},
+                "freed_bytes": _COUNT,
+            },
+            ["snapshot_id", "removed_segments", "freed_bytes"],
+        ),
+        "ConfigTree": {
+            "type": "object",
+            "description": (
+                "Nested config keys; without ?merged=true only the hot-reloadable subset "
+                "{telemetry: {logging: {level}}}, with it the full config, secrets redacted"
+            ),
+        },
+        "ConfigApplyRequest": {
+            "type": "object",
+            "description": (
+                "A partial config tree, e.g. {telemetry: {logging: {level: debug}}}; paths "
+                "that are not hot-reloadable are listed in `rejected`"
+            ),
+        },
+        "ConfigApplyResult": _obj(
+            {
+                "updated": {"type": "array", "items": {"type": "string"}},
+                "rejected": {"type": "array", "items": {"type": "string"}},
+                "message": _str(),
+            },
+            ["updated", "rejected", "message"],
+        ),
+        "ConfigValidateRequest": _obj({"config_yaml": _str(minLength=1)}, ["config_yaml"]),
+        "ConfigIssue": _obj(
+            {
+                "code": {"type": "string", "pattern": r"^TM-CFG-[0-9]{4}$"},
+                "field": _str(),
+                "message": _str(),
+            },
+            ["code", "field", "message"],
+        ),
+        "ConfigValidateResult": _obj(
+            {
+                "valid": {"type": "boolean"},
+                "errors": {"type": "array", "items": ref("ConfigIssue")},
+            },
+            ["valid", "errors"],
+        ),
+        "ConfigReloadResult": _obj(
+            {
+                "updated": {"type": "array", "items": {"type": "string"}},
+                "ignored": {"type": "array", "items": {"type": "string"}},
+            },
+            ["updated", "ignored"],
+        ),
         "OpenApiDocument": {
             "type": "object",
             "required": ["openapi", "info", "paths"],
@@ -473,6 +615,14 @@ class OpDoc:
     roles: tuple[str, ...] = ()
     media: str = "application/json"
     media_schema: Schema | None = None
+    #: further success statuses with the same body (206 of a ranged download)
+    more_success: tuple[int, ...] = ()
+    #: errors sent with a status other than their catalogue status (416 range errors)
+    status_overrides: tuple[tuple[int, ErrorCode], ...] = ()
+    #: other request media types and their schemas (the multipart restore upload)
+    more_bodies: tuple[tuple[str, Schema], ...] = ()
+    #: extra success response headers: name -> header object
+    success_headers: tuple[tuple[str, Schema], ...] = ()
 
 
 _PAGE: Final = Param("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number (≥ 1)")
@@ -754,6 +904,145 @@ OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
         body=ref("ClusterResetRequest"),
         errors=(E.SYS_NOT_IMPLEMENTED, E.ARG_INVALID, E.ARG_MISSING),
         description="501 TM-SYS-5010 while the node runs standalone.",
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/backups/snapshots"): OpDoc(
+        "createSnapshot",
+        "Backups",
+        data=ref("Snapshot"),
+        body=ref("CreateSnapshotRequest"),
+        errors=(E.ARG_INVALID, E.ADMIN_CONFLICT, E.ADMIN_FAILED),
+        description="Takes a snapshot now (sessions, API keys, metadata; encrypted).",
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/backups/snapshots"): OpDoc(
+        "listSnapshots",
+        "Backups",
+        data=ref("SnapshotList"),
+        query=(_PAGE, _SIZE),
+        errors=(E.ARG_INVALID,),
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/backups/snapshots/{{snapshot_id}}/file"): OpDoc(
+        "downloadSnapshot",
+        "Backups",
+        media="application/octet-stream",
+        media_schema={"type": "string", "contentMediaType": "application/octet-stream"},
+        query=(Param("Range", {"type": "string"}, "One span: bytes=first-last", "header"),),
+        errors=(E.ADMIN_NOT_FOUND,),
+        more_success=(206,),
+        status_overrides=((416, E.ARG_INVALID),),
+        success_headers=(
+            ("Content-Disposition", {"schema": {"type": "string"}, "required": True}),
+            ("Accept-Ranges", {"schema": {"const": "bytes"}, "required": True}),
+            ("Content-Range", {"schema": {"type": "string"}, "description": "206 only"}),
+        ),
+        description=(
+            "The .bak file, streamed. One `Range: bytes=…` span gives 206 with "
+            "Content-Range; an unsatisfiable range is 416 (TM-ARG-1001)."
+        ),
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/backups/restores"): OpDoc(
+        "startRestore",
+        "Backups",
+        data=ref("RestoreStarted"),
+        body=ref("RestoreRequest"),
+        more_bodies=(("multipart/form-data", ref("RestoreUpload")),),
+        errors=(
+            E.ARG_MISSING,
+            E.ARG_CONFLICT,
+            E.ADMIN_NOT_FOUND,
+            E.ADMIN_CONFLICT,
+            E.ADMIN_UNPROCESSABLE,
+            E.ADMIN_FAILED,
+        ),
+        description=(
+            "Restores a snapshot by id (JSON) or an uploaded .bak (multipart part `file`). "
+            "While it runs, business routes answer 503 TM-ADMIN-5031 and /ready 503."
+        ),
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/backups/restores/{{job_id}}"): OpDoc(
+        "getRestoreJob",
+        "Backups",
+        data=ref("RestoreJob"),
+        errors=(E.ADMIN_NOT_FOUND,),
+        description="Job status: RUNNING, FAILED (message = reason) or IDLE (done, 100).",
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/wal/status"): OpDoc("getWalStatus", "WAL", data=ref("WalStatus"), roles=_ADMIN),
+    ("POST", f"{P}/wal/compact"): OpDoc(
+        "compactWal",
+        "WAL",
+        data=ref("WalCompactResult"),
+        body=ref("EmptyRequest"),
+        errors=(E.ADMIN_CONFLICT, E.ADMIN_FAILED),
+        description="Takes a snapshot and deletes the WAL segments it covers (R14).",
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/wal/logs"): OpDoc(
+        "readWalLogs",
+        "WAL",
+        media="application/octet-stream",
+        media_schema={"type": "string", "contentMediaType": "application/octet-stream"},
+        query=(
+            Param("offset", {"type": "integer", "minimum": 0, "default": 0}, "Byte offset"),
+            Param(
+                "limit",
+                {"type": "integer", "minimum": 1, "default": 1048576},
+                "At most this many bytes",
+            ),
+            Param("follow", {"type": "boolean", "default": False}, "Stream new bytes"),
+        ),
+        errors=(E.ARG_INVALID,),
+        description="Raw (encrypted) WAL bytes; offset past the end gives an empty 200.",
+        roles=_ADMIN,
+    ),
+    ("GET", f"{P}/config"): OpDoc(
+        "getConfig",
+        "Configuration",
+        data=ref("ConfigTree"),
+        query=(Param("merged", {"type": "boolean", "default": False}, "Full config"),),
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/config/apply"): OpDoc(
+        "applyConfig",
+        "Configuration",
+        data=ref("ConfigApplyResult"),
+        body=ref("ConfigApplyRequest"),
+        errors=(
+            E.CFG_TYPE,
+            E.CFG_RANGE,
+            E.CFG_FILE_MISSING,
+            E.CFG_PERMISSION,
+            E.CFG_CONFLICT,
+            E.CFG_DEPENDENCY,
+            E.CFG_BAD_PEM,
+            E.CFG_CERT_EXPIRED,
+        ),
+        description=(
+            "Only telemetry.logging.level (debug|info|warn|error) applies live; an "
+            "invalid value is 400 TM-CFG-… and nothing is applied."
+        ),
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/config/validate"): OpDoc(
+        "validateConfig",
+        "Configuration",
+        data=ref("ConfigValidateResult"),
+        body=ref("ConfigValidateRequest"),
+        body_required=True,
+        errors=(E.ARG_MISSING,),
+        description="200 with valid:false and the errors when the YAML is invalid.",
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/config/reload"): OpDoc(
+        "reloadConfig",
+        "Configuration",
+        data=ref("ConfigReloadResult"),
+        body=ref("EmptyRequest"),
+        description="Re-reads the config file (= SIGHUP); restart-only changes are ignored.",
         roles=_ADMIN,
     ),
     ("GET", "/openapi.json"): OpDoc(

@@ -53,6 +53,8 @@ class Route:
     response_schema: dict[str, Any] | None = None
     success_status: int = 200
     audit_action: str | None = None
+    #: business POSTs are audited as writes (02 §16) unless they only read
+    audited: bool = True
 
 
 class Call:
@@ -223,7 +225,9 @@ class Api:
         if scope == SCOPE_BUSINESS:
             readiness.require_ready()  # maintenance gate: 503 TM-ADMIN-5031 while restoring
         resp = await route.handler(call)
-        if scope == SCOPE_ADMIN or (scope == SCOPE_BUSINESS and req.method == "POST"):
+        if scope == SCOPE_ADMIN or (
+            scope == SCOPE_BUSINESS and req.method == "POST" and route.audited
+        ):
             deps.audit_request(call, resp)
         return resp
 

@@ -6,6 +6,7 @@ lower-case names (as ASGI and httptools deliver them, or any case-insensitive ma
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -16,6 +17,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Networks = tuple[IPNetwork, ...]
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_ip(value: str) -> IPAddress | None:
     """Parse one address; IPv4-mapped IPv6 becomes IPv4 (02 §13); ``None`` if invalid.
 
@@ -157,6 +159,13 @@ def _forwarded_for(value: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=8192)
+def _canonical(peer_ip: str) -> str:
+    """Canonical text of an address (IPv4-mapped IPv6 as IPv4), or the input if invalid."""
+    addr = parse_ip(peer_ip)
+    return peer_ip if addr is None else str(addr)
+
+
 def resolve_client_ip(peer_ip: str, headers: Mapping[str, str], trusted: Networks) -> str:
     """``client_ip`` per 02 §5 / R3.
 
@@ -164,10 +173,13 @@ def resolve_client_ip(peer_ip: str, headers: Mapping[str, str], trusted: Network
     success of ``Forwarded: for=``, ``X-Forwarded-For`` (right to left, skipping trusted
     proxies), ``X-Real-IP``; otherwise the peer. Returned addresses are canonical text.
     """
+    if not trusted:
+        # The common case (no proxies configured): the peer, canonical, from a cache.
+        return _canonical(peer_ip)
     peer = parse_ip(peer_ip)
     if peer is None:
         return peer_ip
-    if not trusted or not ip_in(peer, trusted):
+    if not ip_in(peer, trusted):
         return str(peer)
     fwd = _header(headers, "forwarded")
     if fwd is not None:
