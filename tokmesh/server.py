@@ -406,10 +406,11 @@ class TokMeshServer:
         are listed in ``ignored``. An invalid file changes nothing.
         """
         from tokmesh.config.reload import reload_plan
+        from tokmesh.config.schema import build_config, config_to_flat
         from tokmesh.config.validate import load_and_validate
 
-        updated = [f"server.{r.name}.tls" for r in self.cert_reloaders if r.reload()]
         if self.config_file is None:
+            updated = [f"server.{r.name}.tls" for r in self.cert_reloaders if r.reload()]
             return {"updated": updated, "ignored": []}
         result, report = await trio.to_thread.run_sync(
             lambda: load_and_validate(self.config_file, dict(os.environ), self.flags, Path.cwd())
@@ -417,15 +418,51 @@ class TokMeshServer:
         if report.errors:
             log.error(
                 "config reload rejected; keeping the running configuration",
-                extra={"errors": [f"{e.key}: {e.code.code}" for e in report.errors]},
+                extra={
+                    "event": "config_reloaded",
+                    "status": "failed",
+                    "errors": [f"{e.key}: {e.code.code}" for e in report.errors],
+                },
             )
-            return {"updated": updated, "ignored": []}
-        hot, restart = reload_plan(self.cfg, result.config)
+            return {"updated": [], "ignored": []}
+        new = result.config
+        hot, restart = reload_plan(self.cfg, new)
+        # Certificate paths are hot too: point each reloader at the new files first.
+        for reloader in self.cert_reloaders:
+            section = new.server.https if reloader.name == "https" else new.server.redis_tls
+            tls = section.tls
+            reloader.set_files(tls.cert_file, tls.key_file, tls.client_ca_file)
+        updated = [f"server.{r.name}.tls" for r in self.cert_reloaders if r.reload()]
         if "telemetry.logging.level" in hot:
-            set_level(result.config.telemetry.logging.level)
-            updated.append("telemetry.logging.level")
-        self.cfg = result.config if not restart else self.cfg
-        log.info("config_reloaded", extra={"updated": updated, "ignored": restart})
+            set_level(new.telemetry.logging.level)
+        updated.extend(
+            k
+            for k in hot
+            if k not in updated
+            and not k.startswith("server.https.tls")
+            and not k.startswith("server.redis_tls.tls")
+        )
+        # Keep the running values of restart-only keys; take every hot one.
+        values = config_to_flat(self.cfg)
+        new_values = config_to_flat(new)
+        for key in hot:
+            values[key] = new_values[key]
+        self.cfg = build_config(values)
+        if restart:
+            log.warning(
+                "restart required for configuration changes: %s",
+                ", ".join(restart),
+                extra={"restart_required": restart},
+            )
+        log.info(
+            "config_reloaded",
+            extra={
+                "event": "config_reloaded",
+                "status": "success",
+                "updated": updated,
+                "ignored": restart,
+            },
+        )
         return {"updated": updated, "ignored": restart}
 
     # -- listeners -------------------------------------------------------------------------------

@@ -107,9 +107,12 @@ async def run_cli(config_path: str | None, flags: dict[str, str], test_only: boo
     from tokmesh.config.validate import load_and_validate
     from tokmesh.telemetry.logging import setup_logging
 
-    result, report = load_and_validate(
-        config_path, dict(os.environ), flags, Path.cwd(), create_dirs=not test_only
-    )
+    # Directories are created only for a real start with a configuration that loaded.
+    result, report = load_and_validate(config_path, dict(os.environ), flags, Path.cwd())
+    if not test_only and not report.errors:
+        result, report = load_and_validate(
+            config_path, dict(os.environ), flags, Path.cwd(), create_dirs=True
+        )
     if test_only:
         print(format_test_report(result, report.errors, report.warnings))
         return 1 if report.errors else 0

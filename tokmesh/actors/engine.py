@@ -78,6 +78,16 @@ class Readiness:
         }[self.phase]
         return {"storage": storage, "cluster": "ok"}
 
+    def require_serving(self) -> None:
+        """Gate of business requests: 503 before recovery finished (``TM-SYS-5030``) and
+        during a restore (``TM-ADMIN-5031``). While stopping, requests already accepted
+        are still served (05 §15 phase 2); a failed WAL answers ``TM-SYS-5001`` itself."""
+        phase = self.phase
+        if phase is Phase.RESTORING:
+            raise TokMeshError(E.ADMIN_MAINTENANCE)
+        if phase is Phase.STARTING or phase is Phase.RECOVERING:
+            raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready", {"status": "not_ready"})
+
     def require_ready(self) -> None:
         """Raise the 503 the front ends answer while not ready (maintenance → 5031)."""
         if self.phase is Phase.READY:
@@ -141,9 +151,7 @@ class StorageEngine:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            key = await trio.to_thread.run_sync(
-                load_or_create_key, s.wal_dir, s.encryption_key_hex
-            )
+            key = await trio.to_thread.run_sync(load_or_create_key, s.wal_dir, s.encryption_key_hex)
             cipher = self.cipher = Cipher(key)
             log.info("encryption at rest: %s", cipher.alg)
             recovered = await trio.to_thread.run_sync(

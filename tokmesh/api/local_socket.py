@@ -105,9 +105,11 @@ class LocalSocketServer:
                     stream = await listener.accept()
                     nursery.start_soon(self._handle, stream)
         finally:
-            await listener.aclose()
+            # Unlink first: aclose() is a checkpoint that raises Cancelled at shutdown.
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         buf = b""

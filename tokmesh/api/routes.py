@@ -223,7 +223,7 @@ class Api:
             tcp_remote_ip=req.peer_ip,
         )
         if scope == SCOPE_BUSINESS:
-            readiness.require_ready()  # maintenance gate: 503 TM-ADMIN-5031 while restoring
+            readiness.require_serving()  # maintenance gate: 503 TM-ADMIN-5031 while restoring
         resp = await route.handler(call)
         if scope == SCOPE_ADMIN or (
             scope == SCOPE_BUSINESS and req.method == "POST" and route.audited

@@ -65,6 +65,13 @@ class CertReloader:
         self.reloads = 0
         self.failures = 0
 
+    def set_files(self, cert_file: str, key_file: str, client_ca_file: str = "") -> None:
+        """Watch (and load on the next reload) other files, e.g. after SIGHUP."""
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.client_ca_file = client_ca_file
+        self._files = [f for f in (cert_file, key_file, client_ca_file) if f]
+
     def reload(self) -> bool:
         """Load the current files if they form a valid pair; True when applied."""
         try:
@@ -73,16 +80,33 @@ class CertReloader:
             self.failures += 1
             metrics.TLS_RELOAD_FAILURES.inc()
             log.error(
-                "TLS reload of %s rejected, keeping the previous certificate: %s",
+                "TLS reload of %s rejected, keeping the previous certificate",
                 self.name,
-                exc,
+                extra={
+                    "event": "config_reloaded",
+                    "component": "tls_manager",
+                    "listener": self.name,
+                    "changes": [self.cert_file, self.key_file],
+                    "status": "failed",
+                    "error": str(exc),
+                },
             )
             return False
         self.ctx.load_cert_chain(self.cert_file, self.key_file)
         if self.client_ca_file:
             self.ctx.load_verify_locations(self.client_ca_file)
         self.reloads += 1
-        log.info("TLS certificate of %s reloaded", self.name)
+        log.info(
+            "TLS certificate of %s reloaded",
+            self.name,
+            extra={
+                "event": "config_reloaded",
+                "component": "tls_manager",
+                "listener": self.name,
+                "changes": [self.cert_file, self.key_file],
+                "status": "success",
+            },
+        )
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
