@@ -1,0 +1,115 @@
+"""HTTP validate benchmark (issue 3): wrk -t2 -c64 -d10s posting 1,000 distinct valid
+tokens with a validator key, against the native front and against
+``server.http.engine: hypercorn`` in the same run.
+
+Target: native ≥ 10,000 req/s, P99 < 10 ms, no non-2xx.
+
+    python bench/http_validate.py [--duration 10] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _server import start_node  # noqa: E402
+
+LUA = r"""
+local tokens = {}
+local auth = os.getenv("TM_AUTH")
+for line in io.lines(os.getenv("TM_TOKENS")) do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  local body = '{"token":"' .. tokens[(i % #tokens) + 1] .. '"}'
+  return wrk.format("POST", "/tokens/validate",
+    {["Authorization"] = "Bearer " .. auth, ["Content-Type"] = "application/json"}, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %.3f %.3f\n", summary.requests,
+    summary.errors.status, summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout,
+    latency:percentile(99) / 1000.0, latency:percentile(50) / 1000.0))
+end
+"""
+
+
+def run_one(engine: str, duration: int, connections: int) -> dict[str, float]:
+    srv = start_node({"server": {"http": {"engine": engine}}}, name=engine)
+    try:
+        issuer = srv.create_key("issuer", rate_limit=1_000_000)
+        validator = srv.create_key("validator", rate_limit=1_000_000)
+        tokens = []
+        with srv.client(issuer) as c:
+            for i in range(1000):
+                r = c.post("/sessions", json={"user_id": f"bench-{i % 50}-{i}"})
+                tokens.append(r.json()["data"]["token"])
+        work = Path(tempfile.mkdtemp(prefix="tm-wrk-"))
+        (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
+        (work / "validate.lua").write_text(LUA)
+        # warm the validation cache (one Argon2 per key, then cache hits only)
+        httpx.post(
+            srv.base_url + "/tokens/validate",
+            json={"token": tokens[0]},
+            headers={"Authorization": f"Bearer {validator}"},
+        )
+        env = dict(os.environ, TM_TOKENS=str(work / "tokens.txt"), TM_AUTH=validator)
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "-s",
+                str(work / "validate.lua"),
+                srv.base_url,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=duration + 60,
+        ).stdout
+        m = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
+        if not m:
+            raise RuntimeError(out)
+        reqs, non2xx, sockerr, p99, p50 = m.groups()
+        return {
+            "rps": int(reqs) / duration,
+            "non2xx": int(non2xx),
+            "socket_errors": int(sockerr),
+            "p99_ms": float(p99),
+            "p50_ms": float(p50),
+        }
+    finally:
+        srv.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install -y wrk)")
+    print(f"machine: {os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.duration}s")
+    native = run_one("native", args.duration, args.connections)
+    print("native   ", json.dumps(native))
+    hyper = run_one("hypercorn", args.duration, args.connections)
+    print("hypercorn", json.dumps(hyper))
+    ok = native["rps"] >= 10_000 and native["p99_ms"] < 10 and native["non2xx"] == 0
+    print(f"native/hypercorn throughput ratio: {native['rps'] / max(hyper['rps'], 1):.1f}x")
+    print(f"target native ≥ 10,000 req/s, P99 < 10 ms, no non-2xx: {'PASS' if ok else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
