@@ -10,7 +10,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.server import ServerProcess, free_port  # noqa: E402
+from tests.support.server import ServerProcess, free_port
 
 
 def start_node(overrides: dict[str, Any] | None = None, name: str = "bench") -> ServerProcess:

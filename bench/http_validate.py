@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _server import start_node  # noqa: E402
+from _server import start_node
 
 LUA = r"""
 local tokens = {}

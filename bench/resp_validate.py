@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _server import free_port, start_node  # noqa: E402
+from _server import free_port, start_node
 
 
 def rps(output: str) -> float:
