@@ -29,8 +29,20 @@ def rps(output: str) -> float:
     return float(found[-1])
 
 
-def bench(args: list[str], n: int, c: int, pipeline: int) -> float:
-    cmd = ["redis-benchmark", *args, "-n", str(n), "-c", str(c), "-P", str(pipeline), "-q"]
+def bench(args: list[str], command: list[str], n: int, c: int, pipeline: int) -> float:
+    """One redis-benchmark run: options first, then the command to repeat."""
+    cmd = [
+        "redis-benchmark",
+        *args,
+        "-n",
+        str(n),
+        "-c",
+        str(c),
+        "-P",
+        str(pipeline),
+        "-q",
+        *command,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return rps(out.stdout + out.stderr)
 
@@ -82,10 +94,9 @@ def main() -> None:
         kid, secret = validator.split(":", 1)
         results = {}
         for p in (1, 16):
-            r = bench(["-p", str(rport), "GET", "bench:key"], a.n, a.c, p)
-            t = bench(
-                ["-p", str(tport), "--user", kid, "-a", secret, "TM.VALIDATE", token], a.n, a.c, p
-            )
+            r = bench(["-p", str(rport)], ["GET", "bench:key"], a.n, a.c, p)
+            auth = ["-p", str(tport), "--user", kid, "-a", secret]
+            t = bench(auth, ["TM.VALIDATE", token], a.n, a.c, p)
             results[p] = (t, r)
             print(
                 f"-P {p:2d}: tokmesh TM.VALIDATE {t:10,.0f}/s   redis GET {r:10,.0f}/s   "
