@@ -1,4 +1,4 @@
-"""``system`` (alias ``sys``): status, health, ready, gc (06 §9.6)."""
+"""``system`` (alias ``sys``): status, health, ready, gc, wal (06 §9.6)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,18 @@ GC_TYPES = {"expired": "expired_sessions", "memory": "memory", "all": "all"}
 
 def register(root: TmGroup) -> None:
     """Add the ``system`` group (and its alias ``sys``) to ``root``."""
+    from tokmesh.cli.cmd_backup import wal
+
     root.add_command(system)
     root.add_alias("sys", "system")
+    system.add_command(wal)
 
 
 @click.group(
     "system",
     cls=TmGroup,
     aliases=("system", "sys"),
-    help="Node status, health and readiness probes, garbage collection.",
+    help="Node status, health and readiness probes, garbage collection, WAL.",
 )
 async def system() -> None:
     """System commands."""

@@ -17,6 +17,7 @@ import secrets
 import ssl
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tokmesh.cli.errors import (
@@ -132,20 +133,8 @@ class HttpClient:
             resp = await self._client.request(
                 method, path, params=params, content=content, headers=headers
             )
-        except httpx.TimeoutException:
-            raise timeout_error(f"request to {self.endpoint.host_port} timed out") from None
         except (httpx.TransportError, ssl.SSLError, OSError) as exc:
-            if _is_tls_failure(exc):
-                raise tls_error(
-                    f"TLS handshake with {self.endpoint.host_port} failed: {_short(exc)}"
-                ) from None
-            raise unreachable_error(
-                f"cannot connect to {self.endpoint.host_port}: {_short(exc)}",
-                suggestion=(
-                    "Ensure the TokMesh server is running and accessible at "
-                    f"{self.endpoint.address}."
-                ),
-            ) from None
+            raise self.network_error(exc) from None
         try:
             doc = resp.json()
         except ValueError:
@@ -158,6 +147,72 @@ class HttpClient:
                 f"{ms:.0f}ms request_id={rid}\n"
             )
         return resp.status_code, doc
+
+    def network_error(self, exc: BaseException) -> CliError:
+        """The :class:`CliError` (69) for a timeout, TLS or connection failure."""
+        import httpx
+
+        if isinstance(exc, httpx.TimeoutException):
+            return timeout_error(f"request to {self.endpoint.host_port} timed out")
+        if _is_tls_failure(exc):
+            return tls_error(f"TLS handshake with {self.endpoint.host_port} failed: {_short(exc)}")
+        return unreachable_error(
+            f"cannot connect to {self.endpoint.host_port}: {_short(exc)}",
+            suggestion=(
+                f"Ensure the TokMesh server is running and accessible at {self.endpoint.address}."
+            ),
+        )
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: Any = None,
+        ok_statuses: tuple[int, ...] = (200,),
+    ) -> AsyncIterator[Any]:
+        """Send one request whose body (``content``: bytes or an async iterator) and/or
+        response are streamed, and yield the ``httpx.Response`` with its body unread.
+
+        Authenticated; POSTs carry the anti-replay headers. A status outside
+        ``ok_statuses`` raises the server's error (its small JSON body is read); network
+        failures while sending or while the caller reads the body raise the 69 errors.
+        """
+        import httpx
+
+        hdrs: dict[str, str] = {}
+        if self.api_key:
+            hdrs["Authorization"] = f"Bearer {self.api_key}"
+        if method == "POST":
+            hdrs["X-Timestamp"] = str(time.time_ns() // 1_000_000)
+            hdrs["X-Nonce"] = secrets.token_hex(16)
+        hdrs.update(headers or {})
+        started = time.perf_counter()
+        try:
+            req = self._client.build_request(method, path, headers=hdrs, content=content)
+            resp = await self._client.send(req, stream=True)
+        except (httpx.TransportError, ssl.SSLError, OSError) as exc:
+            raise self.network_error(exc) from None
+        try:
+            if self.verbose:
+                ms = (time.perf_counter() - started) * 1000
+                rid = resp.headers.get("X-Request-ID", "-")
+                sys.stderr.write(
+                    f"→ {method} {path} {resp.status_code} {ms:.0f}ms request_id={rid}\n"
+                )
+            if resp.status_code not in ok_statuses:
+                try:
+                    doc = json.loads(await resp.aread())
+                except ValueError:
+                    doc = None
+                raise error_from_envelope(resp.status_code, doc, path)
+            yield resp
+        except httpx.TransportError as exc:  # not OSError: the caller's disk errors pass
+            raise self.network_error(exc) from None
+        finally:
+            await resp.aclose()
 
     async def call(
         self,

@@ -60,12 +60,20 @@ def build_root() -> TmGroup:
     """The root group with every command registered (built once per process)."""
     global _ROOT
     if _ROOT is None:
-        from tokmesh.cli import cmd_apikey, cmd_config, cmd_local, cmd_session, cmd_system
+        from tokmesh.cli import (
+            cmd_apikey,
+            cmd_backup,
+            cmd_config,
+            cmd_local,
+            cmd_session,
+            cmd_system,
+        )
 
         cmd_local.register(root)
         cmd_session.register(root)
         cmd_apikey.register(root)
         cmd_config.register(root)
         cmd_system.register(root)
+        cmd_backup.register(root)
         _ROOT = root
     return _ROOT
