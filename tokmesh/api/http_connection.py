@@ -3,7 +3,7 @@
 The connection object is the parser's callback protocol. Callbacks only record state
 (they cannot await); the loop in :meth:`HttpConnection.serve` reads, feeds the parser,
 then answers every request completed by that read, in order, in the connection's own
-task, and sends all those answers with one ``send_all``. Nothing is spawned per request.
+task, and sends all those answers with one write. Nothing is spawned per request.
 
 Failure policy (the connection always stays in a defined state):
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import deque
 from typing import Any
 
@@ -62,6 +63,12 @@ _HOST = b"host"
 _EXPECT = b"expect"
 _UPGRADE = b"upgrade"
 _WATCHED = frozenset({_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _EXPECT})
+
+# Plain TCP connections read and write the socket's file descriptor directly (see
+# HttpConnection._read / _flush). read(2)/write(2) on a socket are recv/send without
+# flags (POSIX), the descriptor comes from the public ``SocketType.fileno()`` and the
+# waits from ``trio.lowlevel.wait_readable``; anything else keeps Trio's stream API.
+_DIRECT_IO = os.name == "posix"
 
 # What a connection is blocked on (HttpConnection.waiting), read by the reaper and drain.
 WAIT_NONE = 0
@@ -184,6 +191,10 @@ class HttpConnection:
         self.peer_ip, self.peer_port = peer
         self.server_ip, self.server_port = local
         self.tls = tls
+        # The Trio socket under a plain TCP stream, for direct fd I/O (None: use the stream).
+        self.tsock: Any = (
+            stream.socket if _DIRECT_IO and type(stream) is trio.SocketStream else None
+        )
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[HttpRequest] = deque()
         self.out = bytearray()
@@ -198,6 +209,9 @@ class HttpConnection:
         self.scope = trio.CancelScope()
         self.deadline = math.inf
         self.waiting = WAIT_NONE
+        # trio.current_time() of the read being parsed: one clock read per read, not
+        # two per request (head and body deadlines count from the read that began them).
+        self.now = 0.0
         # State of the message being parsed.
         self.in_head = False
         self.in_body = False
@@ -234,7 +248,7 @@ class HttpConnection:
         self.expect_continue = False
         self.body_parts = []
         self.body_size = 0
-        self.head_deadline = trio.current_time() + self.limits.header_timeout
+        self.head_deadline = self.now + self.limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         """llhttp: (part of) the request target."""
@@ -317,7 +331,7 @@ class HttpConnection:
         )
         self.cur_req = req
         self.in_body = True
-        self.body_deadline = trio.current_time() + limits.body_timeout
+        self.body_deadline = self.now + limits.body_timeout
         self.continue_pending = self.expect_continue and version == "1.1"
         if parser.should_upgrade():
             self.upgrade_req = req
@@ -369,6 +383,7 @@ class HttpConnection:
 
     def feed(self, data: bytes | bytearray) -> None:
         """Feed one read to the parser; record the outcome, never raise parse errors."""
+        self.now = trio.current_time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -472,7 +487,27 @@ class HttpConnection:
                 return b""
             self.deadline = trio.current_time() + self.limits.idle_timeout
             self.waiting = WAIT_IDLE
-        data = await self.stream.receive_some(self.limits.read_size)
+        data: bytes | bytearray
+        tsock = self.tsock
+        fd = tsock.fileno() if tsock is not None else -1
+        if fd >= 0:
+            # Plain TCP: wait until readable, then read(2) the descriptor. This skips the
+            # failed first recv() that Trio's receive_some makes (a keep-alive client sends
+            # its next request only after our answer, so that attempt nearly always fails)
+            # and its extra reschedule after a successful one. The wait is a full
+            # checkpoint, so every read still yields to the scheduler once.
+            read_size = self.limits.read_size
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    data = os.read(fd, read_size)
+                    break
+                except BlockingIOError:
+                    continue  # readiness without data: wait again
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+        else:
+            data = await self.stream.receive_some(self.limits.read_size)
         if self.scope.cancel_called:
             # Cancelled after the data arrived but before this task resumed: honour the
             # timeout/drain now rather than half-way through the request.
@@ -618,7 +653,7 @@ class HttpConnection:
         self.out += head
         self.out += resp.body
 
-    async def _send(self, data: bytes | bytearray) -> None:
+    async def _send(self, data: bytes | bytearray | memoryview) -> None:
         self.deadline = trio.current_time() + self.limits.write_timeout
         self.waiting = WAIT_WRITE
         await self.stream.send_all(data)
@@ -626,10 +661,30 @@ class HttpConnection:
         self.deadline = math.inf
 
     async def _flush(self) -> None:
-        if self.out:
-            data = self.out
-            self.out = bytearray()
-            await self._send(data)
+        """Send ``out``; on plain TCP try one direct non-blocking write first.
+
+        An answer nearly always fits the socket buffer, and the direct write saves
+        ``send_all``'s wrappers and its reschedule. Whatever does not fit goes through
+        ``send_all`` under the write deadline, as before.
+        """
+        if not self.out:
+            return
+        data: bytearray | memoryview = self.out
+        self.out = bytearray()
+        tsock = self.tsock
+        if tsock is not None:
+            fd = tsock.fileno()
+            if fd >= 0:
+                try:
+                    sent = os.write(fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+                if sent >= len(data):
+                    return
+                data = memoryview(data)[sent:]
+        await self._send(data)
 
     async def _linger(self) -> None:
         """Half-close and drain input briefly, so a client still sending sees our answer."""

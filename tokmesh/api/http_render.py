@@ -18,6 +18,8 @@ _STATUS_LINES: dict[int, str] = {
 }
 # Headers the front owns (framing, persistence) or must know about (request id).
 _SPECIAL = frozenset({"content-length", "transfer-encoding", "connection", "x-request-id"})
+# Exact spellings the envelopes use that need no special handling (skips a lower()).
+_PLAIN = frozenset({"Content-Type", "X-Error-Code", "Retry-After", "Allow"})
 
 _date_second = -1
 _date_line = ""
@@ -90,6 +92,9 @@ def encode_head(
     has_request_id = False
     declared_length: str | None = None
     for name, value in resp.headers:
+        if name in _PLAIN:
+            append(f"{name}: {value}\r\n")
+            continue
         lname = name.lower()
         if lname in _SPECIAL:
             if lname == "x-request-id":

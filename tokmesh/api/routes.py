@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -99,11 +99,30 @@ class Call:
         )
 
 
-def _headers_map(req: HttpRequest) -> dict[str, str]:
+#: Every header the auth pipeline reads: credentials (02 §4), client IP behind trusted
+#: proxies (02 §5) and anti-replay (02 §11). Only these are decoded per request.
+AUTH_HEADERS: Final = {
+    name.encode("latin-1"): name
+    for name in (
+        "authorization",
+        "x-api-key",
+        "x-api-key-id",
+        "forwarded",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-timestamp",
+        "x-nonce",
+    )
+}
+
+
+def auth_headers(req: HttpRequest) -> dict[str, str]:
+    """The auth-relevant headers of ``req`` (lower-case names; the first occurrence wins)."""
     out: dict[str, str] = {}
+    wanted = AUTH_HEADERS
     for name, value in req.headers:
-        key = name.decode("latin-1")
-        if key not in out:
+        key = wanted.get(name)
+        if key is not None and key not in out:
             out[key] = value.decode("latin-1")
     return out
 
@@ -212,7 +231,7 @@ class Api:
         if not readiness.ready and readiness.phase.value in ("starting", "recovering"):
             # Keys are not loaded yet: answer 503 rather than a misleading 401.
             raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready", {"status": "not_ready"})
-        headers = _headers_map(req)
+        headers = auth_headers(req)
         call.client_ip = deps.auth.resolve_client_ip(req.peer_ip, headers)
         call.principal = await deps.auth.authorize_http(
             req.method,

@@ -221,6 +221,11 @@ class Authenticator:
         self._trusted: Networks = parse_networks(
             settings.trusted_proxies, E.CFG_TYPE, "security.network.trusted_proxies"
         )
+        # Cache hits reuse the Principal built for the same grant and client IP: it is
+        # immutable and fully determined by both. Keyed by digest; an entry only matches
+        # while the cache still returns the *same* Grant object, so invalidation,
+        # rotation and TTL expiry (which all replace or drop the grant) are inherited.
+        self._principals: dict[bytes, tuple[Grant, Principal]] = {}
         self.rates = RateLimiter()
         self.guard = BruteForceGuard()
         self.replay = ReplayGuard(
@@ -281,7 +286,7 @@ class Authenticator:
             self._check_state(
                 grant.status, grant.expires_at, kid, client_ip, tcp_remote_ip, scope, now
             )
-            principal = self._principal(grant, client_ip)
+            principal = self._hit_principal(digest, grant, client_ip)
             self._post_checks(principal, grant.allowed, scope)
             return principal
 
@@ -414,6 +419,18 @@ class Authenticator:
         )
 
     # --- internals ------------------------------------------------------------------------
+
+    def _hit_principal(self, digest: bytes, grant: Grant, client_ip: str) -> Principal:
+        """The Principal for a cache hit: memoised per (digest, grant, client_ip)."""
+        memo = self._principals.get(digest)
+        if memo is not None and memo[0] is grant and memo[1].client_ip == client_ip:
+            return memo[1]
+        principal = self._principal(grant, client_ip)
+        memos = self._principals
+        if len(memos) >= max(self.settings.cache_capacity, 1) and digest not in memos:
+            memos.clear()  # bounded like the cache itself; rebuilt on the next hits
+        memos[digest] = (grant, principal)
+        return principal
 
     @staticmethod
     def _principal(grant: Grant, client_ip: str) -> Principal:
