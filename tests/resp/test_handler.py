@@ -42,7 +42,7 @@ class CountingStream(trio.abc.Stream):
 
 
 async def read_until_eof(stream: trio.abc.Stream) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = await stream.receive_some(65536)
         if not data:
@@ -196,3 +196,42 @@ async def test_write_timeout_closes(
     await done.wait()
     assert 29 <= trio.current_time() - start <= 31
     assert stats.timeouts == 1
+
+
+async def test_key_recheck_once_per_inline_run_and_again_after_an_await(
+    nursery: trio.Nursery,
+) -> None:
+    # The bound key is re-checked once per synchronous run of commands; a key disabled
+    # while a mutation of the same read was awaiting must refuse the next command.
+    client, server = trio.testing.memory_stream_pair()
+    backend = FakeBackend()
+    checks = 0
+    real_check = backend.check_principal
+
+    def counting_check(principal: object) -> object:
+        nonlocal checks
+        checks += 1
+        return real_check(principal)
+
+    backend.check_principal = counting_check  # type: ignore[method-assign]
+    real_touch = backend.sessions.touch
+
+    async def touch_then_disable(ctx: object, session_id: str) -> object:
+        backend.keys[KEY_ISSUER].status = "disabled"  # changed by "another task"
+        return await real_touch(ctx, session_id)  # type: ignore[arg-type]
+
+    backend.sessions.touch = touch_then_disable  # type: ignore[assignment,method-assign]
+    nursery.start_soon(serve_resp_connection, server, Dispatcher(backend), RespLimits(), "")
+    sid = b"tmss-01jf8xzm7e3xqh5p8n4r6s2w0t"
+    await client.send_all(mb(b"AUTH", KEY_ISSUER.encode(), SECRET.encode()))
+    assert await read_exactly(client, 5) == b"+OK\r\n"
+    await client.send_all(mb(b"EXISTS", sid) * 5)
+    assert await read_exactly(client, 20) == b":0\r\n" * 5
+    assert checks == 1  # one inline run: one re-check
+    await client.send_all(mb(b"EXISTS", sid) + mb(b"TM.TOUCH", sid) + mb(b"EXISTS", sid))
+    expected = b":0\r\n-ERR TM-SESS-4040 Session not found\r\n" + NOAUTH_REPLY
+    with trio.fail_after(5):  # a stale check would answer ":0" and never the NOAUTH
+        assert await read_exactly(client, len(expected)) == expected
+
+
+NOAUTH_REPLY = b"-NOAUTH TM-AUTH-4010 Authentication required\r\n"

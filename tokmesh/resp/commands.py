@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -151,7 +152,7 @@ def unknown_command(raw: bytes) -> bytes:
 class Connection:
     """Per-connection RESP state: peer address, bound key, close-after-reply flag."""
 
-    __slots__ = ("closing", "ctx", "peer_ip", "principal")
+    __slots__ = ("checked", "closing", "ctx", "peer_ip", "principal")
 
     def __init__(self, peer_ip: str) -> None:
         self.peer_ip = peer_ip
@@ -160,10 +161,17 @@ class Connection:
         self.ctx = RequestContext(client_ip=peer_ip)
         #: Set by QUIT: answer, then close; later commands of the read are dropped.
         self.closing = False
+        #: True once the bound key passed its re-check (and maintenance was found off)
+        #: in the current synchronous run of commands. The caller clears it before each
+        #: run and after every ``await``: with no checkpoint in between, no other task
+        #: can change the key store or the node phase, so one check per run answers
+        #: exactly what one check per command would.
+        self.checked = False
 
     def bind(self, principal: RespPrincipal) -> None:
         """(Re)bind the connection to an authenticated key."""
         self.principal = principal
+        self.checked = False
         self.ctx = RequestContext(
             key_id=principal.key_id, role=principal.role, client_ip=self.peer_ip
         )
@@ -171,6 +179,7 @@ class Connection:
     def unbind(self) -> None:
         """Back to unauthenticated (the bound key failed its re-check)."""
         self.principal = None
+        self.checked = False
         self.ctx = RequestContext(client_ip=self.peer_ip)
 
 
@@ -180,7 +189,17 @@ Handler = Callable[[Connection, list[bytes]], HandlerResult]
 class CommandSpec:
     """One command: name, arity (Redis convention), allowed roles, handler."""
 
-    __slots__ = ("arity", "denied", "handler", "max_args", "name", "roles", "wrong_arity")
+    __slots__ = (
+        "arity",
+        "denied",
+        "handler",
+        "max_argc",
+        "max_args",
+        "min_argc",
+        "name",
+        "roles",
+        "wrong_arity",
+    )
 
     def __init__(
         self,
@@ -195,6 +214,9 @@ class CommandSpec:
         self.arity = arity
         #: Upper bound on words for variadic commands (0 = none).
         self.max_args = max_args
+        #: The arity as a range of word counts (one comparison chain per command).
+        self.min_argc = arity if arity >= 0 else -arity
+        self.max_argc = arity if arity >= 0 else (max_args or sys.maxsize)
         self.handler = handler
         #: ``None``: needs no authentication (PING, AUTH, QUIT).
         self.roles: frozenset[str] | None = (
@@ -209,9 +231,7 @@ class CommandSpec:
 
     def arity_ok(self, argc: int) -> bool:
         """True when ``argc`` words (name included) fit the arity."""
-        if self.arity >= 0:
-            return argc == self.arity
-        return argc >= -self.arity and (self.max_args == 0 or argc <= self.max_args)
+        return self.min_argc <= argc <= self.max_argc
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -306,6 +326,8 @@ class Dispatcher:
     def __init__(self, backend: RespBackend, *, scan_count_max: int = 10_000) -> None:
         self.backend = backend
         self.scan_count_max = scan_count_max
+        # The hottest call, bound once (the backend's session service never changes).
+        self._validate = backend.sessions.validate
         specs = [
             CommandSpec("PING", -1, self.cmd_ping, None, max_args=2),
             CommandSpec("QUIT", -1, self.cmd_quit, None),
@@ -335,7 +357,8 @@ class Dispatcher:
         """Run one command through the pipeline: reply bytes, or an awaitable of them.
 
         A :class:`TokMeshError` escaping here (or from the awaitable) is rendered by the
-        caller with :func:`render_error`.
+        caller with :func:`render_error`. The caller clears ``conn.checked`` before each
+        synchronous run of commands and after every ``await``.
         """
         if not argv:
             return ERR_NO_COMMAND
@@ -351,31 +374,38 @@ class Dispatcher:
         if principal is None:
             return NOAUTH
         backend = self.backend
-        try:
-            fresh = backend.check_principal(principal)
-        except TokMeshError:
-            # A disabled/expired/deleted key loses access at once (03 §5.2 step 3).
-            conn.unbind()
-            return NOAUTH
-        if fresh is not principal:
-            conn.bind(fresh)
-        if spec is None:
+        if not conn.checked:
+            try:
+                fresh = backend.check_principal(principal)
+            except TokMeshError:
+                # A disabled/expired/deleted key loses access at once (03 §5.2 step 3).
+                conn.unbind()
+                return NOAUTH
+            if fresh is not principal:
+                conn.bind(fresh)
+                principal = fresh
+            if spec is None:
+                return unknown_command(name)
+            if backend.in_maintenance():
+                return ERR_MAINTENANCE
+            # Same answers until the caller's next await (see Connection.checked).
+            conn.checked = True
+        elif spec is None:
             return unknown_command(name)
-        if backend.in_maintenance():
-            return ERR_MAINTENANCE
         try:
-            backend.rate_limit(fresh)
+            backend.rate_limit(principal)
         except TokMeshError:
             return ERR_RATE_LIMITED
         assert spec.roles is not None
-        if fresh.role not in spec.roles:
+        if principal.role not in spec.roles:
             return spec.denied
-        if not spec.arity_ok(len(argv)):
+        if not spec.min_argc <= len(argv) <= spec.max_argc:
             return spec.wrong_arity
         return spec.handler(conn, argv)
 
     async def execute(self, conn: Connection, argv: list[bytes]) -> bytes:
         """:meth:`dispatch`, awaited and with every error rendered as a reply."""
+        conn.checked = False  # a standalone command: always re-check
         try:
             result = self.dispatch(conn, argv)
             if isinstance(result, bytes):
@@ -496,7 +526,7 @@ class Dispatcher:
                 return ERR_VALIDATE_SYNTAX
             return self._validate_touch(conn, token)
         try:
-            self.backend.sessions.validate(token)
+            self._validate(token)
         except TokMeshError as exc:
             if exc.error in _TOKEN_ERRORS:
                 return ERR_TOKEN_INVALID

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import ssl
 
@@ -110,33 +111,81 @@ async def _serve(
     idle_timeout = limits.idle_timeout
     command_timeout = limits.command_timeout
     write_timeout = limits.write_timeout
+    # The idle deadline is pushed back only once it is ``slack`` seconds stale, and is
+    # set ``slack`` late, so the connection closes between idle_timeout and
+    # idle_timeout + slack after its last command (never early) while a busy connection
+    # moves its deadline about once a second instead of on every request.
+    slack = min(1.0, idle_timeout / 100)
     current_time = trio.current_time
     raw = _stdlib_socket(stream)
+    recv = raw.recv if raw is not None else None
+    fd = raw.fileno() if raw is not None else -1
+    wait_readable = trio.lowlevel.wait_readable
+    checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+    cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
     command_deadline = 0.0
-    # One cancel scope for the connection's whole life; its deadline is moved before
-    # each wait (two float stores per request instead of two new scopes).
+    # When the idle deadline was last armed (-inf: another deadline is in force).
+    idle_armed = -math.inf
+    # One cancel scope for the connection's whole life; its deadline moves only when
+    # the kind of wait changes or the idle deadline goes stale (see ``slack``).
     with trio.CancelScope() as scope:
         while True:
             if parser.has_partial:
                 # 30 s to finish a started command, counted from its first byte.
                 if command_deadline == 0.0:
                     command_deadline = current_time() + command_timeout
-                scope.deadline = command_deadline
+                if scope.deadline != command_deadline:
+                    scope.deadline = command_deadline
+                    idle_armed = -math.inf
             else:
                 command_deadline = 0.0
-                scope.deadline = current_time() + idle_timeout
-            data = await receive_some(read_size)
+                now = current_time()
+                if now - idle_armed > slack:
+                    scope.deadline = now + idle_timeout + slack
+                    idle_armed = now
+            data: bytes | bytearray
+            if recv is not None:
+                # trio's SocketStream.receive_some, inlined (same checkpoints): a
+                # cancellation check, one non-blocking recv, then either a schedule
+                # point or, when nothing is there yet, a wait for readability.
+                await checkpoint_if_cancelled()
+                try:
+                    data = recv(read_size)
+                except BlockingIOError:
+                    while True:
+                        await wait_readable(fd)
+                        try:
+                            data = recv(read_size)
+                            break
+                        except BlockingIOError:
+                            pass
+                else:
+                    await cancel_shielded_checkpoint()
+            else:
+                data = await receive_some(read_size)
             if not data:
                 return  # EOF
-            # Running the commands and writing every reply: the write timeout.
-            scope.deadline = current_time() + write_timeout
             commands = parser.feed(data)
             replies: list[bytes] = []
+            # Running the commands and writing every reply: the write timeout, armed
+            # at the first await (a run of inline reads cannot time out).
+            writing = False
+            # Reads run inline: re-check the bound key once for this synchronous run.
+            conn.checked = False
             for argv in commands:
                 try:
-                    reply = dispatch(conn, argv)
-                    if not isinstance(reply, bytes):
-                        reply = await reply
+                    result = dispatch(conn, argv)
+                    if isinstance(result, bytes):
+                        reply = result
+                    else:
+                        # A mutation: it awaits the store actors.
+                        if not writing:
+                            writing = True
+                            scope.deadline = current_time() + write_timeout
+                            idle_armed = -math.inf
+                        # Other tasks run meanwhile: re-check after it (even if it raises).
+                        conn.checked = False
+                        reply = await result
                 except TokMeshError as exc:
                     reply = render_error(exc)
                 except Exception:
@@ -162,6 +211,9 @@ async def _serve(
                     except (BlockingIOError, InterruptedError):
                         sent = 0
                 if sent < len(out):
+                    if not writing:
+                        scope.deadline = current_time() + write_timeout
+                        idle_armed = -math.inf
                     await send_all(memoryview(out)[sent:] if sent else out)
             if conn.closing or error is not None:
                 return
