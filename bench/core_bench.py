@@ -235,7 +235,11 @@ async def bench_scale(n: int) -> None:
             print(f"100,000 renews after the snapshot in {time.perf_counter() - t0:.1f}s")
             del user_of
 
-            # p99 of validate during a full GC
+            # p99 of validate during full GCs, as a caller experiences it: calls are due
+            # every millisecond; latency = completion - due time, so a pause counts.
+            from tokmesh.actors import engine as engine_mod
+
+            await trio.sleep(engine_mod.FREEZE_INTERVAL + 1)  # let the engine freeze once
             lat: list[float] = []
             gc_stop = trio.Event()
 
@@ -247,19 +251,20 @@ async def bench_scale(n: int) -> None:
 
             nursery.start_soon(gc_runner)
             i = 0
+            due = time.perf_counter()
             while not gc_stop.is_set():
-                t = time.perf_counter()
+                due += 0.001
+                delay = due - time.perf_counter()
+                await trio.sleep(max(delay, 0))
                 svc.validate(tokens[i % len(tokens)])
-                lat.append(time.perf_counter() - t)
+                lat.append(time.perf_counter() - due)
                 i += 1
-                if i % 200 == 0:
-                    await trio.sleep(0)
             lat.sort()
             p99 = lat[int(len(lat) * 0.99)] * 1000
             worst = lat[-1] * 1000
             print(
-                f"validate during full GCs: p99 {p99:.3f} ms, max {worst:.1f} ms "
-                "(target p99 ≤ 20 ms)"
+                f"validate during full GCs (latency incl. waiting): p99 {p99:.2f} ms, "
+                f"max {worst:.1f} ms (target p99 ≤ 20 ms)"
             )
             await engine.stop()
         # cold start: snapshot + 100k WAL records

@@ -301,17 +301,11 @@ class TokMeshServer:
         )
         dispatcher = Dispatcher(backend)
         self.resp_stats = RespStats()
-        targets: list[tuple[str, str, ssl.SSLContext | None]] = []
         if cfg.server.redis.enabled:
             log.warning("plaintext RESP listener enabled (server.redis.enabled): dev use only")
-            targets.append(("redis", cfg.server.redis.address, None))
-        if cfg.server.redis_tls.enabled:
-            t = cfg.server.redis_tls.tls
-            ctx = server_context(t.cert_file, t.key_file, t.client_ca_file)
-            reloader = CertReloader("redis_tls", ctx, t.cert_file, t.key_file, t.client_ca_file)
-            self.cert_reloaders.append(reloader)
-            await nursery.start(reloader.run)
-            targets.append(("redis_tls", cfg.server.redis_tls.address, ctx))
+        targets = await self._listener_targets(
+            nursery, ("redis", cfg.server.redis), ("redis_tls", cfg.server.redis_tls)
+        )
         for name, address, tls in targets:
             host, port = parse_addr(address)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
@@ -467,20 +461,32 @@ class TokMeshServer:
 
     # -- listeners -------------------------------------------------------------------------------
 
+    async def _listener_targets(
+        self, nursery: trio.Nursery, plain: tuple[str, Any], secure: tuple[str, Any]
+    ) -> list[tuple[str, str, ssl.SSLContext | None]]:
+        """``(name, address, tls context)`` of a protocol's enabled plain and TLS
+        listeners; a TLS listener gets a certificate reloader (hot reload, 05 §5)."""
+        targets: list[tuple[str, str, ssl.SSLContext | None]] = []
+        name, section = plain
+        if section.enabled:
+            targets.append((name, section.address, None))
+        name, section = secure
+        if section.enabled:
+            t = section.tls
+            ctx = server_context(t.cert_file, t.key_file, t.client_ca_file)
+            reloader = CertReloader(name, ctx, t.cert_file, t.key_file, t.client_ca_file)
+            self.cert_reloaders.append(reloader)
+            await nursery.start(reloader.run)
+            targets.append((name, section.address, ctx))
+        return targets
+
     async def _start_http(
         self, nursery: trio.Nursery, front: NativeFront, limits: HttpLimits
     ) -> None:
         cfg = self.cfg
-        targets: list[tuple[str, str, ssl.SSLContext | None]] = []
-        if cfg.server.http.enabled:
-            targets.append(("http", cfg.server.http.address, None))
-        if cfg.server.https.enabled:
-            t = cfg.server.https.tls
-            ctx = server_context(t.cert_file, t.key_file, t.client_ca_file)
-            reloader = CertReloader("https", ctx, t.cert_file, t.key_file, t.client_ca_file)
-            self.cert_reloaders.append(reloader)
-            await nursery.start(reloader.run)
-            targets.append(("https", cfg.server.https.address, ctx))
+        targets = await self._listener_targets(
+            nursery, ("http", cfg.server.http), ("https", cfg.server.https)
+        )
         for name, address, tls in targets:
             host, port = parse_addr(address)
             listeners = await trio.open_tcp_listeners(port, host=host or None)

@@ -84,7 +84,7 @@ def test_file_format(tmp_path: Path, make_session: MakeSession, aes: Cipher) -> 
         "encrypted": True,
         "enc_alg": ALG_AES,
         "key_count": 1,
-        "chunk_records": 8192,
+        "chunk_records": 2048,
         "fields": list(ROW_FIELDS),
     }
     # one session chunk, then the u32 0 end marker, then the key part

@@ -12,7 +12,7 @@ Layout (all integers big-endian)::
     trailer (32)  = SHA-256 over every preceding byte
 
 The session data is split into independently encrypted chunks (a TokMesh choice within
-01 §13's incidental details): encoding, encryption and decoding then work on ~8k records
+01 §13's incidental details): encoding, encryption and decoding then work on ~2k records
 at a time, so a million-session snapshot never holds the GIL for more than a few
 milliseconds at once (the event loop keeps serving while a worker thread writes it) and
 never materialises a million record dicts. The ``keys`` part and ``key_count`` are
@@ -77,7 +77,7 @@ class EncodedSnapshot:
         return sum(len(c) for c in self.chunks) + TRAILER_LEN
 
 
-CHUNK_RECORDS = 8192
+CHUNK_RECORDS = 2048
 
 
 def encode_header(

@@ -159,7 +159,7 @@ def write_snapshot(
                     fields=ROW_FIELDS,
                 )
             )
-            # Chunk by chunk: only ~8k record dicts exist at a time, and no single C call
+            # Chunk by chunk: only ~2k records are converted at a time, and no single C call
             # (JSON encoding, encryption) holds the GIL for long.
             for i in range(0, len(sessions), CHUNK_RECORDS):
                 rows = [s.to_row() for s in sessions[i : i + CHUNK_RECORDS]]
