@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 
 from tests.support.server import ServerProcess
+from tests.support.snapshots import rss, write_big_snapshot
 from tokmesh.domain.session import Session
 from tokmesh.storage import snapshot_files
 from tokmesh.storage.cipher import Cipher
-from tokmesh.storage.snapshot_codec import encode_header, encode_keys
 
 KEY_HEX = "5a17c0ffee" * 6 + "0123"
 OTHER_KEY_HEX = "0b" * 32
@@ -321,46 +321,7 @@ def test_download_ranges(server_factory: Factory) -> None:
 
 
 def _write_big_snapshot(snapshot_dir: Path, size: int) -> Path:
-    """A layout-valid, correctly checksummed snapshot of ``size`` bytes whose session chunks
-    are random bytes: it lists and downloads like any snapshot, and is never loaded because
-    a newer valid snapshot exists (it is dated 2001)."""
-    cipher = Cipher(bytes.fromhex(KEY_HEX))
-    snapshot_dir.mkdir(parents=True, exist_ok=True)
-    path = snapshot_dir / "snapshot-20010101000000-0001.snap"
-    digest = hashlib.sha256()
-    chunk = 8 << 20
-    with open(path, "wb") as fh:
-
-        def put(data: bytes) -> None:
-            digest.update(data)
-            fh.write(data)
-
-        put(
-            encode_header(
-                session_count=0,
-                key_count=0,
-                wal_last_offset=0,
-                node_id="tmnd-bench",
-                created_at=978_307_200_000,
-                cipher=cipher,
-            )
-        )
-        written = 0
-        while written < size:
-            n = min(chunk, size - written)
-            put(n.to_bytes(4, "big") + os.urandom(n))
-            written += n
-        put(encode_keys([], cipher))
-        fh.write(digest.digest())
-    return path
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    return write_big_snapshot(snapshot_dir, size, Cipher(bytes.fromhex(KEY_HEX)))
 
 
 def test_large_download_streams_with_flat_memory(server_factory: Factory) -> None:
@@ -375,13 +336,13 @@ def test_large_download_streams_with_flat_memory(server_factory: Factory) -> Non
     assert big["size_bytes"] > 120 << 20 and newest in items
     assert node.proc is not None
     pid = node.proc.pid
-    before = _rss(pid)
+    before = rss(pid)
     peak = [before]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss(pid))
+            peak[0] = max(peak[0], rss(pid))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)
