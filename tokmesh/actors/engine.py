@@ -13,6 +13,7 @@ import enum
 import gc
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tokmesh.actors.sweeper import TtlSweeper
 from tokmesh.actors.wal_writer import WalSettings, WalWriter
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.session import Session
 from tokmesh.services.sessions import SessionService, SessionSettings
 from tokmesh.storage.cipher import Cipher, load_or_create_key
 from tokmesh.storage.recovery import recover
@@ -161,7 +163,11 @@ class StorageEngine:
             recovered = await trio.to_thread.run_sync(
                 recover, s.wal_dir, s.snapshot_dir, cipher, self.clock.now_ms()
             )
-            await self._load(recovered)
+            await self._load(
+                list(recovered.sessions.values()),
+                recovered.api_keys.values(),
+                recovered.wal_position,
+            )
         except BaseException:
             if gc_was_enabled:
                 gc.enable()
@@ -239,20 +245,22 @@ class StorageEngine:
         """Wait until :meth:`run` has drained, fsynced and sealed everything."""
         await self._done.wait()
 
-    async def _load(self, recovered: Any) -> None:
-        """Rebuild the indexes from the recovered records, yielding to the loop often."""
+    async def _load(
+        self, records: Sequence[Session], api_keys: Iterable[dict[str, Any]], position: int
+    ) -> None:
+        """Rebuild the state and its indexes from records, yielding to the loop often."""
         from tokmesh.domain.apikey import ApiKey
 
         state = self.state
         # Keys first: during a restore, requests must never see sessions without keys.
-        for key_id, rec in recovered.api_keys.items():
-            state.keys[key_id] = ApiKey.from_record(rec)
-        records = list(recovered.sessions.values())
+        for rec in api_keys:
+            key = ApiKey.from_record(rec)
+            state.keys[key.key_id] = key
         step = 50_000
         for i in range(0, len(records), step):
             state.load(records[i : i + step])
             await trio.sleep(0)  # let listeners answer /ready 503 meanwhile
-        state.position = recovered.wal_position
+        state.position = position
 
     async def restore(self, source: Path) -> dict[str, Any]:
         """Replace the whole state with the snapshot file ``source`` (admin restore, 01 §10).
@@ -261,7 +269,8 @@ class StorageEngine:
         writes ``TM-ADMIN-5031``) → wait for in-flight writes → write ``source``'s content
         as the newest snapshot at the current WAL position (the atomic rename is the
         commit point: a crash before it restarts with the old state, after it with the
-        new one, never a mix) → reload through the normal recovery path → ready.
+        new one, never a mix) → load that content, which is what a recovery from the new
+        snapshot would produce → ready.
         Raises ``SnapshotCorrupt`` / ``StorageFatalError`` before anything changes when
         ``source`` is unreadable, tampered or encrypted with another key.
         """
@@ -293,11 +302,10 @@ class StorageEngine:
                     now,
                 )
             )
-            recovered = await trio.to_thread.run_sync(
-                recover, s.wal_dir, s.snapshot_dir, cipher, now
-            )
+            # The barrier left no WAL record past ``position``, so the verified content
+            # is exactly what a recovery from the new snapshot would load: use it as is.
             self.state.clear()
-            await self._load(recovered)
+            await self._load(loaded.sessions, loaded.api_keys, position)
             for hook in self.restore_hooks:
                 hook(old_keys | set(self.state.keys))
         except BaseException:

@@ -6,8 +6,6 @@ state (committed plus in-flight). Each carries its own :class:`Reply`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 from tokmesh.actors.reply import Reply
@@ -105,7 +103,6 @@ class Barrier:
 Message = Create | Touch | Renew | Update | Revoke | RevokeUser | Purge | Barrier
 
 __all__ = [
-    "Any",
     "Barrier",
     "Create",
     "Message",

@@ -32,7 +32,6 @@ class SessionStore:
         state: StoreState,
         wal: WalWriter,
         shard_count: int = 4,
-        clock_ms: Any = None,
         on_change: ChangeHook | None = None,
     ) -> None:
         self.state = state

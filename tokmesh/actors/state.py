@@ -189,19 +189,6 @@ class StoreState:
 
     # -- reads ------------------------------------------------------------------------
 
-    def live_user_sessions(self, user_id: str, now_ms: int) -> list[Session]:
-        """Live (not expired, not revoked) sessions of a user."""
-        ids = self.by_user.get(user_id)
-        if not ids:
-            return []
-        sessions = self.sessions
-        out = []
-        for sid in ids:
-            s = sessions.get(sid)
-            if s is not None and s.is_live(now_ms):
-                out.append(s)
-        return out
-
     def sample(self, count: int) -> list[Session]:
         """Up to ``count`` random present sessions, O(1) per pick."""
         ids = self._sample_ids

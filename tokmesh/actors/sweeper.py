@@ -69,8 +69,7 @@ class TtlSweeper:
                 seen.add(sid)
                 by_user.setdefault(s.user_id, []).append(sid)
                 return True
-            if s.effective_expiry() and s.effective_expiry() > now_ms:
-                pass  # renewed since it was scheduled: its new expiry has its own entry
+            # Not due (e.g. renewed since it was scheduled): its new expiry has its own entry.
             return False
 
         for sid in state.wheel.pop_due(now_ms, WHEEL_BUDGET):

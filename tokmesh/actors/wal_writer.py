@@ -167,11 +167,9 @@ class WalWriter:
     @property
     def current_segment_id(self) -> int:
         """Id of the active segment (never deleted by compaction)."""
-        return (
-            split_position(self.position)[0]
-            if self._segment is None
-            else (self._segment.current_segment_id)
-        )
+        if self._segment is None:
+            return split_position(self.position)[0]
+        return self._segment.current_segment_id
 
     # -- internals -------------------------------------------------------------------------
 

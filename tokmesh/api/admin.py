@@ -19,7 +19,7 @@ from tokmesh.api.routes import SCOPE_ADMIN, Call, Route
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.services import keys as key_rules
 from tokmesh.telemetry import audit as audit_mod
-from tokmesh.telemetry.metrics import _read_rss_bytes
+from tokmesh.telemetry.metrics import read_rss_bytes
 
 P = "/admin/v1"
 GC_TYPES = {
@@ -55,7 +55,7 @@ def status_data(deps: Any) -> dict[str, Any]:
     now = time.time_ns() // 1_000_000
     total = len(state.sessions)
     active = state.live_count(now)
-    mem_mb = round(_read_rss_bytes() / (1024 * 1024), 2)
+    mem_mb = round(read_rss_bytes() / (1024 * 1024), 2)
     qps = round(deps.current_qps(), 2)
     try:
         tasks = _count_tasks()
@@ -125,9 +125,9 @@ async def gc_trigger(call: Call) -> HttpResponse:
             raise TokMeshError(E.SYS_UNAVAILABLE)
         cleaned = await svc.gc()
     if kind in ("memory", "all"):
-        before = _read_rss_bytes()
+        before = read_rss_bytes()
         gc.collect()
-        freed_mb = round(max(0, before - _read_rss_bytes()) / (1024 * 1024), 2)
+        freed_mb = round(max(0, before - read_rss_bytes()) / (1024 * 1024), 2)
     return ok(
         call.rid,
         {

@@ -421,9 +421,7 @@ class SessionService:
             dev = state.by_device.get(q.device_id, set())
             candidates = dev if candidates is None else set(candidates) & dev
         if candidates is None:
-            if q.key_id is None and net is None:
-                pass
-            else:
+            if q.key_id is not None or net is not None:
                 log.warning("session list without user_id/device_id: full scan")
             pool: Iterable[Session] = state.sessions.values()
         else:

@@ -366,7 +366,7 @@ def _read_cgroup_memory_limit() -> int | None:
     return None
 
 
-def _read_rss_bytes() -> int:
+def read_rss_bytes() -> int:
     """Resident set size of this process (Linux ``/proc``; 0 where unavailable)."""
     try:
         with open("/proc/self/statm", encoding="ascii") as fh:
@@ -420,7 +420,7 @@ class _ResourceCollector(Collector):
             "tokmesh_cpu_usage_ratio", "Process CPU usage (0-1).", value=self._cpu_ratio()
         )
         yield GaugeMetricFamily(
-            "tokmesh_mem_usage_bytes", "Process resident memory.", value=_read_rss_bytes()
+            "tokmesh_mem_usage_bytes", "Process resident memory.", value=read_rss_bytes()
         )
         limit = self._configured_limit or self._cgroup_limit
         family = GaugeMetricFamily("tokmesh_mem_limit_bytes", "Memory limit (config or cgroup).")
