@@ -288,7 +288,8 @@ class TokMeshServer:
         """
         from tokmesh.resp.backend import ServiceBackend
         from tokmesh.resp.commands import Dispatcher
-        from tokmesh.resp.handler import RespStats, serve_resp
+        from tokmesh.resp.handler import RespStats
+        from tokmesh.resp.listener import serve_resp
         from tokmesh.resp.limits import RespLimits
 
         cfg = self.cfg

@@ -33,7 +33,8 @@ from tokmesh.domain.session import Session
 from tokmesh.domain.tokens import generate_token, is_valid_token, token_digest
 from tokmesh.resp.backend import ServiceBackend, SortedIdScanner
 from tokmesh.resp.commands import Dispatcher
-from tokmesh.resp.handler import RespStats, serve_resp
+from tokmesh.resp.handler import RespStats
+from tokmesh.resp.listener import serve_resp
 from tokmesh.resp.limits import RespLimits
 from tokmesh.services.auth import Authenticator, AuthSettings
 from tokmesh.services.auth_argon2 import Argon2Params
@@ -87,7 +88,7 @@ class FakeSessions:
             raise TokMeshError(E.SESS_EXPIRED)
         return s
 
-    def validate(self, token: str) -> Session:
+    def validate(self, token: str, count: int = 1) -> Session:
         if not is_valid_token(token):
             raise TokMeshError(E.TOKN_MALFORMED)
         sid = self.by_token.get(token_digest(token))
@@ -252,6 +253,15 @@ class FakeBackend:
         if left <= 0:
             raise TokMeshError(E.SYS_RATE_LIMITED)
         self.budget[principal.key_id] = left - 1
+
+    def take_rate(self, principal: Any, n: int) -> bool:
+        left = self.budget.get(principal.key_id)
+        if left is None:
+            return True
+        if left < n:
+            return False
+        self.budget[principal.key_id] = left - n
+        return True
 
     def in_maintenance(self) -> bool:
         return self.maintenance

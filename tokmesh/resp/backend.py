@@ -92,10 +92,18 @@ class ServiceBackend:
 
     The per-command checks are the Authenticator's own bound methods (no adapter hop
     on the hot path): ``check_principal`` = ``recheck`` (03 §5.2 step 3, no Argon2),
-    ``rate_limit`` = ``check_rate`` (02 §10).
+    ``rate_limit`` = ``check_rate`` (02 §10), ``take_rate`` = ``take_rate``.
     """
 
-    __slots__ = ("_auth", "_maintenance", "_scanner", "_sessions", "check_principal", "rate_limit")
+    __slots__ = (
+        "_auth",
+        "_maintenance",
+        "_scanner",
+        "_sessions",
+        "check_principal",
+        "rate_limit",
+        "take_rate",
+    )
 
     def __init__(
         self,
@@ -112,6 +120,7 @@ class ServiceBackend:
         # from authenticate() below), so its methods take them as they are.
         self.check_principal: Callable[[Any], RespPrincipal] = authenticator.recheck
         self.rate_limit: Callable[[Any], None] = authenticator.check_rate
+        self.take_rate: Callable[[Any, int], bool] = authenticator.take_rate
 
     @property
     def sessions(self) -> SessionOps:

@@ -445,6 +445,9 @@ class RespParser:
             self._chunks.append(data)
             self._pending += len(data)
             data = b""
+            # No argument can be longer than the bytes fed since the last boundary: when
+            # those are few, the per-argument length check is skipped.
+            short = self._pending <= max_bulk
             # gets() is only called while hiredis holds unread bytes, so False means
             # "inside a command". has_data() alone cannot tell: hiredis consumes the
             # headers of an unfinished array into its own state.
@@ -464,7 +467,7 @@ class RespParser:
                     for arg in reply:
                         if arg.__class__ is not bytes:
                             break
-                        if len(arg) > max_bulk:
+                        if not short and len(arg) > max_bulk:
                             raise ProtocolLimitError("bulk too long")
                     else:
                         out.append(reply)

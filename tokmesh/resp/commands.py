@@ -184,6 +184,8 @@ class Connection:
 
 
 Handler = Callable[[Connection, list[bytes]], HandlerResult]
+#: Answers ``count`` identical copies of a read with one evaluation (``None``: not now).
+RunHandler = Callable[[Connection, list[bytes], int], "bytes | None"]
 
 
 class CommandSpec:
@@ -197,6 +199,7 @@ class CommandSpec:
         "max_args",
         "min_argc",
         "name",
+        "repeat",
         "roles",
         "wrong_arity",
     )
@@ -208,8 +211,12 @@ class CommandSpec:
         handler: Handler,
         permission: str | None,
         max_args: int = 0,
+        repeat: RunHandler | None = None,
     ) -> None:
         self.name = name
+        #: For pure reads: the handler of a run of identical copies (see
+        #: :meth:`Dispatcher.run_inline`); ``None`` for everything that changes state.
+        self.repeat = repeat
         #: ``n > 0``: exactly n words (name included); ``n < 0``: at least ``-n``.
         self.arity = arity
         #: Upper bound on words for variadic commands (0 = none).
@@ -317,6 +324,27 @@ def glob_regex(pattern: bytes) -> re.Pattern[bytes]:
     return re.compile(b"".join(out), re.DOTALL)
 
 
+def _pure(handler: Handler) -> RunHandler:
+    """The run handler of a pure read whose handler always answers inline."""
+
+    def repeat(conn: Connection, argv: list[bytes], count: int) -> bytes | None:
+        result = handler(conn, argv)
+        return result if isinstance(result, bytes) else None
+
+    return repeat
+
+
+async def settle(pending: Awaitable[bytes]) -> bytes:
+    """Await a mutation's reply; an error becomes its ``-ERR`` line."""
+    try:
+        return await pending
+    except TokMeshError as exc:
+        return render_error(exc)
+    except Exception:
+        log.exception("RESP command failed")
+        return ERR_INTERNAL
+
+
 # -- the dispatcher ---------------------------------------------------------------------------
 
 
@@ -329,14 +357,23 @@ class Dispatcher:
         # The hottest call, bound once (the backend's session service never changes).
         self._validate = backend.sessions.validate
         specs = [
-            CommandSpec("PING", -1, self.cmd_ping, None, max_args=2),
+            CommandSpec("PING", -1, self.cmd_ping, None, max_args=2, repeat=_pure(self.cmd_ping)),
             CommandSpec("QUIT", -1, self.cmd_quit, None),
             CommandSpec("AUTH", -2, self.cmd_auth, None, max_args=3),
-            CommandSpec("GET", 2, self.cmd_get, PERM_SESSION_READ),
-            CommandSpec("TTL", 2, self.cmd_ttl, PERM_SESSION_READ),
-            CommandSpec("EXISTS", -2, self.cmd_exists, PERM_SESSION_READ),
+            CommandSpec("GET", 2, self.cmd_get, PERM_SESSION_READ, repeat=_pure(self.cmd_get)),
+            CommandSpec("TTL", 2, self.cmd_ttl, PERM_SESSION_READ, repeat=_pure(self.cmd_ttl)),
+            CommandSpec(
+                "EXISTS", -2, self.cmd_exists, PERM_SESSION_READ, repeat=_pure(self.cmd_exists)
+            ),
             CommandSpec("SCAN", -2, self.cmd_scan, PERM_SESSION_READ),
-            CommandSpec("TM.VALIDATE", -2, self.cmd_tm_validate, PERM_TOKEN_VALIDATE, max_args=3),
+            CommandSpec(
+                "TM.VALIDATE",
+                -2,
+                self.cmd_tm_validate,
+                PERM_TOKEN_VALIDATE,
+                max_args=3,
+                repeat=self.run_tm_validate,
+            ),
             CommandSpec("TM.TOUCH", 2, self.cmd_tm_touch, PERM_SESSION_TOUCH),
             CommandSpec("SET", -3, self.cmd_set, PERM_SESSION_CREATE),
             CommandSpec("DEL", -2, self.cmd_del, PERM_SESSION_REVOKE),
@@ -370,30 +407,17 @@ class Dispatcher:
             if not spec.arity_ok(len(argv)):
                 return spec.wrong_arity
             return spec.handler(conn, argv)
-        principal = conn.principal
-        if principal is None:
+        if conn.principal is None:
             return NOAUTH
-        backend = self.backend
         if not conn.checked:
-            try:
-                fresh = backend.check_principal(principal)
-            except TokMeshError:
-                # A disabled/expired/deleted key loses access at once (03 §5.2 step 3).
-                conn.unbind()
-                return NOAUTH
-            if fresh is not principal:
-                conn.bind(fresh)
-                principal = fresh
-            if spec is None:
-                return unknown_command(name)
-            if backend.in_maintenance():
-                return ERR_MAINTENANCE
-            # Same answers until the caller's next await (see Connection.checked).
-            conn.checked = True
-        elif spec is None:
+            refused = self._check_run(conn, spec is None)
+            if refused is not None:
+                return refused
+        if spec is None:
             return unknown_command(name)
+        principal = conn.principal
         try:
-            backend.rate_limit(principal)
+            self.backend.rate_limit(principal)
         except TokMeshError:
             return ERR_RATE_LIMITED
         assert spec.roles is not None
@@ -402,6 +426,107 @@ class Dispatcher:
         if not spec.min_argc <= len(argv) <= spec.max_argc:
             return spec.wrong_arity
         return spec.handler(conn, argv)
+
+    def _check_run(self, conn: Connection, unknown: bool) -> bytes | None:
+        """03 §5.2 steps 3 and 5, once per synchronous run: re-check the bound key, then
+        maintenance. Returns the refusal, or ``None`` and sets ``conn.checked``."""
+        principal = conn.principal
+        assert principal is not None
+        backend = self.backend
+        try:
+            fresh = backend.check_principal(principal)
+        except TokMeshError:
+            # A disabled/expired/deleted key loses access at once (03 §5.2 step 3).
+            conn.unbind()
+            return NOAUTH
+        if fresh is not principal:
+            conn.bind(fresh)
+        if unknown:
+            return None  # step 4 (unknown command) comes before maintenance
+        if backend.in_maintenance():
+            return ERR_MAINTENANCE
+        # Same answers until the caller's next await (see Connection.checked).
+        conn.checked = True
+        return None
+
+    def run_inline(
+        self,
+        conn: Connection,
+        commands: list[list[bytes]],
+        start: int,
+        replies: list[bytes],
+    ) -> tuple[int, Awaitable[bytes] | None]:
+        """Run ``commands[start:]`` (one read's commands) while they answer inline.
+
+        Appends each reply to ``replies``. Returns ``(i, awaitable)`` for the first
+        command that must be awaited (a mutation: its reply is not appended; the caller
+        awaits it with :func:`settle`, appends it and continues at ``i + 1``), or
+        ``(len(commands), None)`` when all were answered. A QUIT drops the commands
+        after it.
+
+        A run of identical consecutive pure reads (a pipeline validating one token
+        again and again) is answered by one evaluation: nothing can change the state
+        between them (no ``await``), so each copy would get the same answer. Each copy
+        still takes its rate-limit token and counts in the metrics; when the bucket
+        cannot cover the whole run, the copies run one by one.
+        """
+        n = len(commands)
+        i = start
+        dispatch = self.dispatch
+        while i < n:
+            argv = commands[i]
+            j = i + 1
+            if j < n and commands[j] == argv:
+                while j < n and commands[j] == argv:
+                    j += 1
+                reply = self._run_of_copies(conn, argv, j - i)
+                if reply is not None:
+                    replies.extend([reply] * (j - i))
+                    i = j
+                    continue
+            try:
+                result = dispatch(conn, argv)
+            except TokMeshError as exc:
+                result = render_error(exc)
+            except Exception:
+                log.exception("RESP command failed", extra={"command": _echo_name(argv[0])})
+                result = ERR_INTERNAL
+            if result.__class__ is not bytes:
+                return i, result  # type: ignore[return-value]
+            replies.append(result)
+            i += 1
+            if conn.closing:
+                break
+        return n, None
+
+    def _run_of_copies(self, conn: Connection, argv: list[bytes], count: int) -> bytes | None:
+        """The one reply for ``count`` identical copies of ``argv``, or ``None`` when they
+        must run one by one (not a pure read, or the rate limit cannot cover them all)."""
+        if not argv:
+            return None
+        spec = self.table.get(argv[0]) or self.table.get(argv[0].upper())
+        if spec is None or spec.repeat is None:
+            return None
+        if spec.roles is not None:
+            principal = conn.principal
+            if principal is None:
+                return NOAUTH
+            if not conn.checked:
+                refused = self._check_run(conn, False)
+                if refused is not None:
+                    return refused
+                principal = conn.principal
+                assert principal is not None
+            if not self.backend.take_rate(principal, count):
+                return None
+            if principal.role not in spec.roles:
+                return spec.denied
+        if not spec.min_argc <= len(argv) <= spec.max_argc:
+            return spec.wrong_arity
+        try:
+            return spec.repeat(conn, argv, count)
+        except TokMeshError as exc:
+            return render_error(exc)
 
     async def execute(self, conn: Connection, argv: list[bytes]) -> bytes:
         """:meth:`dispatch`, awaited and with every error rendered as a reply."""
@@ -520,13 +645,21 @@ class Dispatcher:
 
     def cmd_tm_validate(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
         """``TM.VALIDATE token [TOUCH]``: ``+OK`` or ``TM-TOKN-4010 Token invalid``."""
-        token = argv[1].decode("latin-1")
         if len(argv) == 3:
             if argv[2].upper() != b"TOUCH":
                 return ERR_VALIDATE_SYNTAX
-            return self._validate_touch(conn, token)
+            return self._validate_touch(conn, argv[1].decode("latin-1"))
+        return self._validate_reply(argv[1], 1)
+
+    def run_tm_validate(self, conn: Connection, argv: list[bytes], count: int) -> bytes | None:
+        """``count`` identical ``TM.VALIDATE token``: one validation (TOUCH writes: no)."""
+        if len(argv) == 3:
+            return None
+        return self._validate_reply(argv[1], count)
+
+    def _validate_reply(self, raw_token: bytes, count: int) -> bytes:
         try:
-            self._validate(token)
+            self._validate(raw_token.decode("latin-1"), count)
         except TokMeshError as exc:
             if exc.error in _TOKEN_ERRORS:
                 return ERR_TOKEN_INVALID

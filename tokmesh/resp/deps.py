@@ -52,8 +52,10 @@ class SessionOps(Protocol):
         """Live session or ``TM-SESS-4040`` (absent/invalid/revoked) / ``TM-SESS-4041``."""
         ...
 
-    def validate(self, token: str) -> Session:
-        """Validate without touch; token errors ``TM-TOKN-4000/4010/4011/4012``."""
+    def validate(self, token: str, count: int = 1) -> Session:
+        """Validate without touch; token errors ``TM-TOKN-4000/4010/4011/4012``.
+
+        ``count``: identical validations this one answers (they all count in metrics)."""
         ...
 
     async def validate_touch(self, ctx: RequestContext, token: str) -> Session:
@@ -153,6 +155,10 @@ class RespBackend(Protocol):
 
     def rate_limit(self, principal: RespPrincipal) -> None:
         """Take one token of the key's bucket or raise ``TM-SYS-4290``."""
+        ...
+
+    def take_rate(self, principal: RespPrincipal, n: int) -> bool:
+        """Take ``n`` tokens at once, or none and return False (no error, no hooks)."""
         ...
 
     def in_maintenance(self) -> bool:

@@ -20,9 +20,8 @@ import ssl
 
 import trio
 
-from tokmesh.domain.errors import TokMeshError
 from tokmesh.resp.codec import RespParser
-from tokmesh.resp.commands import ERR_INTERNAL, Connection, Dispatcher, render_error
+from tokmesh.resp.commands import Connection, Dispatcher, settle
 from tokmesh.resp.limits import RespLimits
 
 log = logging.getLogger("tokmesh.resp")
@@ -93,7 +92,7 @@ async def serve_resp_connection(
         pass
     finally:
         stats.active -= 1
-        await _close(stream)
+        await close_stream(stream)
 
 
 async def _serve(
@@ -104,7 +103,7 @@ async def _serve(
     stats: RespStats,
 ) -> None:
     parser = RespParser(limits)
-    dispatch = dispatcher.dispatch
+    run_inline = dispatcher.run_inline
     receive_some = stream.receive_some
     send_all = stream.send_all
     read_size = limits.read_size
@@ -117,7 +116,7 @@ async def _serve(
     # moves its deadline about once a second instead of on every request.
     slack = min(1.0, idle_timeout / 100)
     current_time = trio.current_time
-    raw = _stdlib_socket(stream)
+    raw = stdlib_socket(stream)
     recv = raw.recv if raw is not None else None
     fd = raw.fileno() if raw is not None else -1
     wait_readable = trio.lowlevel.wait_readable
@@ -172,28 +171,19 @@ async def _serve(
             writing = False
             # Reads run inline: re-check the bound key once for this synchronous run.
             conn.checked = False
-            for argv in commands:
-                try:
-                    result = dispatch(conn, argv)
-                    if isinstance(result, bytes):
-                        reply = result
-                    else:
-                        # A mutation: it awaits the store actors.
-                        if not writing:
-                            writing = True
-                            scope.deadline = current_time() + write_timeout
-                            idle_armed = -math.inf
-                        # Other tasks run meanwhile: re-check after it (even if it raises).
-                        conn.checked = False
-                        reply = await result
-                except TokMeshError as exc:
-                    reply = render_error(exc)
-                except Exception:
-                    log.exception("RESP command failed")
-                    reply = ERR_INTERNAL
-                replies.append(reply)
+            i, pending = run_inline(conn, commands, 0, replies)
+            while pending is not None:
+                # A mutation: it awaits the store actors.
+                if not writing:
+                    writing = True
+                    scope.deadline = current_time() + write_timeout
+                    idle_armed = -math.inf
+                replies.append(await settle(pending))
+                # Other tasks ran meanwhile: re-check the key before the next command.
+                conn.checked = False
                 if conn.closing:
                     break
+                i, pending = run_inline(conn, commands, i + 1, replies)
             stats.commands += len(replies)
             error = parser.error
             if error is not None and not conn.closing:
@@ -221,7 +211,7 @@ async def _serve(
         stats.timeouts += 1
 
 
-def _stdlib_socket(stream: trio.abc.Stream) -> socket.socket | None:
+def stdlib_socket(stream: trio.abc.Stream) -> socket.socket | None:
     """The non-blocking stdlib socket under a plain ``SocketStream`` (else ``None``)."""
     if type(stream) is not trio.SocketStream:
         return None
@@ -229,7 +219,7 @@ def _stdlib_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-async def _close(stream: trio.abc.Stream) -> None:
+async def close_stream(stream: trio.abc.Stream) -> None:
     """Close without waiting on a stuck peer (TLS close_notify may block)."""
     with trio.move_on_after(1) as cs:
         cs.shield = True
@@ -239,40 +229,3 @@ async def _close(stream: trio.abc.Stream) -> None:
             await stream.aclose()
     if cs.cancelled_caught:
         await trio.aclose_forcefully(stream)
-
-
-async def serve_resp(
-    listeners: list[trio.SocketListener],
-    dispatcher: Dispatcher,
-    limits: RespLimits | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    *,
-    stats: RespStats | None = None,
-    handler_nursery: trio.Nursery | None = None,
-    task_status: trio.TaskStatus[list[trio.abc.Listener[trio.abc.Stream]]] = (
-        trio.TASK_STATUS_IGNORED
-    ),
-) -> None:
-    """Accept RESP connections on ``listeners`` (plain, or TLS with ``ssl_context``).
-
-    Runs until cancelled. ``task_status.started`` reports the (possibly TLS-wrapped)
-    listeners once they accept. Accept errors such as EMFILE are handled by
-    ``trio.serve_listeners`` (it pauses instead of crashing), so a connection flood
-    slows accepting but never stops the server.
-    """
-    limits = limits or RespLimits()
-    stats = stats if stats is not None else RespStats()
-    wrapped: list[trio.abc.Listener[trio.abc.Stream]] = []
-    for listener in listeners:
-        if ssl_context is not None:
-            # The handshake runs in the handler, under its own timeout.
-            wrapped.append(trio.SSLListener(listener, ssl_context, https_compatible=False))
-        else:
-            wrapped.append(listener)
-
-    async def handle(stream: trio.abc.Stream) -> None:
-        await serve_resp_connection(stream, dispatcher, limits, peer_ip_of(stream), stats)
-
-    await trio.serve_listeners(
-        handle, wrapped, handler_nursery=handler_nursery, task_status=task_status
-    )

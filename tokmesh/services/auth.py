@@ -330,6 +330,15 @@ class Authenticator:
                 self._hooks.rate_limited()
             raise
 
+    def take_rate(self, principal: Principal, n: int) -> bool:
+        """Take ``n`` tokens of the key's bucket at once, or none (then False, no hooks).
+
+        For a run of identical pipelined reads answered by one evaluation: when the bucket
+        cannot cover the whole run, the caller falls back to one :meth:`check_rate` per
+        command, which gives exactly the sequential answers.
+        """
+        return not self.rates.take(principal.key_id, principal.rate_limit, self._clock.now_ms(), n)
+
     def check_role(
         self, principal: Principal, permission: str, scope: str, command: str | None = None
     ) -> None:

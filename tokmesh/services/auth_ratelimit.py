@@ -46,8 +46,8 @@ class RateLimiter:
     def __init__(self) -> None:
         self._buckets: dict[str, _Bucket] = {}
 
-    def take(self, key_id: str, limit: int, now_ms: int) -> int:
-        """Consume one token; return 0 on success, else milliseconds until a token exists."""
+    def take(self, key_id: str, limit: int, now_ms: int, n: int = 1) -> int:
+        """Consume ``n`` tokens (all or none); 0 on success, else ms until one token exists."""
         bucket = self._buckets.get(key_id)
         if bucket is None or bucket.limit != limit:
             if len(self._buckets) >= _MAX_IDLE_BUCKETS:
@@ -55,9 +55,14 @@ class RateLimiter:
             bucket = _Bucket(limit, now_ms)
             self._buckets[key_id] = bucket
         else:
-            bucket.refill(now_ms)
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+            # _Bucket.refill, inlined: this runs once per request.
+            elapsed = now_ms - bucket.last_ms
+            if elapsed > 0:
+                tokens = bucket.tokens + elapsed * limit / 1000.0
+                bucket.tokens = tokens if tokens < limit else float(limit)
+                bucket.last_ms = now_ms
+        if bucket.tokens >= n:
+            bucket.tokens -= n
             return 0
         return max(1, math.ceil((1.0 - bucket.tokens) * 1000.0 / limit))
 

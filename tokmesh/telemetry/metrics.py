@@ -7,7 +7,9 @@ spec. :func:`render` produces the body of ``GET /metrics``.
 Cost on the hot path (measured on the 2-core reference box, CPython 3.11):
 
 * ``Counter.inc()`` / ``Gauge.set()`` on an unlabeled metric or a pre-bound child
-  (``TOKEN_VALIDATE_VALID.inc()``): one uncontended lock, ~0.6 µs. Use these.
+  (``SESSION_CREATE.inc()``): one uncontended lock, ~0.6 µs. Use these.
+* The validation counters are :class:`PlainCounter` series (``value += 1``, ~0.05 µs):
+  validation runs once per request and its budget is a few microseconds.
 * ``Histogram.observe()`` on an unlabeled histogram or bound child: ~0.9 µs;
   :func:`observe_api_request` (cached child lookup + observe): ~1.6 µs.
 * ``metric.labels(...).inc()``: builds a key and takes the parent lock, ~1.4 µs and more
@@ -37,7 +39,7 @@ from typing import Final
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -81,12 +83,6 @@ SESSIONS_ACTIVE: Final = Gauge(
 )
 SESSION_CREATE: Final = Counter(
     "tokmesh_session_create_total", "Sessions created.", registry=REGISTRY
-)
-TOKEN_VALIDATE_CALLS: Final = Counter(
-    "tokmesh_token_validate_calls_total",
-    "Token validations by result (valid|invalid|error).",
-    ["result"],
-    registry=REGISTRY,
 )
 API_REQUEST_DURATION: Final = Histogram(
     "tokmesh_api_request_duration_seconds",
@@ -219,9 +215,59 @@ AUDIT_DROPPED: Final = Counter(
 # Bound once here so that hot paths never pay for ``labels()``; binding also makes the
 # series exist at 0 from the start, which rate()-based alerts need.
 
-TOKEN_VALIDATE_VALID: Final = TOKEN_VALIDATE_CALLS.labels(result="valid")
-TOKEN_VALIDATE_INVALID: Final = TOKEN_VALIDATE_CALLS.labels(result="invalid")
-TOKEN_VALIDATE_ERROR: Final = TOKEN_VALIDATE_CALLS.labels(result="error")
+
+class PlainCounter:
+    """A counter series without a lock: ``value += n`` costs ~0.05 µs instead of ~0.6 µs.
+
+    For the hottest path only (token validation, once per HTTP request or RESP command).
+    Increments and the scrape both run on the Trio thread, so no lock is needed; the
+    series is exposed by :class:`PlainCounterFamily`. Never use it from a worker thread.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        """Add ``amount`` (the hot path may also do ``counter.value += 1`` directly)."""
+        self.value += amount
+
+
+class PlainCounterFamily(Collector):
+    """A labeled counter whose series are :class:`PlainCounter` objects, read at scrape."""
+
+    def __init__(self, name: str, documentation: str, label: str, values: Iterable[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.children: dict[str, PlainCounter] = {v: PlainCounter() for v in values}
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+
+    def describe(self) -> Iterable[Metric]:
+        """The family, without samples (registry name-clash checks)."""
+        yield self._family()
+
+    def collect(self) -> Iterable[Metric]:
+        """One sample per label value."""
+        family = self._family()
+        for value, child in self.children.items():
+            family.add_metric([value], float(child.value))
+        yield family
+
+
+TOKEN_VALIDATE_CALLS: Final = PlainCounterFamily(
+    "tokmesh_token_validate_calls_total",
+    "Token validations by result (valid|invalid|error).",
+    "result",
+    ("valid", "invalid", "error"),
+)
+REGISTRY.register(TOKEN_VALIDATE_CALLS)
+TOKEN_VALIDATE_VALID: Final = TOKEN_VALIDATE_CALLS.children["valid"]
+TOKEN_VALIDATE_INVALID: Final = TOKEN_VALIDATE_CALLS.children["invalid"]
+TOKEN_VALIDATE_ERROR: Final = TOKEN_VALIDATE_CALLS.children["error"]
 AUTH_FAILURES_INVALID_KEY: Final = AUTH_FAILURES.labels(reason="invalid_key")
 AUTH_FAILURES_EXPIRED: Final = AUTH_FAILURES.labels(reason="expired")
 AUTH_FAILURES_IP_BLOCKED: Final = AUTH_FAILURES.labels(reason="ip_blocked")
