@@ -289,8 +289,8 @@ class TokMeshServer:
         from tokmesh.resp.backend import ServiceBackend
         from tokmesh.resp.commands import Dispatcher
         from tokmesh.resp.handler import RespStats
-        from tokmesh.resp.listener import serve_resp
         from tokmesh.resp.limits import RespLimits
+        from tokmesh.resp.listener import serve_resp
 
         cfg = self.cfg
         sessions = self.engine.sessions

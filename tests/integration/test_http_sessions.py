@@ -221,8 +221,6 @@ def test_get_unknown_malformed_and_case(ISS: httpx.Client, V: httpx.Client) -> N
     assert get(V, sid.upper())["id"] == sid
 
 
-
-
 def test_get_expired_is_4041(V: httpx.Client, expired: dict[str, dict[str, Any]]) -> None:
     assert_error(V.get(f"/sessions/{expired['get']['session_id']}"), 404, "TM-SESS-4041")
 

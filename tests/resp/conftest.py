@@ -34,8 +34,8 @@ from tokmesh.domain.tokens import generate_token, is_valid_token, token_digest
 from tokmesh.resp.backend import ServiceBackend, SortedIdScanner
 from tokmesh.resp.commands import Dispatcher
 from tokmesh.resp.handler import RespStats
-from tokmesh.resp.listener import serve_resp
 from tokmesh.resp.limits import RespLimits
+from tokmesh.resp.listener import serve_resp
 from tokmesh.services.auth import Authenticator, AuthSettings
 from tokmesh.services.auth_argon2 import Argon2Params
 from tokmesh.services.keys import KeyService

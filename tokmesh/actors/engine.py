@@ -39,6 +39,7 @@ log = logging.getLogger("tokmesh.engine")
 
 #: seconds between two freezes of surviving objects (see StorageEngine._freeze_survivors)
 FREEZE_INTERVAL = 30.0
+FIRST_FREEZE_DELAY = 2.0
 
 
 class Phase(enum.Enum):
@@ -236,10 +237,15 @@ class StorageEngine:
         them when they are purged; only cyclic garbage that outlives a freeze stays.
         """
         task_status.started()
+        # The first freeze soon after start-up: by then the listeners are open and the
+        # modules they import lazily (the web app, its routes) are loaded; left young,
+        # those objects would make the first full collections cost tens of milliseconds.
+        delay = FIRST_FREEZE_DELAY
         while True:
-            await trio.sleep(FREEZE_INTERVAL)
+            await trio.sleep(delay)
             gc.collect(1)
             gc.freeze()
+            delay = FREEZE_INTERVAL
 
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has drained, fsynced and sealed everything."""
