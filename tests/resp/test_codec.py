@@ -314,3 +314,22 @@ def _boundaries(commands: list[list[bytes]]) -> set[int]:
         pos += len(mb(*c))
         out.add(pos)
     return out
+
+
+def test_reads_of_identical_copies_parse_the_same_through_the_frame_cache() -> None:
+    p = RespParser()
+    v = mb(b"TM.VALIDATE", b"tmtk_" + b"A" * 43)
+    first = p.feed(v * 16)
+    assert first == [[b"TM.VALIDATE", b"tmtk_" + b"A" * 43]] * 16
+    again = p.feed(v * 16)  # answered from the remembered frame
+    assert again == first and not p.has_partial
+    assert p.feed(v * 3) == first[:3]
+    # Anything else goes through the parser as usual, including a copy plus a tail.
+    assert p.feed(v + mb(b"PING")) == [first[0], [b"PING"]]
+    assert p.feed(v + v[:5]) == [first[0]] and p.has_partial
+    assert p.feed(v[5:]) == [first[0]]
+    # A non-canonical spelling of the same command is never cached as the frame.
+    q = RespParser()
+    odd = b"*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n"
+    assert q.feed(odd * 4) == [[b"PING", b"hi"]] * 4
+    assert q.feed(b"PING hi\r\n" * 2) == [[b"PING", b"hi"]] * 2

@@ -369,6 +369,8 @@ class RespParser:
     __slots__ = (
         "_chunks",
         "_force",
+        "_frame",
+        "_frame_cmd",
         "_limits",
         "_need",
         "_parsed",
@@ -398,6 +400,10 @@ class RespParser:
         self._force = False
         #: The fault that ended this connection's stream, if any.
         self.error: ProtocolError | None = None
+        #: The bytes of one command that last arrived as a whole read of identical
+        #: copies, and its parsed form (see :meth:`feed`).
+        self._frame = b""
+        self._frame_cmd: list[bytes] = []
 
     @property
     def has_partial(self) -> bool:
@@ -412,14 +418,32 @@ class RespParser:
             data = bytes(data)  # memory streams hand out bytearrays
         assert isinstance(data, bytes)
         out: list[list[bytes]] = []
+        frame = self._frame
+        if frame and not self._chunks and not self._pybuf:
+            # A read made only of copies of the last repeated command (a pipeline
+            # repeating one validation): k non-overlapping occurrences of the frame in
+            # k frame lengths tile the read exactly, so the copies need no parsing.
+            k, rest = divmod(len(data), len(frame))
+            if not rest and data.count(frame) == k:
+                return [self._frame_cmd] * k
         try:
             if self._pybuf:
                 self._pybuf += data
-                rest = self._run_python(out)
-                if rest:
-                    self._run_hiredis(rest, out)
+                rest_data = self._run_python(out)
+                if rest_data:
+                    self._run_hiredis(rest_data, out)
             elif data:
                 self._run_hiredis(data, out)
+                n = len(out)
+                if n > 1 and not self._chunks and out[0] == out[-1]:
+                    # Remember a read of n identical commands: its bytes are n copies of
+                    # the canonical encoding of the first one.
+                    size, uneven = divmod(len(data), n)
+                    if not uneven:
+                        frame = data[:size]
+                        if frame == encode_array(out[0]) and data.count(frame) == n:
+                            self._frame = frame
+                            self._frame_cmd = out[0]
         except ProtocolError as exc:
             self.error = exc
             # The stream is dead: free whatever it buffered.
