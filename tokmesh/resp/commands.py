@@ -499,6 +499,25 @@ class Dispatcher:
                 break
         return n, None
 
+    async def run_awaited(
+        self,
+        conn: Connection,
+        commands: list[list[bytes]],
+        i: int,
+        pending: Awaitable[bytes],
+        replies: list[bytes],
+    ) -> None:
+        """Await ``pending`` (the reply to ``commands[i]``), then run the rest of the
+        read the same way: :meth:`run_inline` with an ``await`` wherever it stops."""
+        next_: Awaitable[bytes] | None = pending
+        while next_ is not None:
+            replies.append(await settle(next_))
+            # Other tasks ran meanwhile: re-check the key before the next command.
+            conn.checked = False
+            if conn.closing:
+                return
+            i, next_ = self.run_inline(conn, commands, i + 1, replies)
+
     def _run_of_copies(self, conn: Connection, argv: list[bytes], count: int) -> bytes | None:
         """The one reply for ``count`` identical copies of ``argv``, or ``None`` when they
         must run one by one (not a pure read, or the rate limit cannot cover them all)."""

@@ -21,7 +21,7 @@ import ssl
 import trio
 
 from tokmesh.resp.codec import RespParser
-from tokmesh.resp.commands import Connection, Dispatcher, settle
+from tokmesh.resp.commands import Connection, Dispatcher
 from tokmesh.resp.limits import RespLimits
 
 log = logging.getLogger("tokmesh.resp")
@@ -116,12 +116,6 @@ async def _serve(
     # moves its deadline about once a second instead of on every request.
     slack = min(1.0, idle_timeout / 100)
     current_time = trio.current_time
-    raw = stdlib_socket(stream)
-    recv = raw.recv if raw is not None else None
-    fd = raw.fileno() if raw is not None else -1
-    wait_readable = trio.lowlevel.wait_readable
-    checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
-    cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
     command_deadline = 0.0
     # When the idle deadline was last armed (-inf: another deadline is in force).
     idle_armed = -math.inf
@@ -142,26 +136,7 @@ async def _serve(
                 if now - idle_armed > slack:
                     scope.deadline = now + idle_timeout + slack
                     idle_armed = now
-            data: bytes | bytearray
-            if recv is not None:
-                # trio's SocketStream.receive_some, inlined (same checkpoints): a
-                # cancellation check, one non-blocking recv, then either a schedule
-                # point or, when nothing is there yet, a wait for readability.
-                await checkpoint_if_cancelled()
-                try:
-                    data = recv(read_size)
-                except BlockingIOError:
-                    while True:
-                        await wait_readable(fd)
-                        try:
-                            data = recv(read_size)
-                            break
-                        except BlockingIOError:
-                            pass
-                else:
-                    await cancel_shielded_checkpoint()
-            else:
-                data = await receive_some(read_size)
+            data = await receive_some(read_size)
             if not data:
                 return  # EOF
             commands = parser.feed(data)
@@ -172,43 +147,37 @@ async def _serve(
             # Reads run inline: re-check the bound key once for this synchronous run.
             conn.checked = False
             i, pending = run_inline(conn, commands, 0, replies)
-            while pending is not None:
+            if pending is not None:
                 # A mutation: it awaits the store actors.
+                writing = True
+                scope.deadline = current_time() + write_timeout
+                idle_armed = -math.inf
+                await dispatcher.run_awaited(conn, commands, i, pending, replies)
+            closing = end_of_read(conn, parser, replies, stats)
+            if replies:
                 if not writing:
-                    writing = True
                     scope.deadline = current_time() + write_timeout
                     idle_armed = -math.inf
-                replies.append(await settle(pending))
-                # Other tasks ran meanwhile: re-check the key before the next command.
-                conn.checked = False
-                if conn.closing:
-                    break
-                i, pending = run_inline(conn, commands, i + 1, replies)
-            stats.commands += len(replies)
-            error = parser.error
-            if error is not None and not conn.closing:
-                stats.protocol_errors += 1
-                replies.append(error.reply)
-            if replies:
-                out = replies[0] if len(replies) == 1 else b"".join(replies)
-                sent = 0
-                if raw is not None:
-                    # Fast path: the reply usually fits the kernel buffer at once, and
-                    # a direct non-blocking send saves Trio's post-send reschedule. The
-                    # receive above is still a full checkpoint every iteration.
-                    try:
-                        sent = raw.send(out)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                if sent < len(out):
-                    if not writing:
-                        scope.deadline = current_time() + write_timeout
-                        idle_armed = -math.inf
-                    await send_all(memoryview(out)[sent:] if sent else out)
-            if conn.closing or error is not None:
+                await send_all(replies[0] if len(replies) == 1 else b"".join(replies))
+            if closing:
                 return
     if scope.cancelled_caught:
         stats.timeouts += 1
+
+
+def end_of_read(
+    conn: Connection, parser: RespParser, replies: list[bytes], stats: RespStats
+) -> bool:
+    """Count a read's replies and add the framing fault's reply, if any (both loops).
+
+    Returns True when the connection closes after sending them (QUIT or a fault).
+    """
+    stats.commands += len(replies)
+    error = parser.error
+    if error is not None and not conn.closing:
+        stats.protocol_errors += 1
+        replies.append(error.reply)
+    return conn.closing or error is not None
 
 
 def stdlib_socket(stream: trio.abc.Stream) -> socket.socket | None:

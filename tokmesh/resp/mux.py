@@ -33,12 +33,13 @@ import logging
 import math
 import select
 import socket
+from collections.abc import Awaitable
 
 import trio
 
 from tokmesh.resp.codec import RespParser
-from tokmesh.resp.commands import Connection, Dispatcher, settle
-from tokmesh.resp.handler import RespStats, close_stream, stdlib_socket
+from tokmesh.resp.commands import Connection, Dispatcher
+from tokmesh.resp.handler import RespStats, close_stream, end_of_read, stdlib_socket
 from tokmesh.resp.limits import RespLimits
 
 log = logging.getLogger("tokmesh.resp")
@@ -91,7 +92,7 @@ class _MuxConn:
         self.work = _WORK_CLOSE
         self.commands: list[list[bytes]] = []
         self.index = 0
-        self.pending: object = None
+        self.pending: Awaitable[bytes] | None = None
         self.replies: list[bytes] = []
         self.out = b""
         #: The replies end the connection (QUIT or a protocol error).
@@ -142,26 +143,15 @@ class RespMux:
         conn = mc.conn
         with trio.move_on_after(self._limits.write_timeout) as scope:
             if mc.work == _WORK_RUN:
-                run_inline = self._dispatcher.run_inline
-                commands, replies = mc.commands, mc.replies
-                i, pending = mc.index, mc.pending
+                commands, replies, pending = mc.commands, mc.replies, mc.pending
                 mc.commands, mc.replies, mc.pending = [], [], None
-                while pending is not None:
-                    replies.append(await settle(pending))  # type: ignore[arg-type]
-                    # Other tasks ran meanwhile: re-check the key before the next command.
-                    conn.checked = False
-                    if conn.closing:
-                        break
-                    i, pending = run_inline(conn, commands, i + 1, replies)
-                self.stats.commands += len(replies)
+                assert pending is not None
+                await self._dispatcher.run_awaited(conn, commands, mc.index, pending, replies)
                 mc.done += len(commands)
-                error = mc.parser.error
-                if error is not None and not conn.closing:
-                    self.stats.protocol_errors += 1
-                    replies.append(error.reply)
+                closing = end_of_read(conn, mc.parser, replies, self.stats)
                 if replies:
                     await stream.send_all(b"".join(replies))
-                return not (conn.closing or error is not None)
+                return not closing
             out, mc.out = mc.out, b""
             await stream.send_all(out)
             return not mc.closing_after
@@ -249,13 +239,8 @@ class RespMux:
             mc.commands, mc.index, mc.pending, mc.replies = commands, i, pending, replies
             self._hand_over(mc, _WORK_RUN)
             return
-        self.stats.commands += len(replies)
         mc.done += len(commands)
-        error = parser.error
-        if error is not None and not conn.closing:
-            self.stats.protocol_errors += 1
-            replies.append(error.reply)
-        closing = conn.closing or error is not None
+        closing = end_of_read(conn, parser, replies, self.stats)
         if replies:
             out = replies[0] if len(replies) == 1 else b"".join(replies)
             try:
