@@ -86,6 +86,7 @@ def test_file_format(tmp_path: Path, make_session: MakeSession, aes: Cipher) -> 
         "key_count": 1,
         "chunk_records": 2048,
         "fields": list(ROW_FIELDS),
+        "layout": "columns",
     }
     # one session chunk, then the u32 0 end marker, then the key part
     (clen,) = struct.unpack_from(">I", raw, 12 + hlen)

@@ -191,7 +191,7 @@ def _recover(wal_dir: Path, snapshot_dir: Path, cipher: Cipher, now_ms: int) -> 
     if loaded is not None:
         snapshot = loaded.info
         position = snapshot.wal_last_offset
-        sessions = {s.id: s for s in loaded.sessions}
+        sessions = loaded.by_id
         for body in loaded.api_keys:
             kid = body.get("key_id")
             if isinstance(kid, str) and kid:

@@ -5,9 +5,13 @@ Layout (all integers big-endian)::
     magic "TOKMSNAP" (8)
     header_len u32 · header JSON {version:1, created_at, node_id, session_count,
                                   wal_last_offset, encrypted:true, enc_alg, key_count,
-                                  chunk_records}
-    data: chunks, each  chunk_len u32 · nonce ‖ ciphertext ‖ tag of a JSON array of at most
+                                  chunk_records, fields?, layout?}
+    data: chunks, each  chunk_len u32 · nonce ‖ ciphertext ‖ tag of the JSON of at most
           ``chunk_records`` session records;  then  u32 0  (end of the session data)
+
+A chunk is a JSON array of record objects (no ``fields``), of positional rows in the
+order of ``fields``, or - ``layout: "columns"``, what TokMesh writes now - one column
+object (:mod:`tokmesh.storage.session_columns`). Readers accept all three.
     keys_len  u64 · keys  = nonce ‖ ciphertext ‖ tag of the JSON array of API-key records
     trailer (32)  = SHA-256 over every preceding byte
 
@@ -41,6 +45,10 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
+#: one decrypted session chunk: a list of records, or a column object
+Chunk = list[Any] | dict[str, Any]
+
+
 class SnapshotCorrupt(Exception):
     """Checksum mismatch, bad magic, truncation or a malformed part: try an older one."""
 
@@ -56,8 +64,12 @@ class SnapshotHeader:
     key_count: int
     wal_last_offset: int
     enc_alg: str
-    #: column names when session records are positional rows; empty = JSON objects
+    #: column names when session records are positional rows or columns; empty = JSON
+    #: objects
     fields: tuple[str, ...] = ()
+    #: ``"columns"`` when each session chunk is a column object
+    #: (:mod:`tokmesh.storage.session_columns`); empty = a JSON array of records
+    layout: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -78,6 +90,8 @@ class EncodedSnapshot:
 
 
 CHUNK_RECORDS = 2048
+#: ``layout`` header value of snapshots whose session chunks are column objects
+LAYOUT_COLUMNS = "columns"
 
 
 def encode_header(
@@ -90,10 +104,12 @@ def encode_header(
     cipher: Cipher,
     chunk_records: int = CHUNK_RECORDS,
     fields: Sequence[str] = (),
+    layout: str = "",
 ) -> bytes:
     """Magic, header length and header JSON: the first bytes of a snapshot file.
 
-    ``fields`` names the columns when session records are written as positional rows.
+    ``fields`` names the columns when session records are written as positional rows
+    or as column chunks (``layout="columns"``).
     """
     header = orjson.dumps(
         {
@@ -107,13 +123,14 @@ def encode_header(
             "key_count": key_count,
             "chunk_records": chunk_records,
             **({"fields": list(fields)} if fields else {}),
+            **({"layout": layout} if layout else {}),
         }
     )
     return MAGIC + _U32.pack(len(header)) + header
 
 
-def encode_chunk(records: Sequence[Any], cipher: Cipher) -> bytes:
-    """One encrypted chunk of session records, length-prefixed."""
+def encode_chunk(records: Sequence[Any] | dict[str, Any], cipher: Cipher) -> bytes:
+    """One encrypted chunk of session records (a list, or a column object), length-prefixed."""
     blob = cipher.encrypt(orjson.dumps(records))
     return _U32.pack(len(blob)) + blob
 
@@ -196,6 +213,9 @@ def _parse_header(raw: bytes) -> SnapshotHeader:
     fields = obj.get("fields") or []
     if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
         raise SnapshotCorrupt("snapshot header field 'fields' invalid")
+    layout = obj.get("layout") or ""
+    if layout not in ("", LAYOUT_COLUMNS):
+        raise SnapshotCorrupt(f"snapshot layout {layout!r} is not supported by this version")
     return SnapshotHeader(
         version=FORMAT_VERSION,
         created_at=ints["created_at"],
@@ -205,6 +225,7 @@ def _parse_header(raw: bytes) -> SnapshotHeader:
         wal_last_offset=ints["wal_last_offset"],
         enc_alg=str(alg),
         fields=tuple(fields),
+        layout=layout,
     )
 
 
@@ -235,12 +256,14 @@ def decode_header(buf: bytes) -> SnapshotHeader:
 
 def iter_snapshot(
     buf: bytes, cipher: Cipher
-) -> tuple[SnapshotHeader, Iterator[list[dict[str, Any]]], list[dict[str, Any]], bytes]:
+) -> tuple[SnapshotHeader, Iterator[Chunk], list[dict[str, Any]], bytes]:
     """``(header, session_chunks, key_records, checksum)`` of a complete snapshot file.
 
     The checksum, the layout and the key part are verified up front; the session chunks
-    are decrypted lazily, one chunk per iteration step. :class:`SnapshotCorrupt` for bad
-    magic, truncation, checksum mismatch or malformed parts; :class:`StorageFatalError`
+    are decrypted lazily, one chunk per iteration step: a list of records, or a column
+    object (with its record count ``n``) when ``header.layout`` is ``"columns"``.
+    :class:`SnapshotCorrupt` for bad magic, truncation, checksum mismatch or malformed
+    parts; :class:`StorageFatalError`
     for a plaintext snapshot, and :class:`DecryptError` when a checksum-valid blob does
     not authenticate (wrong key): both fatal (01 §9.6).
     """
@@ -272,13 +295,22 @@ def iter_snapshot(
     keys = _decrypt_list(cipher, view[kpos:kend], header.enc_alg, "keys")
     if len(keys) != header.key_count:
         raise SnapshotCorrupt("snapshot key count does not match its header")
+    columns = header.layout == LAYOUT_COLUMNS
 
-    def chunks() -> Iterator[list[dict[str, Any]]]:
+    def chunks() -> Iterator[Chunk]:
         total = 0
         for a, b in spans:
-            items = _decrypt_list(cipher, view[a:b], header.enc_alg, "sessions")
-            total += len(items)
-            yield items
+            if columns:
+                obj = _decrypt_json(cipher, view[a:b], header.enc_alg, "sessions")
+                count = obj.get("n") if isinstance(obj, dict) else None
+                if type(count) is not int or count < 0:
+                    raise SnapshotCorrupt("snapshot session chunk is not a column object")
+                total += count
+                yield obj
+            else:
+                items = _decrypt_list(cipher, view[a:b], header.enc_alg, "sessions")
+                total += len(items)
+                yield items
         if total != header.session_count:
             raise SnapshotCorrupt("snapshot session count does not match its header")
 
@@ -287,28 +319,38 @@ def iter_snapshot(
 
 def decode_snapshot(
     buf: bytes, cipher: Cipher
-) -> tuple[SnapshotHeader, list[dict[str, Any]], list[dict[str, Any]], bytes]:
-    """Like :func:`iter_snapshot` with every session record decoded into one list."""
+) -> tuple[SnapshotHeader, list[Any], list[dict[str, Any]], bytes]:
+    """Like :func:`iter_snapshot` with every chunk's records in one list (for the column
+    layout, the list holds the column objects themselves)."""
     header, chunks, keys, checksum = iter_snapshot(buf, cipher)
-    sessions: list[dict[str, Any]] = []
+    sessions: list[Any] = []
     for chunk in chunks:
-        sessions.extend(chunk)
+        if isinstance(chunk, dict):
+            sessions.append(chunk)
+        else:
+            sessions.extend(chunk)
     return header, sessions, keys, checksum
 
 
-def _decrypt_list(cipher: Cipher, blob: memoryview, alg: str, what: str) -> list[dict[str, Any]]:
+def _decrypt_json(cipher: Cipher, blob: memoryview, alg: str, what: str) -> Any:
     plaintext = cipher.decrypt(blob, alg)  # DecryptError propagates (fatal)
     try:
-        items = orjson.loads(plaintext)
+        return orjson.loads(plaintext)
     except orjson.JSONDecodeError:
         raise SnapshotCorrupt(f"snapshot {what} are not JSON") from None
+
+
+def _decrypt_list(cipher: Cipher, blob: memoryview, alg: str, what: str) -> list[Any]:
+    items = _decrypt_json(cipher, blob, alg, what)
     if not isinstance(items, list) or not all(isinstance(i, dict | list) for i in items):
         raise SnapshotCorrupt(f"snapshot {what} are not a list of records")
     return items
 
 
 __all__ = [
+    "LAYOUT_COLUMNS",
     "MAGIC",
+    "Chunk",
     "DecryptError",
     "EncodedSnapshot",
     "SnapshotCorrupt",

@@ -19,8 +19,10 @@ import attrs
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import ROW_FIELDS, Session
 from tokmesh.storage.cipher import Cipher, DecryptError, StorageFatalError, ensure_dir, fsync_dir
+from tokmesh.storage.session_columns import ColumnDecoder, encode_columns
 from tokmesh.storage.snapshot_codec import (
     CHUNK_RECORDS,
+    LAYOUT_COLUMNS,
     TRAILER_LEN,
     SnapshotCorrupt,
     decode_header,
@@ -60,11 +62,16 @@ class SnapshotInfo:
 
 @attrs.frozen(slots=True)
 class LoadedSnapshot:
-    """A decoded, verified snapshot."""
+    """A decoded, verified snapshot.
+
+    ``by_id`` maps every id to its record (the last one, should an id repeat); recovery
+    uses it as its primary map rather than building another from ``sessions``.
+    """
 
     info: SnapshotInfo
     sessions: list[Session]
     api_keys: list[dict[str, Any]]
+    by_id: dict[str, Session] = attrs.field(factory=dict, eq=False)
 
 
 def snapshot_timestamp_ms(name: str) -> int | None:
@@ -157,13 +164,14 @@ def write_snapshot(
                     created_at=now_ms,
                     cipher=cipher,
                     fields=ROW_FIELDS,
+                    layout=LAYOUT_COLUMNS,
                 )
             )
             # Chunk by chunk: only ~2k records are converted at a time, and no single C call
             # (JSON encoding, encryption) holds the GIL for long.
             for i in range(0, len(sessions), CHUNK_RECORDS):
-                rows = [s.to_row() for s in sessions[i : i + CHUNK_RECORDS]]
-                emit(encode_chunk(rows, cipher))
+                columns = encode_columns(sessions[i : i + CHUNK_RECORDS])
+                emit(encode_chunk(columns, cipher))
             emit(encode_keys(api_keys, cipher))
             checksum = digest.digest()
             _write_chunks(fd, [checksum])
@@ -214,17 +222,25 @@ def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
         buf = path.read_bytes()
     except OSError as exc:
         raise SnapshotCorrupt(f"cannot read snapshot: {exc.strerror or exc}") from None
+    sessions: list[Session] = []
+    by_id: dict[str, Session] = {}
     try:
         header, chunks, keys, checksum = iter_snapshot(buf, cipher)
-        sessions: list[Session] = []
-        if header.fields:
-            if header.fields != ROW_FIELDS:
-                raise SnapshotCorrupt("snapshot row layout is not supported by this version")
-            decode = Session.from_row
+        if header.fields and header.fields != ROW_FIELDS:
+            raise SnapshotCorrupt("snapshot row layout is not supported by this version")
+        if header.layout == LAYOUT_COLUMNS:
+            decoder = ColumnDecoder()
+            for chunk in chunks:
+                ids, records = decoder.decode(chunk)
+                sessions.extend(records)
+                by_id.update(zip(ids, records, strict=True))
         else:
-            decode = Session.from_record  # type: ignore[assignment]
-        for records in chunks:
-            sessions.extend([decode(r) for r in records])  # type: ignore[arg-type]
+            # Snapshots written before the column layout: rows, or record objects.
+            decode = Session.from_row if header.fields else Session.from_record
+            for chunk in chunks:
+                records = [decode(r) for r in chunk]  # type: ignore[arg-type]
+                sessions.extend(records)
+                by_id.update((s.id, s) for s in records)
     except DecryptError as exc:
         raise StorageFatalError(
             f"snapshot {path.name}: cannot decrypt: {exc}", {"snapshot": path.name}
@@ -244,7 +260,7 @@ def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
         checksum=checksum.hex(),
         node_id=header.node_id,
     )
-    return LoadedSnapshot(info, sessions, keys)
+    return LoadedSnapshot(info, sessions, keys, by_id)
 
 
 def peek_snapshot_info(path: Path) -> SnapshotInfo:
