@@ -137,16 +137,63 @@ class RecordingApp:
         return HttpResponse(200, [("Content-Type", "application/json")], orjson.dumps(doc))
 
 
+class MuxFront:
+    """A test app plus ``now``, so that the server reads plain connections through its mux.
+
+    ``now`` answers every request the app answers without suspending (it drives the
+    coroutine by hand) and declines ``/sleep*`` so that those take the awaiting path.
+    Any other suspension is a bug in a test app and fails loudly.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.now_calls = 0
+
+    async def __call__(self, req: HttpRequest) -> HttpResponse:
+        resp: HttpResponse = await self.app(req)
+        return resp
+
+    def now(self, req: HttpRequest) -> HttpResponse | None:
+        if req.path.startswith("/sleep"):
+            return None
+        self.now_calls += 1
+        coro = self.app(req)
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            resp: HttpResponse = stop.value
+            return resp
+        coro.close()
+        raise AssertionError(f"{req.method} {req.path} suspended inside now()")
+
+
 StartServer = Callable[..., Awaitable[ServerControl]]
 Connect = Callable[[ServerControl], Awaitable[RawClient]]
 
 
+#: ``pytestmark = BOTH_FRONTS`` runs a module's tests twice: one task per connection, and
+#: through the mux (for modules whose apps answer without suspending, see MuxFront).
+BOTH_FRONTS = pytest.mark.parametrize("front_mode", ["task", "mux"])
+
+
 @pytest.fixture
-def start_server(nursery: trio.Nursery) -> StartServer:
-    """``await start_server(app, limits=..., ...)`` -> the running server's control."""
+def front_mode() -> str:
+    """How ``start_server`` serves plain connections (``task`` unless parametrized)."""
+    return "task"
+
+
+@pytest.fixture
+def start_server(nursery: trio.Nursery, front_mode: str) -> StartServer:
+    """``await start_server(app, limits=..., ...)`` -> the running server's control.
+
+    In ``mux`` mode the app is wrapped in :class:`MuxFront` (plain connections are then
+    read by the server's :class:`~tokmesh.api.http_mux.HttpMux`).
+    """
 
     async def start(app: Any, **kwargs: Any) -> ServerControl:
         kwargs.setdefault("limits", HttpLimits(linger_timeout=0.5))
+        if front_mode == "mux":
+            app = MuxFront(app)
         control: ServerControl = await nursery.start(partial(serve_http, app, **kwargs))
         return control
 

@@ -11,6 +11,10 @@ import trio
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_types import HttpRequest, HttpResponse
 
+from .conftest import BOTH_FRONTS
+
+pytestmark = BOTH_FRONTS
+
 GET = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
 
 

@@ -12,6 +12,10 @@ from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_types import HttpRequest, HttpResponse
 from tokmesh.domain.errors import E, TokMeshError
 
+from .conftest import BOTH_FRONTS
+
+pytestmark = BOTH_FRONTS
+
 GET = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
 GENERATED_ID = re.compile(r"req-[A-Za-z0-9_-]{16}")
 

@@ -72,6 +72,20 @@ class NativeFront:
         resp: HttpResponse = await self.bridge(req)
         return resp
 
+    def now(self, req: HttpRequest) -> HttpResponse | None:
+        """The answer to ``req`` without waiting, or None (then await the front itself).
+
+        Used by the connection multiplexer (``tokmesh.api.http_mux``): hot routes with a
+        plain handler, and 404/405, are answered on the spot; see :meth:`Api.handle_now`.
+        """
+        try:
+            matched = self._match(req.method, req.path)
+        except TokMeshError:
+            return self.api.handle_now(req)  # 404 / 405 rendered on the spot
+        if not matched[0].hot:
+            return None
+        return self.api.handle_now(req, matched)
+
 
 class BodyLimit:
     """ASGI middleware enforcing ``server.http.max_body_size`` in front of Quart.

@@ -68,7 +68,7 @@ _WATCHED = frozenset({_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _EXPECT})
 # HttpConnection._read / _flush). read(2)/write(2) on a socket are recv/send without
 # flags (POSIX), the descriptor comes from the public ``SocketType.fileno()`` and the
 # waits from ``trio.lowlevel.wait_readable``; anything else keeps Trio's stream API.
-_DIRECT_IO = os.name == "posix"
+DIRECT_IO = os.name == "posix"
 
 # What a connection is blocked on (HttpConnection.waiting), read by the reaper and drain.
 WAIT_NONE = 0
@@ -115,6 +115,7 @@ class ServerHooks:
         "app",
         "control",
         "limits",
+        "mux",
         "streaming_predicate",
         "upgrade_handler",
         "upgrade_paths",
@@ -136,6 +137,8 @@ class ServerHooks:
         self.streaming_predicate = streaming_predicate
         self.upgrade_handler = upgrade_handler
         self.upgrade_paths = upgrade_paths
+        # The HttpMux serving plain connections of this listener (set by the server).
+        self.mux: Any = None
 
 
 class BodyStream:
@@ -192,9 +195,14 @@ class HttpConnection:
         self.server_ip, self.server_port = local
         self.tls = tls
         # The Trio socket under a plain TCP stream, for direct fd I/O (None: use the stream).
-        self.tsock: Any = (
-            stream.socket if _DIRECT_IO and type(stream) is trio.SocketStream else None
-        )
+        self.tsock: Any = stream.socket if DIRECT_IO and type(stream) is trio.SocketStream else None
+        # The multiplexer that reads this connection while nothing needs its task.
+        self.mux: Any = hooks.mux if self.tsock is not None else None
+        # How the mux handed the connection back (an HttpMux HAND_* value) and the
+        # event its task sleeps on meanwhile.
+        self.handed = 0
+        self.wake = trio.Event()
+        self.pending: tuple[HttpRequest, HttpResponse] | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[HttpRequest] = deque()
         self.out = bytearray()
@@ -453,11 +461,35 @@ class HttpConnection:
 
     async def _loop(self) -> bool:
         """Returns True when the server ends the connection after sending something."""
+        mux = self.mux
         while True:
-            data = await self._read()
-            if not data:
-                return False
-            self.feed(data)
+            if mux is not None and self._may_multiplex():
+                # The mux reads and answers this connection until something needs this
+                # task (see tokmesh.api.http_mux); it then leaves the state as if this
+                # loop had fed the last read itself.
+                if self.out:
+                    await self._flush()
+                handed = await mux.serve(self)
+                pending = self.pending
+                if pending is not None:
+                    # An answer with a streamed body, left for this task to send.
+                    self.pending = None
+                    if not await self.answer(*pending):
+                        return True
+                if handed != mux.HAND_WORK:
+                    if handed == mux.HAND_EOF:
+                        return False
+                    if handed == mux.HAND_CLOSE:
+                        return True
+                    if handed == mux.HAND_SEND:
+                        await self._flush()
+                        continue
+                    raise trio.BrokenResourceError("socket error")
+            else:
+                data = await self._read()
+                if not data:
+                    return False
+                self.feed(data)
             while self.queue:
                 if not await self._dispatch(self.queue.popleft()):
                     return True
@@ -469,13 +501,18 @@ class HttpConnection:
             if self.stop_parsing or self.must_close:
                 return True
 
-    async def _read(self) -> bytes | bytearray:
-        """Next read for the parser; ``b""`` on EOF or when draining an idle connection."""
-        if self.continue_pending and self.body_size == 0:
-            self.out += CONTINUE
-            self.continue_pending = False
-        if self.out:
-            await self._flush()
+    def _may_multiplex(self) -> bool:
+        """Whether the next read can go through the mux (nothing pending for this task)."""
+        return not (
+            self.continue_pending or self.cur_stream is not None or self.hooks.control.draining
+        )
+
+    def arm_read(self, now: float) -> bool:
+        """Publish the deadline of the next read; False when it should not happen.
+
+        Head and buffered body count from the read that began them; an idle wait gets a
+        fresh ``idle_timeout``, and a draining server reads no further request.
+        """
         if self.in_head:
             self.deadline = self.head_deadline
             self.waiting = WAIT_MESSAGE
@@ -484,9 +521,20 @@ class HttpConnection:
             self.waiting = WAIT_MESSAGE
         else:
             if self.hooks.control.draining:
-                return b""
-            self.deadline = trio.current_time() + self.limits.idle_timeout
+                return False
+            self.deadline = now + self.limits.idle_timeout
             self.waiting = WAIT_IDLE
+        return True
+
+    async def _read(self) -> bytes | bytearray:
+        """Next read for the parser; ``b""`` on EOF or when draining an idle connection."""
+        if self.continue_pending and self.body_size == 0:
+            self.out += CONTINUE
+            self.continue_pending = False
+        if self.out:
+            await self._flush()
+        if not self.arm_read(trio.current_time()):
+            return b""
         data: bytes | bytearray
         tsock = self.tsock
         fd = tsock.fileno() if tsock is not None else -1
@@ -512,9 +560,13 @@ class HttpConnection:
             # Cancelled after the data arrived but before this task resumed: honour the
             # timeout/drain now rather than half-way through the request.
             await trio.lowlevel.checkpoint()
+        self.mark_busy()
+        return data
+
+    def mark_busy(self) -> None:
+        """Working on what was read: no deadline until the next wait is armed."""
         self.waiting = WAIT_NONE
         self.deadline = math.inf
-        return data
 
     async def pull_body(self, stream: BodyStream) -> None:
         """Read more of a streamed body (called from the handler via ``BodyStream``).
@@ -567,11 +619,35 @@ class HttpConnection:
         except RequestBodyError as exc:
             self.must_close = True
             resp = exception_response(request_id_for(req), exc, exc.status)
-        except TokMeshError as exc:
-            resp = exception_response(request_id_for(req), exc)
-        except Exception:
-            LOGGER.exception("unhandled error in HTTP handler")
-            resp = error_response(request_id_for(req), E.SYS_INTERNAL)
+        except Exception as exc:
+            resp = self.handler_failed(req, exc)
+        return await self.answer(req, resp)
+
+    def handler_failed(self, req: HttpRequest, exc: Exception) -> HttpResponse:
+        """The answer when the handler raised ``exc`` instead of answering."""
+        if isinstance(exc, TokMeshError):
+            return exception_response(request_id_for(req), exc)
+        LOGGER.error("unhandled error in HTTP handler", exc_info=exc)
+        return error_response(request_id_for(req), E.SYS_INTERNAL)
+
+    async def answer(self, req: HttpRequest, resp: HttpResponse) -> bool:
+        """Queue or stream ``resp`` as the answer to ``req``; False = close now."""
+        answer, framing, length, keep = self.append_response(req, resp)
+        if answer is not resp:
+            await _close_body_iter(resp)
+        if answer.body_iter is None:
+            return keep
+        return await self._stream_body(answer, framing, length) and keep
+
+    def append_response(
+        self, req: HttpRequest, resp: HttpResponse
+    ) -> tuple[HttpResponse, int, int, bool]:
+        """Queue the head (and a complete body) of the answer to ``req`` in ``out``.
+
+        Returns ``(answer, framing, length, keep_alive)``. ``answer`` is a 500 in place
+        of ``resp`` when the handler produced an invalid head (then the caller closes
+        ``resp.body_iter``); an ``answer.body_iter`` is left for the caller to stream.
+        """
         stream = req.stream
         keep = (
             req.keep_alive
@@ -590,17 +666,14 @@ class HttpConnection:
             )
         except (HeaderInjectionError, ValueError, UnicodeError):
             LOGGER.error("handler produced an invalid response head")
-            await _close_body_iter(resp)
             resp = error_response(request_id_for(req), E.SYS_INTERNAL)
             head, framing, length, keep = encode_head(
                 resp, request_id=None, keep_alive=keep, http10=False, head_only=False
             )
         self.out += head
-        if resp.body_iter is None:
-            if framing == Framing.NONE and req.method != "HEAD" and length:
-                self.out += resp.body
-            return keep
-        return await self._stream_body(resp, framing, length) and keep
+        if resp.body_iter is None and framing == Framing.NONE and req.method != "HEAD" and length:
+            self.out += resp.body
+        return resp, framing, length, keep
 
     async def _stream_body(self, resp: HttpResponse, framing: int, length: int) -> bool:
         """Send a ``body_iter`` body; False when framing broke and the connection must end."""

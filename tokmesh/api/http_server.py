@@ -9,7 +9,9 @@ Usage::
 The accept loop follows ``trio.serve_listeners`` (a handler nursery, EMFILE and friends
 treated as overload: log, sleep 100 ms, retry). Each connection runs
 :class:`~tokmesh.api.http_connection.HttpConnection` in one task; see that module for
-the parsing rules, limits and error answers. Drain follows Hypercorn: move the handler
+the parsing rules, limits and error answers; when the app has a ``now`` method (answer
+without waiting, or None), plain connections are read by one
+:class:`~tokmesh.api.http_mux.HttpMux` task while idle. Drain follows Hypercorn: move the handler
 nursery's deadline, close idle keep-alive connections at once, answer in-flight
 requests with ``Connection: close``.
 """
@@ -26,8 +28,15 @@ from typing import Any
 
 import trio
 
-from tokmesh.api.http_connection import WAIT_IDLE, WAIT_LINGER, HttpConnection, ServerHooks
+from tokmesh.api.http_connection import (
+    DIRECT_IO,
+    WAIT_IDLE,
+    WAIT_LINGER,
+    HttpConnection,
+    ServerHooks,
+)
 from tokmesh.api.http_limits import HttpLimits
+from tokmesh.api.http_mux import HttpMux
 from tokmesh.api.http_types import HttpApp, StreamingPredicate, UpgradeHandler
 
 LOGGER = logging.getLogger("tokmesh.api.http")
@@ -130,9 +139,16 @@ async def serve_http(
         upgrade_handler=upgrade_handler,
         upgrade_paths=upgrade_paths,
     )
+    now = getattr(app, "now", None)
     try:
         async with trio.open_nursery() as reaper_nursery:
             reaper_nursery.start_soon(_reaper, control, limits.timer_resolution)
+            if now is not None and ssl_context is None and DIRECT_IO:
+                # Plain TCP and an app that can answer without waiting: one task reads
+                # all idle connections (tokmesh.api.http_mux). TLS keeps a task each.
+                mux = HttpMux(now, limits.read_size)
+                await reaper_nursery.start(mux.run)
+                hooks.mux = mux
             async with trio.open_nursery() as handler_nursery:
                 control._handler_scope = handler_nursery.cancel_scope
                 handler_nursery.cancel_scope.deadline = control._drain_deadline

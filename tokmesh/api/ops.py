@@ -13,12 +13,12 @@ from tokmesh.domain.errors import E
 from tokmesh.telemetry import metrics
 
 
-async def health(call: Call) -> HttpResponse:
+def health(call: Call) -> HttpResponse:
     """Always 200 while the process runs; no dependency checks."""
     return ok(call.rid, {"status": "healthy", "timestamp": time.time_ns() // 1_000_000})
 
 
-async def ready(call: Call) -> HttpResponse:
+def ready(call: Call) -> HttpResponse:
     """200 only once recovery finished; 503 during startup, restore and shutdown."""
     readiness = call.deps.readiness
     checks = readiness.checks()

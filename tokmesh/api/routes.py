@@ -1,9 +1,11 @@
 """The route table and the request pipeline shared by every HTTP engine.
 
-Each route's logic is written once as ``async def handler(call: Call) -> HttpResponse``.
-The native Trio front serves the hot routes by calling :meth:`Api.handle` directly; the
-Quart-Trio app (``tokmesh.api.quart_app``) hosts the same :class:`Api` for everything
-else and, under ``server.http.engine: hypercorn``, for every route.
+Each route's logic is written once as ``async def handler(call: Call) -> HttpResponse``,
+or as a plain ``def`` when it never waits (reads such as ``GET /sessions/{id}``). The
+native Trio front serves the hot routes by calling :meth:`Api.handle` directly, and plain
+routes through :meth:`Api.handle_now` from its connection multiplexer, without a task
+switch (``tokmesh.api.http_mux``); the Quart-Trio app hosts the same :class:`Api` for
+everything else and, under ``server.http.engine: hypercorn``, for every route.
 
 Pipeline order (03 §2.10): request id → recover → routing (404/405) → readiness →
 client IP → authentication, rate limit, role, anti-replay → maintenance gate → audit →
@@ -12,11 +14,12 @@ handler.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 
@@ -36,15 +39,23 @@ log = logging.getLogger("tokmesh.http")
 SCOPE_OPEN = "open"
 
 Handler = Callable[["Call"], Awaitable[HttpResponse]]
+NowHandler = Callable[["Call"], HttpResponse]
+"""A handler that never waits: it can answer inside the native front's multiplexer."""
 
 
 @attrs.frozen
 class Route:
-    """One route: method, path template, handler, auth scope and permission."""
+    """One route: method, path template, handler, auth scope and permission.
+
+    ``handler`` is an ``async def`` or a plain ``def`` (a handler that never waits). An
+    async handler may name a plain twin in ``now`` for the requests ``now_if`` accepts
+    (``POST /tokens/validate`` without ``touch``). :attr:`run` is the handler to await
+    and :attr:`now_handler` the one to call without waiting (None when there is none).
+    """
 
     method: str
     path: str
-    handler: Handler
+    handler: Handler | NowHandler
     scope: str
     permission: str | None = None
     hot: bool = False
@@ -55,6 +66,29 @@ class Route:
     audit_action: str | None = None
     #: business POSTs are audited as writes (02 §16) unless they only read
     audited: bool = True
+    now: NowHandler | None = None
+    now_if: Callable[[HttpRequest], bool] | None = None
+    run: Handler = attrs.field(init=False)
+    now_handler: NowHandler | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        now: NowHandler | None
+        if inspect.iscoroutinefunction(self.handler):
+            run, now = cast(Handler, self.handler), self.now
+        else:
+            now = cast(NowHandler, self.handler)
+            run = _awaitable(now)
+        object.__setattr__(self, "run", run)
+        object.__setattr__(self, "now_handler", now)
+
+
+def _awaitable(now: NowHandler) -> Handler:
+    """A plain handler as an async one (for the pipeline's awaiting path)."""
+
+    async def run(call: Call) -> HttpResponse:
+        return now(call)
+
+    return run
 
 
 class Call:
@@ -218,37 +252,118 @@ class Api:
             self.deps.observe(route, req, resp, started, call)
         return resp
 
+    def handle_now(
+        self,
+        req: HttpRequest,
+        matched: tuple[Route, dict[str, str]] | None = None,
+    ) -> HttpResponse | None:
+        """:meth:`handle` without waiting, or None when the request needs to wait.
+
+        None means nothing was counted or changed: the route has no plain handler (or
+        ``now_if`` declines the request), or the API key is not in the validation cache
+        (Argon2 runs in a worker thread). The caller then awaits :meth:`handle`. Every
+        answer given here is the one :meth:`handle` would give.
+        """
+        rid = request_id_for(req)
+        started = time.perf_counter()
+        route: Route | None = None
+        call: Call | None = None
+        try:
+            route, params = matched or self.router.match(req.method, req.path)
+            now = route.now_handler
+            if now is None or (route.now_if is not None and not route.now_if(req)):
+                return None
+            call = Call(req, route, params, self.deps, rid)
+            resp = self._run_now(call, now)
+            if resp is None:
+                return None
+        except TokMeshError as exc:
+            resp = exception_response(rid, exc)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid})
+            resp = error_response(rid, E.SYS_INTERNAL)
+        if route is not None:
+            self.deps.observe(route, req, resp, started, call)
+        return resp
+
     async def _run(self, call: Call) -> HttpResponse:
         route = call.route
-        deps = self.deps
-        scope = route.scope
-        if scope == SCOPE_OPEN:
-            return await route.handler(call)
+        headers = self._before_auth(call)
+        if headers is None:
+            return await route.run(call)
         req = call.req
+        call.principal = await self.deps.auth.authorize_http(
+            req.method,
+            headers,
+            call.client_ip,
+            route.scope,
+            route.permission,
+            tcp_remote_ip=req.peer_ip,
+        )
+        self._after_auth(call)
+        resp = await route.run(call)
+        self._audit(call, resp)
+        return resp
+
+    def _run_now(self, call: Call, now: NowHandler) -> HttpResponse | None:
+        """:meth:`_run` with a plain handler; None on a validation-cache miss."""
+        headers = self._before_auth(call)
+        if headers is None:
+            return now(call)
+        req = call.req
+        route = call.route
+        principal = self.deps.auth.authorize_http_now(
+            req.method,
+            headers,
+            call.client_ip,
+            route.scope,
+            route.permission,
+            tcp_remote_ip=req.peer_ip,
+        )
+        if principal is None:
+            return None
+        call.principal = principal
+        self._after_auth(call)
+        resp = now(call)
+        self._audit(call, resp)
+        return resp
+
+    def _before_auth(self, call: Call) -> dict[str, str] | None:
+        """Readiness and client IP; the auth headers, or None for an unauthenticated route."""
+        scope = call.route.scope
+        deps = self.deps
+        if scope == SCOPE_OPEN:
+            return None
         if scope == SCOPE_METRICS and not deps.auth.metrics_auth_required:
-            return await route.handler(call)
+            return None
         readiness = deps.readiness
         if not readiness.ready and readiness.phase.value in ("starting", "recovering"):
             # Keys are not loaded yet: answer 503 rather than a misleading 401.
             raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready", {"status": "not_ready"})
-        headers = auth_headers(req)
-        call.client_ip = deps.auth.resolve_client_ip(req.peer_ip, headers)
-        call.principal = await deps.auth.authorize_http(
-            req.method,
-            headers,
-            call.client_ip,
-            scope,
-            route.permission,
-            tcp_remote_ip=req.peer_ip,
-        )
-        if scope == SCOPE_BUSINESS:
-            readiness.require_serving()  # maintenance gate: 503 TM-ADMIN-5031 while restoring
-        resp = await route.handler(call)
+        headers = auth_headers(call.req)
+        call.client_ip = deps.auth.resolve_client_ip(call.req.peer_ip, headers)
+        return headers
+
+    def _after_auth(self, call: Call) -> None:
+        if call.route.scope == SCOPE_BUSINESS:
+            # maintenance gate: 503 TM-ADMIN-5031 while restoring
+            self.deps.readiness.require_serving()
+
+    def _audit(self, call: Call, resp: HttpResponse) -> None:
+        scope = call.route.scope
         if scope == SCOPE_ADMIN or (
-            scope == SCOPE_BUSINESS and req.method == "POST" and route.audited
+            scope == SCOPE_BUSINESS and call.req.method == "POST" and call.route.audited
         ):
-            deps.audit_request(call, resp)
-        return resp
+            self.deps.audit_request(call, resp)
 
 
-__all__ = ["SCOPE_ADMIN", "SCOPE_BUSINESS", "SCOPE_METRICS", "SCOPE_OPEN", "Api", "Call", "Route"]
+__all__ = [
+    "SCOPE_ADMIN",
+    "SCOPE_BUSINESS",
+    "SCOPE_METRICS",
+    "SCOPE_OPEN",
+    "Api",
+    "Call",
+    "NowHandler",
+    "Route",
+]

@@ -269,25 +269,11 @@ class Authenticator:
         ``metrics`` runs 1-7 and the metrics role. Unknown, expired and wrong-secret keys
         all answer the same ``TM-AUTH-4011 invalid api key``.
         """
-        if scope not in SCOPES:
-            raise ValueError(f"unknown auth scope {scope!r}")
         now = self._clock.now_ms()
-        kid = normalize_key_id(key_id) if key_id else None
-        if kid is None or not is_presentable_secret(secret):
-            self._fail(
-                E.AUTH_MISSING, "malformed credentials", kid, client_ip, tcp_remote_ip, scope, now
-            )
-        digest = credential_digest(kid, secret)
-        grant = self._cache.lookup(digest, now)
-        if grant is not None:
-            if self._hooks.cache_hit is not None:
-                self._hooks.cache_hit()
-            # Step 5 on the cached snapshot: no store read, no IP-block check, no Argon2.
-            self._check_state(
-                grant.status, grant.expires_at, kid, client_ip, tcp_remote_ip, scope, now
-            )
-            principal = self._hit_principal(digest, grant, client_ip)
-            self._post_checks(principal, grant.allowed, scope)
+        kid, digest, principal = self._from_cache(
+            key_id, secret, client_ip, scope, tcp_remote_ip, now
+        )
+        if principal is not None:
             return principal
 
         if self._hooks.cache_miss is not None:
@@ -320,6 +306,41 @@ class Authenticator:
         principal = self._principal(grant, client_ip)
         self._post_checks(principal, grant.allowed, scope, ip_checked=scope != SCOPE_ADMIN)
         return principal
+
+    def _from_cache(
+        self,
+        key_id: str,
+        secret: str,
+        client_ip: str,
+        scope: str,
+        tcp_remote_ip: str | None,
+        now: int,
+    ) -> tuple[str, bytes, Principal | None]:
+        """Steps 2-7 answered from the validation cache: ``(key id, digest, principal)``.
+
+        The principal is None on a cache miss, and then nothing has been counted or
+        changed yet, so the caller may still take the slow path (Argon2) or hand the
+        request to a task that can. Malformed credentials and a cached key that is
+        disabled, expired or refused fail here as on the slow path.
+        """
+        if scope not in SCOPES:
+            raise ValueError(f"unknown auth scope {scope!r}")
+        kid = normalize_key_id(key_id) if key_id else None
+        if kid is None or not is_presentable_secret(secret):
+            self._fail(
+                E.AUTH_MISSING, "malformed credentials", kid, client_ip, tcp_remote_ip, scope, now
+            )
+        digest = credential_digest(kid, secret)
+        grant = self._cache.lookup(digest, now)
+        if grant is None:
+            return kid, digest, None
+        if self._hooks.cache_hit is not None:
+            self._hooks.cache_hit()
+        # Step 5 on the cached snapshot: no store read, no IP-block check, no Argon2.
+        self._check_state(grant.status, grant.expires_at, kid, client_ip, tcp_remote_ip, scope, now)
+        principal = self._hit_principal(digest, grant, client_ip)
+        self._post_checks(principal, grant.allowed, scope)
+        return kid, digest, principal
 
     def check_rate(self, principal: Principal) -> None:
         """Step 8: one token from the key's bucket or 429 ``TM-SYS-4290`` with rate headers."""
@@ -381,6 +402,43 @@ class Authenticator:
         principal = await self.authenticate(
             creds[0], creds[1], client_ip, scope, tcp_remote_ip=tcp_remote_ip
         )
+        return self._authorize(principal, method, headers, scope, permission)
+
+    def authorize_http_now(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        client_ip: str,
+        scope: str,
+        permission: str | None = None,
+        *,
+        tcp_remote_ip: str | None = None,
+    ) -> Principal | None:
+        """:meth:`authorize_http` without waiting: None when the key is not cached.
+
+        A cache hit runs exactly the checks of :meth:`authorize_http` (and raises the
+        same errors); a miss returns None before counting or changing anything, so the
+        caller then runs :meth:`authorize_http` (Argon2 in a worker thread) instead.
+        """
+        creds = parse_credentials(headers)
+        if creds is None:
+            raise TokMeshError(E.AUTH_MISSING)
+        _, _, principal = self._from_cache(
+            creds[0], creds[1], client_ip, scope, tcp_remote_ip, self._clock.now_ms()
+        )
+        if principal is None:
+            return None
+        return self._authorize(principal, method, headers, scope, permission)
+
+    def _authorize(
+        self,
+        principal: Principal,
+        method: str,
+        headers: Mapping[str, str],
+        scope: str,
+        permission: str | None,
+    ) -> Principal:
+        """Steps 8-10 after authentication: rate limit, role, anti-replay."""
         if scope == SCOPE_METRICS:
             return principal
         self.check_rate(principal)
