@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tokmesh.domain.errors import E
@@ -15,7 +16,8 @@ from tokmesh.storage.cipher import ALG_AES, Cipher, StorageFatalError
 from tokmesh.storage.recovery import Replayer, recover
 from tokmesh.storage.snapshot_files import write_snapshot
 from tokmesh.storage.wal_codec import RecordType, WalRecord, encode_record, split_position
-from tokmesh.storage.wal_files import SegmentWriter, segment_name
+from tokmesh.storage.wal_files import SegmentWriter, WalReadStats, read_wal, segment_name
+from tokmesh.storage.wal_prefetch import decode_tail, parse_tail
 
 from .conftest import HOUR_MS, NOW_MS, MakeSession
 
@@ -312,3 +314,146 @@ def test_replaying_records_already_in_the_snapshot_is_harmless(
     state = recover(dirs[0], dirs[1], aes, NOW_MS)
     assert state.sessions == store.sessions
     assert state.sessions[a.id].version == 3 and state.sessions[a.id].is_deleted
+
+
+# ---- decoding the WAL tail in a worker process (tokmesh.storage.wal_prefetch) ---------
+
+
+def _history_with_snapshot(
+    dirs: tuple[Path, Path], cipher: Cipher, make_session: MakeSession
+) -> ModelStore:
+    """A snapshot, then a tail of every kind of record over several segments: creates,
+    updates, revokes, key puts, an update that expires its session, a CREATE over a
+    tombstone and a record whose decrypted state is malformed."""
+    rng = random.Random(11)
+    store = ModelStore(dirs[0], cipher, max_segment_records=40)
+    live = [store.create(make_session(user_id=f"user-{i % 9}")).id for i in range(30)]
+    store.writer.fsync()
+    write_snapshot(
+        dirs[1], list(store.sessions.values()), [], store.position, "n", cipher, NOW_MS - 10
+    )
+    for step in range(200):
+        op = rng.random()
+        if op < 0.3:
+            live.append(store.create(make_session(user_id=f"user-{step % 9}")).id)
+        elif op < 0.7:
+            store.update(rng.choice(live), last_active=NOW_MS + step, data={"n": str(step)})
+        elif op < 0.85:
+            store.revoke(live.pop(rng.randrange(len(live))))
+        else:
+            store.put_key({"key_id": f"tmak-{step % 4}", "version": step, "s": step})
+    gone = live.pop()
+    store.update(gone, expires_at=NOW_MS - 1)  # acts as a removal at replay
+    del store.sessions[gone]
+    bad = make_session().to_record()
+    bad["token_hash"] = "tmth_" + "zz" * 32  # authenticates, but is not a session state
+    store._log(WalRecord(RecordType.CREATE, NOW_MS, bad["id"], 1, bad))
+    store.writer.close()
+    return store
+
+
+def _same(a: Any, b: Any) -> None:
+    assert a.sessions == b.sessions
+    assert a.api_keys == b.api_keys
+    assert a.wal_position == b.wal_position
+    assert a.warnings == b.warnings
+    for name in ("replayed", "applied", "ignored", "expired_records", "malformed"):
+        assert getattr(a.stats, name) == getattr(b.stats, name), name
+    for name in ("segments_read", "records", "segments_skipped", "bytes_dropped"):
+        assert getattr(a.stats.wal, name) == getattr(b.stats.wal, name), name
+
+
+def test_worker_decoded_tail_gives_the_serial_result(
+    dirs: tuple[Path, Path], cipher: Cipher, make_session: MakeSession
+) -> None:
+    store = _history_with_snapshot(dirs, cipher, make_session)
+    serial = recover(dirs[0], dirs[1], cipher, NOW_MS, parallel_wal=False)
+    parallel = recover(dirs[0], dirs[1], cipher, NOW_MS, parallel_wal=True)
+    assert serial.stats.prefetched == 0
+    assert parallel.stats.prefetched == parallel.stats.replayed == 202
+    _same(parallel, serial)
+    assert parallel.sessions == store.sessions
+    assert parallel.api_keys == store.keys
+    assert parallel.stats.malformed == 1 and parallel.stats.expired_records == 1
+
+
+def test_worker_reports_corruption_like_a_serial_read(
+    dirs: tuple[Path, Path], aes: Cipher, make_session: MakeSession
+) -> None:
+    _history_with_snapshot(dirs, aes, make_session)
+    # a flipped byte in the middle of the second segment and a torn tail in the last one
+    segments = sorted(dirs[0].glob("wal-*.log"))
+    raw = bytearray(segments[1].read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    segments[1].write_bytes(bytes(raw))
+    with segments[-1].open("r+b") as fh:
+        fh.truncate(segments[-1].stat().st_size - 7)
+    serial = recover(dirs[0], dirs[1], aes, NOW_MS, parallel_wal=False)
+    parallel = recover(dirs[0], dirs[1], aes, NOW_MS, parallel_wal=True)
+    assert len(serial.warnings) == 2 and parallel.stats.prefetched > 0
+    _same(parallel, serial)
+
+
+def test_worker_wrong_key_is_fatal(
+    dirs: tuple[Path, Path], aes: Cipher, make_session: MakeSession
+) -> None:
+    _history_with_snapshot(dirs, aes, make_session)
+    # The snapshot decrypts (the same key), but a WAL record after it was written under
+    # another key: the worker's AEAD failure must stop recovery as a serial one does.
+    other = Cipher(os.urandom(32), ALG_AES)
+    writer = SegmentWriter.open(dirs[0])
+    s = make_session()
+    writer.append(encode_record(WalRecord(RecordType.CREATE, 0, s.id, 1, s.to_record()), other), 1)
+    writer.close()
+    for parallel in (False, True):
+        with pytest.raises(StorageFatalError) as info:
+            recover(dirs[0], dirs[1], aes, NOW_MS, parallel_wal=parallel)
+        assert info.value.error is E.SYS_STORAGE
+        assert "cannot decrypt" in info.value.message
+
+
+def test_worker_result_from_a_corrupt_newest_snapshot_is_discarded(
+    dirs: tuple[Path, Path], aes: Cipher, make_session: MakeSession
+) -> None:
+    """The worker starts from the newest snapshot's position before that snapshot is
+    verified; when it fails and an older one is used, the tail is read from there."""
+    store = _history_with_snapshot(dirs, aes, make_session)
+    newer = write_snapshot(
+        dirs[1], list(store.sessions.values())[:3], [], store.position, "n", aes, NOW_MS
+    )
+    raw = bytearray(newer.path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    newer.path.write_bytes(bytes(raw))
+    parallel = recover(dirs[0], dirs[1], aes, NOW_MS, parallel_wal=True)
+    serial = recover(dirs[0], dirs[1], aes, NOW_MS, parallel_wal=False)
+    assert parallel.snapshot is not None and parallel.snapshot.id != newer.id
+    assert parallel.stats.prefetched == 0  # decoded again, from the older position
+    _same(parallel, serial)
+    assert parallel.sessions == store.sessions
+
+
+def test_prefetch_document_round_trip_and_rejection(
+    dirs: tuple[Path, Path], aes: Cipher, make_session: MakeSession
+) -> None:
+    """In-process: what the worker writes parses back to what a serial read yields; a
+    document that does not add up is rejected without touching the caller's counters."""
+    _history_with_snapshot(dirs, aes, make_session)
+    blob = decode_tail(dirs[0], 0, aes)
+    stats = WalReadStats()
+    parsed = parse_tail(blob, stats)
+    serial = list(read_wal(dirs[0], 0, aes))
+    assert [(p, r.type, r.entity_id, r.version) for p, r, _ in parsed] == [
+        (p, r.type, r.entity_id, r.version) for p, r in serial
+    ]
+    for (_, rec, session), (_, want) in zip(parsed, serial, strict=True):
+        if session is not None:
+            assert want.body is not None and session == Session.from_record(want.body)
+        else:
+            assert rec.body == want.body
+    assert stats.records == len(serial)
+    doc = orjson.loads(blob)
+    doc["src"][0] = 2 if doc["src"][0] == 1 else 1
+    untouched = WalReadStats()
+    with pytest.raises((ValueError, TypeError, KeyError, StopIteration)):
+        parse_tail(orjson.dumps(doc), untouched)
+    assert untouched.records == 0 and untouched.warnings == []

@@ -161,14 +161,16 @@ class StorageEngine:
             key = await trio.to_thread.run_sync(load_or_create_key, s.wal_dir, s.encryption_key_hex)
             cipher = self.cipher = Cipher(key)
             log.info("encryption at rest: %s", cipher.alg)
+            # Recovery fills a private state off the event loop, indexes included, and
+            # the live one takes it over in one step: readers of the live state (metrics,
+            # status) never see it half-built or changing under them from another thread.
+            fresh = StoreState()
             recovered = await trio.to_thread.run_sync(
-                recover, s.wal_dir, s.snapshot_dir, cipher, self.clock.now_ms()
+                recover, s.wal_dir, s.snapshot_dir, cipher, self.clock.now_ms(), fresh
             )
-            await self._load(
-                list(recovered.sessions.values()),
-                recovered.api_keys.values(),
-                recovered.wal_position,
-            )
+            self._load_keys(recovered.api_keys.values())
+            self.state.adopt(fresh)
+            self.state.position = recovered.wal_position
         except BaseException:
             if gc_was_enabled:
                 gc.enable()
@@ -251,17 +253,20 @@ class StorageEngine:
         """Wait until :meth:`run` has drained, fsynced and sealed everything."""
         await self._done.wait()
 
+    def _load_keys(self, api_keys: Iterable[dict[str, Any]]) -> None:
+        from tokmesh.domain.apikey import ApiKey
+
+        for rec in api_keys:
+            key = ApiKey.from_record(rec)
+            self.state.keys[key.key_id] = key
+
     async def _load(
         self, records: Sequence[Session], api_keys: Iterable[dict[str, Any]], position: int
     ) -> None:
         """Rebuild the state and its indexes from records, yielding to the loop often."""
-        from tokmesh.domain.apikey import ApiKey
-
         state = self.state
         # Keys first: during a restore, requests must never see sessions without keys.
-        for rec in api_keys:
-            key = ApiKey.from_record(rec)
-            state.keys[key.key_id] = key
+        self._load_keys(api_keys)
         step = 50_000
         for i in range(0, len(records), step):
             state.load(records[i : i + step])

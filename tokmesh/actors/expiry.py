@@ -39,11 +39,14 @@ class ExpiryWheel:
         """The bucket map for a bulk load; call :meth:`bulk_done` afterwards."""
         return self._buckets
 
-    def bulk_done(self) -> None:
-        """Rebuild the heap and the entry count after a bulk load into the buckets."""
-        self._heap = list(self._buckets)
-        heapq.heapify(self._heap)
-        self.entries = sum(len(ids) for ids in self._buckets.values())
+    def bulk_done(self, new_buckets: list[int], added: int) -> None:
+        """Account for a bulk load into the buckets: ``added`` ids, in buckets that include
+        the newly created ``new_buckets``. A load runs once per snapshot chunk, so this is
+        proportional to the chunk, never to the whole wheel."""
+        heap = self._heap
+        for bucket in new_buckets:
+            heapq.heappush(heap, bucket)
+        self.entries += added
 
     def pop_due(self, now_ms: int, limit: int) -> list[str]:
         """Take up to ``limit`` ids whose bucket is entirely in the past."""

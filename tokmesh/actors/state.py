@@ -124,28 +124,37 @@ class StoreState:
             tokens.popitem(last=False)
 
     def load(self, sessions: Iterable[Session], position: int | None = None) -> None:
-        """Bulk-load recovered sessions that are not in the state yet.
+        """Bulk-load records whose ids are not in the state yet (snapshot chunks).
 
-        Start-up path for a million records: one tight loop with local names instead of
-        :meth:`put` per record (same resulting indexes).
+        Start-up path for a million records, called once per snapshot chunk while its
+        records are still hot in the CPU cache: the primary map, token index and sampling
+        array are filled by C loops (``dict.update``/``zip``), the user/device indexes
+        and the expiry wheel by one tight loop (same resulting indexes as :meth:`put`).
+        ``ValueError`` when an id repeats or is already present; the state is then
+        inconsistent and must be :meth:`clear`-ed.
         """
+        records = sessions if isinstance(sessions, list) else list(sessions)
+        ids = [s.id for s in records]
         by_id = self.sessions
-        by_token = self.by_token
+        before = len(by_id)
+        by_id.update(zip(ids, records, strict=True))
+        if len(by_id) != before + len(records):
+            raise ValueError("a session id repeats in the loaded records")
+        self.by_token.update(zip([s.token_hash for s in records], ids, strict=True))
+        self._sample_ids.extend(ids)
         by_user = self.by_user
         by_device = self.by_device
-        sample = self._sample_ids
         buckets = self.wheel.bulk_buckets()
-        for s in sessions:
+        new_buckets: list[int] = []
+        added = 0
+        for s in records:
             sid = s.id
-            by_id[sid] = s
-            by_token[s.token_hash] = sid
-            sample.append(sid)
             if not s.is_deleted:
-                ids = by_user.get(s.user_id)
-                if ids is None:
+                ids_of = by_user.get(s.user_id)
+                if ids_of is None:
                     by_user[s.user_id] = {sid}
                 else:
-                    ids.add(sid)
+                    ids_of.add(sid)
                 if s.device_id:
                     dev = by_device.get(s.device_id)
                     if dev is None:
@@ -154,15 +163,29 @@ class StoreState:
                         dev.add(sid)
             expiry = s.effective_expiry() if s.idle_timeout else s.expires_at
             if expiry:
+                added += 1
                 bucket = -(-expiry // 1000)
-                ids_in = buckets.get(bucket)
-                if ids_in is None:
+                in_bucket = buckets.get(bucket)
+                if in_bucket is None:
                     buckets[bucket] = [sid]
+                    new_buckets.append(bucket)
                 else:
-                    ids_in.append(sid)
-        self.wheel.bulk_done()
+                    in_bucket.append(sid)
+        self.wheel.bulk_done(new_buckets, added)
         if position is not None:
             self.position = position
+
+    def adopt(self, other: StoreState) -> None:
+        """Take over the sessions, indexes and position of ``other`` (built off the event
+        loop at start-up) in one synchronous step; ``other`` must not be used afterwards.
+        API keys and the expired-session memory stay as they are."""
+        self.sessions = other.sessions
+        self.by_token = other.by_token
+        self.by_user = other.by_user
+        self.by_device = other.by_device
+        self.wheel = other.wheel
+        self._sample_ids = other._sample_ids
+        self.position = other.position
 
     def clear(self) -> None:
         """Drop everything (restore replaces the whole state)."""

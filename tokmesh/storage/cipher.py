@@ -95,7 +95,7 @@ class Cipher:
     ``cryptography`` objects hold no per-call state).
     """
 
-    __slots__ = ("_aeads", "alg")
+    __slots__ = ("_aeads", "_key", "alg")
 
     def __init__(self, key: bytes, alg: str | None = None) -> None:
         if len(key) != KEY_BYTES:
@@ -105,10 +105,16 @@ class Cipher:
         if alg not in ALGORITHMS:
             raise ValueError(f"unknown encryption algorithm {alg!r}")
         self.alg = alg
+        self._key = key
         self._aeads: dict[str, AESGCM | ChaCha20Poly1305] = {
             ALG_AES: AESGCM(key),
             ALG_CHACHA: ChaCha20Poly1305(key),
         }
+
+    def secret(self) -> bytes:
+        """The raw key, only to hand to a TokMesh worker process over a private pipe
+        (:mod:`tokmesh.storage.wal_prefetch`); never log or persist it."""
+        return self._key
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """``nonce ‖ ciphertext ‖ tag`` of ``plaintext`` under :attr:`alg`, fresh nonce."""

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -62,16 +62,41 @@ class SnapshotInfo:
 
 @attrs.frozen(slots=True)
 class LoadedSnapshot:
-    """A decoded, verified snapshot.
-
-    ``by_id`` maps every id to its record (the last one, should an id repeat); recovery
-    uses it as its primary map rather than building another from ``sessions``.
-    """
+    """A decoded, verified snapshot (``sessions`` is empty when they went to a sink)."""
 
     info: SnapshotInfo
     sessions: list[Session]
     api_keys: list[dict[str, Any]]
-    by_id: dict[str, Session] = attrs.field(factory=dict, eq=False)
+
+
+class SessionSink(Protocol):
+    """Takes a snapshot's records chunk by chunk as they are decoded (recovery builds its
+    primary map and indexes that way, while each chunk is still hot in the CPU cache)."""
+
+    def load(self, sessions: list[Session]) -> None:
+        """Add records whose ids are new; ``ValueError`` if an id repeats."""
+
+    def clear(self) -> None:
+        """Forget everything loaded (the snapshot turned out corrupt part-way)."""
+
+
+class _Collect:
+    """The default sink: a list, rejecting repeated ids like the store's state does."""
+
+    def __init__(self) -> None:
+        self.sessions: list[Session] = []
+        self._ids: set[str] = set()
+
+    def load(self, sessions: list[Session]) -> None:
+        before = len(self._ids)
+        self._ids.update(s.id for s in sessions)
+        if len(self._ids) != before + len(sessions):
+            raise ValueError("a session id repeats in the snapshot")
+        self.sessions.extend(sessions)
+
+    def clear(self) -> None:
+        self.sessions.clear()
+        self._ids.clear()
 
 
 def snapshot_timestamp_ms(name: str) -> int | None:
@@ -210,20 +235,23 @@ def write_snapshot(
     return info
 
 
-def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
+def read_snapshot(path: Path, cipher: Cipher, into: SessionSink | None = None) -> LoadedSnapshot:
     """Load and verify one snapshot file.
 
-    :class:`SnapshotCorrupt` on checksum/magic/truncation/malformed content (callers fall
-    back to an older file); :class:`StorageFatalError` on an AEAD failure or a plaintext
-    snapshot (never a silent empty load).
+    :class:`SnapshotCorrupt` on checksum/magic/truncation/malformed content, a repeated
+    session id included (callers fall back to an older file); :class:`StorageFatalError`
+    on an AEAD failure or a plaintext snapshot (never a silent empty load). With ``into``,
+    each chunk's records go to ``into.load`` as soon as they are decoded and the result's
+    ``sessions`` is empty; on an error part-way, what ``into`` received is not cleared
+    here (:func:`load_newest_valid` does it).
     """
     path = Path(path)
     try:
         buf = path.read_bytes()
     except OSError as exc:
         raise SnapshotCorrupt(f"cannot read snapshot: {exc.strerror or exc}") from None
-    sessions: list[Session] = []
-    by_id: dict[str, Session] = {}
+    collect = _Collect()
+    sink: SessionSink = collect if into is None else into
     try:
         header, chunks, keys, checksum = iter_snapshot(buf, cipher)
         if header.fields and header.fields != ROW_FIELDS:
@@ -231,16 +259,12 @@ def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
         if header.layout == LAYOUT_COLUMNS:
             decoder = ColumnDecoder()
             for chunk in chunks:
-                ids, records = decoder.decode(chunk)
-                sessions.extend(records)
-                by_id.update(zip(ids, records, strict=True))
+                sink.load(decoder.decode(chunk)[1])
         else:
             # Snapshots written before the column layout: rows, or record objects.
             decode = Session.from_row if header.fields else Session.from_record
             for chunk in chunks:
-                records = [decode(r) for r in chunk]  # type: ignore[arg-type]
-                sessions.extend(records)
-                by_id.update((s.id, s) for s in records)
+                sink.load([decode(r) for r in chunk])  # type: ignore[arg-type]
     except DecryptError as exc:
         raise StorageFatalError(
             f"snapshot {path.name}: cannot decrypt: {exc}", {"snapshot": path.name}
@@ -260,7 +284,7 @@ def read_snapshot(path: Path, cipher: Cipher) -> LoadedSnapshot:
         checksum=checksum.hex(),
         node_id=header.node_id,
     )
-    return LoadedSnapshot(info, sessions, keys, by_id)
+    return LoadedSnapshot(info, collect.sessions, keys)
 
 
 def peek_snapshot_info(path: Path) -> SnapshotInfo:
@@ -311,19 +335,25 @@ def clean_temp_files(snapshot_dir: Path) -> list[str]:
     return removed
 
 
-def load_newest_valid(snapshot_dir: Path, cipher: Cipher) -> LoadedSnapshot | None:
+def load_newest_valid(
+    snapshot_dir: Path, cipher: Cipher, into: SessionSink | None = None
+) -> LoadedSnapshot | None:
     """The newest snapshot that verifies, falling back to older ones (01 §9.6).
 
     Corrupt files are skipped with a WARN; :class:`StorageFatalError` (wrong key,
     plaintext file) stops the search. ``None`` when there is no valid snapshot (an ERROR
     is logged when some existed but none was valid). Stale temp files are removed first.
+    With ``into`` the records go there (see :func:`read_snapshot`); it is cleared before
+    each fallback, so it ends up holding exactly the snapshot returned.
     """
     clean_temp_files(snapshot_dir)
     paths = list_snapshots(snapshot_dir)
     for path in paths:
         try:
-            loaded = read_snapshot(path, cipher)
+            loaded = read_snapshot(path, cipher, into)
         except SnapshotCorrupt as exc:
+            if into is not None:
+                into.clear()
             _log.warning("snapshot %s is not usable (%s); trying an older one", path.name, exc)
             continue
         _log.info(

@@ -83,6 +83,21 @@ def wal_size_bytes(wal_dir: Path) -> int:
     return total
 
 
+def wal_bytes_after(wal_dir: Path, position: int) -> int:
+    """Bytes of segment files from ``position`` on: what a replay from there reads."""
+    start_seg, start_off = split_position(position)
+    total = 0
+    for seg_id, path in list_segments(wal_dir):
+        if seg_id < start_seg:
+            continue
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        total += max(size - start_off, 0) if seg_id == start_seg else size
+    return total
+
+
 def is_sealed(buf: bytes) -> bool:
     """A segment is sealed iff its last 32 bytes equal the SHA-256 of the rest (01 §8.1)."""
     if len(buf) < MAGIC_LEN + TRAILER_LEN:
@@ -409,10 +424,13 @@ class WalReadStats:
     segments_skipped: int = 0
     bytes_dropped: int = 0
     warnings: list[str] = attrs.Factory(list)
+    #: keep warnings without logging them (a worker process hands them to its parent)
+    quiet: bool = False
 
     def warn(self, message: str) -> None:
         """Log ``message`` as a WARN and keep it."""
-        _log.warning("%s", message)
+        if not self.quiet:
+            _log.warning("%s", message)
         self.warnings.append(message)
 
 
