@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -236,3 +237,18 @@ def test_resource_gauges() -> None:
 def test_no_created_series() -> None:
     text, _, _ = scrape()
     assert "_created" not in text
+
+
+def test_plain_histogram_exposition_matches_prometheus_histogram() -> None:
+    # The lock-free request histogram must expose exactly what prometheus_client's
+    # Histogram would for the same observations (bucket edges included).
+    values = [0.0, 0.001, 0.0010001, 0.004, 0.5, 0.75, 1.0, 3.0, 0.02]
+    ref_registry = CollectorRegistry()
+    ref = Histogram("h_seconds", "doc", ["a"], buckets=m.API_BUCKETS, registry=ref_registry)
+    plain_registry = CollectorRegistry()
+    plain = m.PlainHistogramFamily("h_seconds", "doc", ["a"], m.API_BUCKETS)
+    plain_registry.register(plain)
+    for v in values:
+        ref.labels("x").observe(v)
+        plain.observe(plain.child("x"), v)
+    assert generate_latest(plain_registry) == generate_latest(ref_registry)

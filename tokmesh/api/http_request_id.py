@@ -17,9 +17,10 @@ _HEADER = b"x-request-id"
 
 
 # Random bytes are drawn from the OS in blocks (one getrandom call per 256 ids instead of
-# one per request); every id still gets 12 fresh bytes of its own.
+# one per request) and encoded in one go; every id still gets 12 fresh bytes (16
+# URL-safe characters) of its own.
 _BLOCK_IDS = 256
-_pool = b""
+_pool = ""
 _pool_pos = 0
 
 
@@ -28,10 +29,10 @@ def new_request_id() -> str:
     global _pool, _pool_pos
     pos = _pool_pos
     if pos >= len(_pool):
-        _pool = secrets.token_bytes(12 * _BLOCK_IDS)
+        _pool = base64.urlsafe_b64encode(secrets.token_bytes(12 * _BLOCK_IDS)).decode("ascii")
         pos = 0
-    _pool_pos = pos + 12
-    return "req-" + base64.urlsafe_b64encode(_pool[pos : pos + 12]).decode("ascii")
+    _pool_pos = pos + 16
+    return "req-" + _pool[pos : pos + 16]
 
 
 def client_request_id(value: bytes | None) -> str | None:

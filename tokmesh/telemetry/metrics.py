@@ -10,8 +10,9 @@ Cost on the hot path (measured on the 2-core reference box, CPython 3.11):
   (``SESSION_CREATE.inc()``): one uncontended lock, ~0.6 µs. Use these.
 * The validation counters are :class:`PlainCounter` series (``value += 1``, ~0.05 µs):
   validation runs once per request and its budget is a few microseconds.
-* ``Histogram.observe()`` on an unlabeled histogram or bound child: ~0.9 µs;
-  :func:`observe_api_request` (cached child lookup + observe): ~1.6 µs.
+* ``Histogram.observe()`` on an unlabeled histogram or bound child: ~0.9 µs. The
+  per-request duration histogram is a :class:`PlainHistogramFamily` instead, and
+  :func:`observe_api_request` (cached series lookup + observe) costs ~0.4 µs.
 * ``metric.labels(...).inc()``: builds a key and takes the parent lock, ~1.4 µs and more
   with more labels. Avoid it per request: use the pre-bound children below or
   :func:`observe_api_request` / :func:`observe_service_request`, which cache children per
@@ -34,13 +35,20 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "CONTENT_TYPE",
@@ -83,13 +91,6 @@ SESSIONS_ACTIVE: Final = Gauge(
 )
 SESSION_CREATE: Final = Counter(
     "tokmesh_session_create_total", "Sessions created.", registry=REGISTRY
-)
-API_REQUEST_DURATION: Final = Histogram(
-    "tokmesh_api_request_duration_seconds",
-    "Request duration for HTTP (path = route template) and RESP (path = command name).",
-    ["method", "path", "status"],
-    buckets=API_BUCKETS,
-    registry=REGISTRY,
 )
 CLUSTER_NODES: Final = Gauge(
     "tokmesh_cluster_nodes_total",
@@ -258,6 +259,75 @@ class PlainCounterFamily(Collector):
         yield family
 
 
+class PlainHistogram:
+    """One histogram series without a lock (see :class:`PlainCounter` for the rules).
+
+    ``counts[i]`` counts observations in bucket ``i`` alone (not cumulative; the last
+    slot is ``+Inf``); the scrape accumulates them.
+    """
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.sum = 0.0
+
+
+class PlainHistogramFamily(Collector):
+    """A labeled histogram of :class:`PlainHistogram` series: ~0.3 µs per observation
+    instead of ~1.6 µs, for the per-request duration histogram. Trio thread only."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Iterable[str], buckets: Iterable[float]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.bounds = tuple(sorted(buckets))
+        les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self._les = [*les, "+Inf"]
+        self.children: dict[tuple[str, ...], PlainHistogram] = {}
+
+    def child(self, *labels: str) -> PlainHistogram:
+        """The series of ``labels`` (created on first use)."""
+        series = self.children.get(labels)
+        if series is None:
+            series = self.children[labels] = PlainHistogram(len(self.bounds))
+        return series
+
+    def observe(self, series: PlainHistogram, value: float) -> None:
+        """Record ``value`` in ``series`` (Prometheus ``le`` buckets: bound ≥ value)."""
+        series.counts[bisect_left(self.bounds, value)] += 1
+        series.sum += value
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+
+    def describe(self) -> Iterable[Metric]:
+        """The family, without samples (registry name-clash checks)."""
+        yield self._family()
+
+    def collect(self) -> Iterable[Metric]:
+        """Cumulative buckets, count and sum per series."""
+        family = self._family()
+        for labels, series in list(self.children.items()):
+            total = 0
+            buckets = []
+            for le, n in zip(self._les, series.counts, strict=True):
+                total += n
+                buckets.append((le, float(total)))
+            family.add_metric(list(labels), buckets, series.sum)
+        yield family
+
+
+API_REQUEST_DURATION: Final = PlainHistogramFamily(
+    "tokmesh_api_request_duration_seconds",
+    "Request duration for HTTP (path = route template) and RESP (path = command name).",
+    ["method", "path", "status"],
+    API_BUCKETS,
+)
+REGISTRY.register(API_REQUEST_DURATION)
+
 TOKEN_VALIDATE_CALLS: Final = PlainCounterFamily(
     "tokmesh_token_validate_calls_total",
     "Token validations by result (valid|invalid|error).",
@@ -276,17 +346,17 @@ AUDIT_DROPPED_QUEUE_FULL: Final = AUDIT_DROPPED.labels(reason="queue_full")
 AUDIT_DROPPED_WRITE_ERROR: Final = AUDIT_DROPPED.labels(reason="write_error")
 AUDIT_DROPPED_CLOSED: Final = AUDIT_DROPPED.labels(reason="closed")
 
-_api_children: dict[tuple[str, str, str], Histogram] = {}
+_api_children: dict[tuple[str, str, int], PlainHistogram] = {}
 _service_children: dict[tuple[str, str], tuple[Histogram, dict[str, Counter]]] = {}
 
 
-def observe_api_request(method: str, path: str, status: int | str, seconds: float) -> None:
+def observe_api_request(method: str, path: str, status: int, seconds: float) -> None:
     """Record one HTTP/RESP request (``path``: route template or RESP command name)."""
-    key = (method, path, str(status))
-    child = _api_children.get(key)
-    if child is None:
-        child = _api_children[key] = API_REQUEST_DURATION.labels(*key)
-    child.observe(seconds)
+    key = (method, path, status)
+    series = _api_children.get(key)
+    if series is None:
+        series = _api_children[key] = API_REQUEST_DURATION.child(method, path, str(status))
+    API_REQUEST_DURATION.observe(series, seconds)
 
 
 def observe_service_request(service: str, method: str, status: str, seconds: float) -> None:
