@@ -324,3 +324,38 @@ async def test_header_injection_from_handler_becomes_500(start_server: Any, conn
     assert resp.status == 500
     assert resp.json()["code"] == "TM-SYS-5000"
     assert resp.header("Set-Cookie") is None
+
+
+async def test_repeated_heads_with_new_bodies_are_each_answered_from_their_own_bytes(
+    start_server: Any, connect: Any, recording_app: Any
+) -> None:
+    # A gateway repeats the same head with a new fixed-length token: the reused parse
+    # (HttpConnection.feed) must still give each request its own body and fields.
+    control = await start_server(recording_app)
+    client = await connect(control)
+    head = b"POST /tokens/validate?x=1 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k:s\r\n"
+    for i in range(5):
+        body = b'{"token":"tok-%04d"}' % i
+        await client.send(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        doc = (await client.response()).json()
+        assert doc["body"] == body.decode()
+        assert (doc["method"], doc["path"], doc["query"]) == ("POST", "/tokens/validate", "x=1")
+    # One byte different in the head, a different method, a body split over two reads,
+    # then two requests in one read: all parsed afresh and answered in order.
+    body = b'{"token":"tok-9999"}'
+    await client.send(
+        head.replace(b"k:s", b"k:t") + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    assert (await client.response()).json()["body"] == body.decode()
+    await client.send(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+    await trio.sleep(0.05)
+    await client.send(body[5:])
+    assert (await client.response()).json()["body"] == body.decode()
+    one = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    await client.send(one + GET % b"/after")
+    first, second = await client.responses(2)
+    assert first.json()["body"] == body.decode()
+    assert second.json()["path"] == "/after"
+    await client.send(one)
+    assert (await client.response()).json()["method"] == "POST"
+    await client.aclose()
