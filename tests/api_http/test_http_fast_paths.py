@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from functools import partial
 
+import pytest
 import trio
 
+from tokmesh.api import http_mux
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_request_id import new_request_id
 from tokmesh.api.http_server import serve_http
@@ -141,3 +143,18 @@ def test_generated_request_ids_are_well_formed_and_unique() -> None:
     ids = [new_request_id() for _ in range(5000)]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"req-[A-Za-z0-9_-]{16}", rid) for rid in ids)
+
+
+async def test_mux_serves_more_ready_connections_than_one_batch(
+    nursery: trio.Nursery, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_mux, "MAX_BATCH", 3)  # 20 ready connections: 7 wake-ups
+    front = MuxFront(CountingApp())
+    control = await nursery.start(partial(serve_http, front))
+    clients = [await connect(control) for _ in range(20)]
+    for i, client in enumerate(clients):
+        await client.send(f"GET /n{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    for i, client in enumerate(clients):
+        assert (await client.response()).body == f"/n{i}".encode()
+        await client.aclose()
+    assert front.now_calls == 20

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("tokmesh.api.http")
 
+MAX_BATCH = 256
+
 NowApp = Callable[[HttpRequest], "HttpResponse | None"]
 """``app.now``: the answer to a request without waiting, or None when it must wait."""
 
@@ -115,7 +117,10 @@ class HttpMux:
             wait_readable = trio.lowlevel.wait_readable
             while True:
                 await wait_readable(efd)
-                for fd, _events in poll(0):
+                # At most MAX_BATCH connections per wake-up, so that thousands of busy
+                # connections cannot keep the other tasks (store actors, WAL acks) waiting
+                # for long; the rest stay readable and come in the next batch.
+                for fd, _events in poll(0, MAX_BATCH):
                     conn = conns.get(fd)
                     if conn is None:
                         continue  # handed back earlier in this batch
