@@ -122,7 +122,10 @@ def main() -> None:
         return
     if args and args[0] == "once":
         elapsed, rss, count = trio.run(start_once, Path(args[1]))
-        print(f"cold start {elapsed:.2f} s; {count:,} sessions; RSS +{rss:,.0f} MB")
+        print(
+            f"cold start to ready (fresh process): {elapsed:.2f} s; {count:,} sessions; "
+            f"RSS +{rss:,.0f} MB"
+        )
         return
     n = int(args[0]) if args else 1_000_000
     w = int(args[1]) if len(args) > 1 else 100_000

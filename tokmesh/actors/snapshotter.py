@@ -8,7 +8,9 @@ snapshot is in flight at a time; concurrent triggers join it.
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -17,6 +19,7 @@ import trio
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.session import Session
 from tokmesh.storage import snapshot_files, wal_files
 from tokmesh.storage.cipher import Cipher
 from tokmesh.storage.snapshot_files import SnapshotInfo
@@ -41,6 +44,21 @@ class CompactionResult:
 
     removed_segments: list[str]
     freed_bytes: int
+
+
+def frozen_view(sessions: Iterable[Session]) -> list[Session]:
+    """A list of the records, kept out of the cyclic GC's collections.
+
+    While the snapshot thread encodes, every collection that includes this list walks
+    all of its million references (~30-45 ms with the GIL held, measured as the longest
+    event-loop stall of a snapshot). Young garbage is collected first, so the freeze only
+    moves survivors and the view to the permanent generation, as the engine's periodic
+    freeze does; the list is still freed by reference counting once the snapshot is done.
+    """
+    gc.collect(1)
+    view = list(sessions)
+    gc.freeze()
+    return view
 
 
 class Snapshotter:
@@ -109,7 +127,7 @@ class Snapshotter:
         state = self.store.state
         # One synchronous step: records are immutable, so a list of references plus the
         # committed WAL position is a consistent view (01 §9.2).
-        sessions = list(state.sessions.values())
+        sessions = frozen_view(state.sessions.values())
         keys = [k.to_record() for k in state.keys.values()]
         position = state.position
         now = self.clock.now_ms()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -251,6 +252,8 @@ def _key_version(body: dict[str, Any]) -> int:
 #: Smallest WAL tail (bytes after the snapshot's position) decoded by a worker process:
 #: below it (~10,000 records) starting the worker costs more than it saves.
 PARALLEL_WAL_MIN_BYTES = 8 << 20
+#: Rough size of one WAL record (a full encrypted session state in Base64 and JSON).
+_WAL_RECORD_BYTES = 700
 
 
 def recover(
@@ -313,11 +316,20 @@ def _start_prefetch(
     if not paths:
         return None  # nothing to overlap with: a serial replay is as fast
     try:
-        position = peek_snapshot_info(paths[0]).wal_last_offset
+        newest = peek_snapshot_info(paths[0])
     except (SnapshotCorrupt, StorageFatalError):
         return None
-    if parallel is None and wal_bytes_after(wal_dir, position) < PARALLEL_WAL_MIN_BYTES:
-        return None
+    position = newest.wal_last_offset
+    if parallel is None:
+        tail = wal_bytes_after(wal_dir, position)
+        # The worker only pays off while the snapshot load hides it: per record it saves
+        # the main process ~13 µs of decoding but costs ~1.5 µs of parsing, plus ~0.3 s to
+        # start. With a tail much longer than the snapshot (est. records > half its
+        # sessions) the main process would mostly wait, and a serial replay is faster.
+        if tail < PARALLEL_WAL_MIN_BYTES or tail / _WAL_RECORD_BYTES > newest.session_count / 2:
+            return None
+    if not sys.executable:
+        return None  # embedded interpreter: no python to start
     try:
         return WalPrefetch(wal_dir, position, cipher)
     except OSError as exc:

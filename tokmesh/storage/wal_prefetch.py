@@ -187,6 +187,10 @@ class WalPrefetch:
         assert stdout is not None
         try:
             blob = stdout.read()
+        except OSError as exc:
+            _log.warning("WAL prefetch worker unreadable (%s); decoding serially", exc)
+            self.cancel()
+            return None
         finally:
             stdout.close()
         code = self._proc.wait()
