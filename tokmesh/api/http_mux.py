@@ -7,8 +7,9 @@ is what makes the queue, and the P99, long. Here idle connections sit in a priva
 ``select.epoll`` whose own descriptor Trio watches: one wake-up of the mux task reads
 every connection that became readable, answers the requests that need no waiting
 (``NativeFront.now``: ``POST /tokens/validate`` with a cached API key, session reads,
-health, 404/405) and writes each connection's answers with one ``write``. Same design
-as the RESP mux (:mod:`tokmesh.resp.mux`); measured with ``bench/http_validate.py``.
+health, 404/405) and, once the whole batch is read, writes each connection's answers
+with one ``write``. Same design as the RESP mux (:mod:`tokmesh.resp.mux`); measured
+with ``bench/http_validate.py``.
 
 Division of work:
 
@@ -72,6 +73,7 @@ class HttpMux:
         self._read_size = read_size
         self._epoll = select.epoll()
         self._conns: dict[int, HttpConnection] = {}
+        self._ready: list[tuple[int, HttpConnection]] = []
 
     # -- the connection's task ------------------------------------------------------------
 
@@ -120,6 +122,7 @@ class HttpMux:
                 # At most MAX_BATCH connections per wake-up, so that thousands of busy
                 # connections cannot keep the other tasks (store actors, WAL acks) waiting
                 # for long; the rest stay readable and come in the next batch.
+                ready = self._ready
                 for fd, _events in poll(0, MAX_BATCH):
                     conn = conns.get(fd)
                     if conn is None:
@@ -131,11 +134,14 @@ class HttpMux:
                         LOGGER.exception("HTTP connection failed")
                         if fd in conns:
                             self._hand_over(fd, conn, self.HAND_BROKEN)
+                if ready:
+                    self._answer_ready(ready)
         finally:
             self._epoll.close()
 
     def _on_readable(self, fd: int, conn: HttpConnection) -> None:
-        """Read once, answer what needs no waiting, write once; else hand back."""
+        """Read once and answer what needs no waiting (written after the batch); else
+        hand the connection back."""
         if conn.scope.cancel_called:
             # Timed out or drained: its task is about to see the cancellation.
             self._unregister(fd)
@@ -176,10 +182,28 @@ class HttpMux:
         if conn.error is not None or conn.stop_parsing or conn.must_close or conn.continue_pending:
             self._hand_over(fd, conn, self.HAND_WORK)
             return
-        if not self._write(fd, conn, None):
-            return
-        if not conn.arm_read(conn.now):
-            self._hand_over(fd, conn, self.HAND_EOF)
+        self._ready.append((fd, conn))  # written after the batch (_answer_ready)
+
+    def _answer_ready(self, ready: list[tuple[int, HttpConnection]]) -> None:
+        """Write the answers of the batch, one ``write`` per connection, back to back.
+
+        Writing after the whole batch rather than after each read lets a client thread
+        that serves many connections wake once and find many answers, instead of being
+        woken (a cross-CPU wake-up) for every single one: on the shared two cores that
+        halved the load generator's CPU per request in ``bench/http_validate.py``.
+        """
+        conns = self._conns
+        for fd, conn in ready:
+            if conns.get(fd) is not conn:
+                continue
+            try:
+                if self._write(fd, conn, None) and not conn.arm_read(conn.now):
+                    self._hand_over(fd, conn, self.HAND_EOF)
+            except Exception:
+                LOGGER.exception("HTTP connection failed")
+                if fd in conns:
+                    self._hand_over(fd, conn, self.HAND_BROKEN)
+        ready.clear()
 
     def _write(self, fd: int, conn: HttpConnection, then: int | None) -> bool:
         """Write ``conn.out`` once; True when it all went and ``then`` is None.
