@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from tokmesh.domain.session import ROW_FIELDS, Session
 from tokmesh.storage.cipher import Cipher
+from tokmesh.storage.recovery import PlainTable
 from tokmesh.storage.session_columns import ColumnDecoder, encode_columns
 from tokmesh.storage.snapshot_codec import (
+    CHUNK_RECORDS,
     LAYOUT_COLUMNS,
     SnapshotCorrupt,
     encode_chunk,
@@ -200,3 +202,44 @@ def test_column_chunk_count_must_match_header(
     _write_raw(path, _header(cipher, 3, fields=ROW_FIELDS, layout=LAYOUT_COLUMNS), [chunk], cipher)
     with pytest.raises(SnapshotCorrupt, match="count"):
         read_snapshot(path, cipher)
+
+
+def test_repeated_id_is_corruption_and_the_sink_is_cleared(
+    tmp_path: Path, make_session: MakeSession, cipher: Cipher
+) -> None:
+    """A snapshot listing one id twice cannot come from a consistent view: it is corrupt,
+    and what its first chunks put into the recovery table is dropped before the older
+    snapshot loads."""
+    old = make_session()
+    write_snapshot(tmp_path, [old], [], 3, "tmnd-test", cipher, NOW_MS - 5000)
+    a = make_session()
+    many = [make_session() for _ in range(CHUNK_RECORDS)] + [a, a]  # the repeat is in chunk 2
+    bad = write_snapshot(tmp_path, many, [], 4, "tmnd-test", cipher, NOW_MS)
+    with pytest.raises(SnapshotCorrupt, match="malformed"):
+        read_snapshot(bad.path, cipher)
+    table = PlainTable()
+    loaded = load_newest_valid(tmp_path, cipher, into=table)
+    assert loaded is not None and loaded.info.wal_last_offset == 3
+    assert table.sessions == {old.id: old}
+
+
+def test_flipped_bit_in_a_chunk_is_a_checksum_failure_not_a_wrong_key(
+    tmp_path: Path, make_session: MakeSession, cipher: Cipher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checksum is computed beside the decoding; a damaged chunk fails its AEAD tag
+    first, yet the snapshot must count as corrupt (fall back), never as undecryptable
+    (fatal), exactly as when the checksum was compared before decoding."""
+    old = make_session()
+    write_snapshot(tmp_path, [old], [], 3, "tmnd-test", cipher, NOW_MS - 5000)
+    newer = write_snapshot(
+        tmp_path, [make_session() for _ in range(CHUNK_RECORDS + 10)], [], 4, "n", cipher, NOW_MS
+    )
+    raw = bytearray(newer.path.read_bytes())
+    raw[int(len(raw) * 0.75)] ^= 0x04  # inside the first chunk's ciphertext
+    newer.path.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotCorrupt, match="checksum mismatch"):
+        read_snapshot(newer.path, cipher)
+    with caplog.at_level("WARNING", logger="tokmesh.storage"):
+        loaded = load_newest_valid(tmp_path, cipher)
+    assert loaded is not None and loaded.sessions == [old]
+    assert "checksum mismatch" in caplog.text

@@ -37,7 +37,7 @@ from tokmesh.storage.snapshot_files import (
 )
 from tokmesh.storage.wal_codec import RecordType, WalRecord, split_position
 from tokmesh.storage.wal_files import WalReadStats, wal_bytes_after
-from tokmesh.storage.wal_prefetch import WalPrefetch, iter_serial, parse_tail
+from tokmesh.storage.wal_prefetch import DecodedRecord, WalPrefetch, iter_serial, parse_tail
 
 _log = logging.getLogger("tokmesh.storage")
 
@@ -179,37 +179,55 @@ class Replayer:
         ``session`` is the record's state when it was already decoded (by the prefetch
         worker); ``rec.body`` is then not read.
         """
+        return self.apply_parts(rec.type, rec.entity_id, rec.version, rec.body, session)
+
+    def apply_parts(
+        self,
+        rtype: RecordType,
+        eid: str,
+        version: int,
+        body: dict[str, Any] | None,
+        session: Session | None = None,
+    ) -> bool:
+        """:meth:`apply` for a record given as its parts (no ``WalRecord`` built)."""
         self.stats.replayed += 1
-        changed = self._apply(rec, session)
+        if rtype == RecordType.KEY_PUT:
+            changed = self._key_put(eid, version, body)
+        else:
+            changed = self._apply(rtype, eid, version, body, session)
         if changed:
             self.stats.applied += 1
         else:
             self.stats.ignored += 1
         return changed
 
-    def _apply(self, rec: WalRecord, session: Session | None) -> bool:
-        if rec.type == RecordType.KEY_PUT:
-            return self._key_put(rec)
-        sid = rec.entity_id
+    def _apply(
+        self,
+        rtype: RecordType,
+        sid: str,
+        version: int,
+        body: dict[str, Any] | None,
+        session: Session | None,
+    ) -> bool:
         table = self.table
         stored = table.sessions.get(sid)
-        if rec.type == RecordType.DELETE:
+        if rtype == RecordType.DELETE:
             if stored is None or stored.is_deleted:
                 return False
             table.put(stored.evolve(is_deleted=True, version=stored.version + 1))
             return True
-        if rec.type == RecordType.CREATE:
-            eligible = stored is None or stored.is_deleted or rec.version >= stored.version
+        if rtype == RecordType.CREATE:
+            eligible = stored is None or stored.is_deleted or version >= stored.version
         elif stored is None:
             eligible = True
         else:
-            eligible = not stored.is_deleted and rec.version >= stored.version
+            eligible = not stored.is_deleted and version >= stored.version
         if not eligible:
             return False
         if session is None:
-            assert rec.body is not None  # the codec guarantees a body for CREATE/UPDATE
+            assert body is not None  # the codec guarantees a body for CREATE/UPDATE
             try:
-                session = Session.from_record(rec.body)
+                session = Session.from_record(body)
             except (KeyError, ValueError, TypeError) as exc:
                 self.stats.malformed += 1
                 self.stats.wal.warn(
@@ -223,25 +241,63 @@ class Replayer:
         table.put(session)
         return True
 
-    def _key_put(self, rec: WalRecord) -> bool:
-        kid = rec.entity_id
+    def _key_put(self, kid: str, version: int, body: dict[str, Any] | None) -> bool:
         stored = self._key_versions.get(kid)
-        if stored is not None and rec.version < stored:
+        if stored is not None and version < stored:
             return False
-        assert rec.body is not None
-        self.api_keys[kid] = rec.body
-        self._key_versions[kid] = rec.version
+        assert body is not None
+        self.api_keys[kid] = body
+        self._key_versions[kid] = version
         return True
 
-    def drop_expired(self) -> int:
-        """Remove expired sessions and tombstones past their ``expires_at``; returns the count."""
+    def drop_expired(self, candidates: Iterable[str] | None = None) -> int:
+        """Remove expired sessions and tombstones past their ``expires_at``; returns the count.
+
+        ``candidates`` limits the look to those ids (see :class:`_ExpiredInSnapshot`); by
+        default every session is looked at.
+        """
         now = self.now_ms
-        dead = [sid for sid, s in self.sessions.items() if s.expires_at != 0 and now > s.expires_at]
+        sessions = self.sessions
+        if candidates is None:
+            dead = [sid for sid, s in sessions.items() if s.expires_at != 0 and now > s.expires_at]
+        else:
+            dead = []
+            for sid in candidates:
+                s = sessions.get(sid)
+                if s is not None and s.expires_at != 0 and now > s.expires_at:
+                    dead.append(sid)
         remove = self.table.remove
         for sid in dead:
             remove(sid)
         self.stats.dropped_expired += len(dead)
         return len(dead)
+
+
+class _ExpiredInSnapshot:
+    """A snapshot sink that passes the records on to the table and notes the ids already
+    expired, while each chunk is in the CPU cache.
+
+    After the replay only those ids can be expired: a record the replay put was live at
+    replay time (an expired one removes its id), and a tombstone keeps the expiry of the
+    record it replaces. So :meth:`Replayer.drop_expired` looks at them instead of at a
+    million records again.
+    """
+
+    __slots__ = ("ids", "now_ms", "table")
+
+    def __init__(self, table: SessionTable, now_ms: int) -> None:
+        self.table = table
+        self.now_ms = now_ms
+        self.ids: list[str] = []
+
+    def load(self, sessions: list[Session]) -> None:
+        self.table.load(sessions)
+        now = self.now_ms
+        self.ids.extend([s.id for s in sessions if s.expires_at != 0 and now > s.expires_at])
+
+    def clear(self) -> None:
+        self.table.clear()
+        self.ids.clear()
 
 
 def _key_version(body: dict[str, Any]) -> int:
@@ -347,8 +403,9 @@ def _recover(
 ) -> RecoveredState:
     started = time.perf_counter()
     prefetch = _start_prefetch(wal_dir, snapshot_dir, cipher, parallel_wal)
+    sink = _ExpiredInSnapshot(table, now_ms)
     try:
-        loaded = load_newest_valid(snapshot_dir, cipher, into=table)
+        loaded = load_newest_valid(snapshot_dir, cipher, into=sink)
     except BaseException:
         if prefetch is not None:
             prefetch.cancel()
@@ -372,7 +429,7 @@ def _recover(
     stats.snapshot_keys = len(api_keys)
     for message in pre_warnings:
         stats.wal.warn(message)
-    records: Iterable[tuple[int, WalRecord, Session | None]] | None = None
+    records: Iterable[DecodedRecord] | None = None
     if prefetch is not None:
         if prefetch.position == position:
             records = _prefetched(prefetch, stats.wal)
@@ -381,11 +438,11 @@ def _recover(
             prefetch.cancel()  # decoded from a snapshot that did not verify
     if records is None:
         records = iter_serial(wal_dir, position, cipher, stats.wal)
-    apply = replayer.apply
-    for pos, rec, session in records:
-        apply(rec, session)
+    apply = replayer.apply_parts
+    for pos, rtype, eid, version, state, session in records:
+        apply(rtype, eid, version, state, session)
         position = pos
-    replayer.drop_expired()
+    replayer.drop_expired(sink.ids)
     stats.duration_ms = (time.perf_counter() - started) * 1000.0
     seg, off = split_position(position)
     _log.info(
@@ -411,9 +468,7 @@ def _recover(
     )
 
 
-def _prefetched(
-    prefetch: WalPrefetch, stats: WalReadStats
-) -> list[tuple[int, WalRecord, Session | None]] | None:
+def _prefetched(prefetch: WalPrefetch, stats: WalReadStats) -> list[DecodedRecord] | None:
     blob = prefetch.result()
     if blob is None:
         return None

@@ -229,15 +229,27 @@ def _parse_header(raw: bytes) -> SnapshotHeader:
     )
 
 
-def verify_trailer(buf: bytes) -> bytes:
-    """The checksum of a complete snapshot buffer; :class:`SnapshotCorrupt` if the magic is
-    wrong, the file is too short or the SHA-256 trailer does not match."""
+def check_frame(buf: bytes) -> bytes:
+    """The stored SHA-256 trailer of a complete snapshot buffer, not yet compared with
+    the content; :class:`SnapshotCorrupt` if the magic is wrong or the file too short."""
     if len(buf) < len(MAGIC) + 4 + TRAILER_LEN:
         raise SnapshotCorrupt("snapshot truncated")
     if buf[: len(MAGIC)] != MAGIC:
         raise SnapshotCorrupt("bad snapshot magic")
-    trailer = buf[-TRAILER_LEN:]
-    if hashlib.sha256(memoryview(buf)[:-TRAILER_LEN]).digest() != trailer:
+    return buf[-TRAILER_LEN:]
+
+
+def trailer_matches(buf: bytes) -> bool:
+    """True when the last 32 bytes are the SHA-256 of the rest (hashlib releases the GIL
+    meanwhile, so this can run in a thread beside the decoding)."""
+    return hashlib.sha256(memoryview(buf)[:-TRAILER_LEN]).digest() == buf[-TRAILER_LEN:]
+
+
+def verify_trailer(buf: bytes) -> bytes:
+    """The checksum of a complete snapshot buffer; :class:`SnapshotCorrupt` if the magic is
+    wrong, the file is too short or the SHA-256 trailer does not match."""
+    trailer = check_frame(buf)
+    if not trailer_matches(buf):
         raise SnapshotCorrupt("snapshot checksum mismatch")
     return trailer
 
@@ -255,7 +267,7 @@ def decode_header(buf: bytes) -> SnapshotHeader:
 
 
 def iter_snapshot(
-    buf: bytes, cipher: Cipher
+    buf: bytes, cipher: Cipher, *, verify: bool = True
 ) -> tuple[SnapshotHeader, Iterator[Chunk], list[dict[str, Any]], bytes]:
     """``(header, session_chunks, key_records, checksum)`` of a complete snapshot file.
 
@@ -266,8 +278,12 @@ def iter_snapshot(
     parts; :class:`StorageFatalError`
     for a plaintext snapshot, and :class:`DecryptError` when a checksum-valid blob does
     not authenticate (wrong key): both fatal (01 §9.6).
+
+    ``verify=False`` skips the SHA-256 comparison, for a caller that runs
+    :func:`trailer_matches` itself (in parallel) and lets a mismatch take precedence
+    over anything decoding raised, as if it had been checked first.
     """
-    checksum = verify_trailer(buf)
+    checksum = verify_trailer(buf) if verify else check_frame(buf)
     end = len(buf) - TRAILER_LEN
     pos = _take(buf, len(MAGIC), 4, end, "header length")
     (hlen,) = _U32.unpack_from(buf, len(MAGIC))
@@ -355,6 +371,7 @@ __all__ = [
     "EncodedSnapshot",
     "SnapshotCorrupt",
     "SnapshotHeader",
+    "check_frame",
     "decode_header",
     "decode_snapshot",
     "encode_chunk",
@@ -362,5 +379,6 @@ __all__ = [
     "encode_keys",
     "encode_snapshot",
     "iter_snapshot",
+    "trailer_matches",
     "verify_trailer",
 ]

@@ -33,7 +33,7 @@ import orjson
 from tokmesh.domain.session import Session
 from tokmesh.storage.cipher import Cipher, StorageFatalError
 from tokmesh.storage.session_columns import ColumnDecoder, encode_columns
-from tokmesh.storage.wal_codec import RecordType, WalRecord
+from tokmesh.storage.wal_codec import RecordType
 from tokmesh.storage.wal_files import WalReadStats, read_wal
 
 _log = logging.getLogger("tokmesh.storage")
@@ -44,6 +44,11 @@ _log = logging.getLogger("tokmesh.storage")
 _SRC_NONE, _SRC_SESSION, _SRC_BODY = 0, 1, 2
 _SESSION_TYPES = (RecordType.CREATE, RecordType.UPDATE)
 _COUNTERS = ("segments_read", "records", "segments_skipped", "bytes_dropped")
+
+#: ``(position_after, type, entity_id, version, body, session)`` of one record: what
+#: :func:`~tokmesh.storage.wal_files.read_wal` yields, taken apart, with the session
+#: state already decoded when the worker could (``body`` is then ``None``).
+DecodedRecord = tuple[int, RecordType, str, int, dict[str, Any] | None, Session | None]
 
 
 def decode_tail(wal_dir: Path, position: int, cipher: Cipher) -> bytes:
@@ -98,15 +103,11 @@ def decode_tail(wal_dir: Path, position: int, cipher: Cipher) -> bytes:
     )
 
 
-def parse_tail(blob: bytes, stats: WalReadStats) -> list[tuple[int, WalRecord, Session | None]]:
-    """``(position_after, record, session)`` of every record in :func:`decode_tail`'s
-    output, in WAL order. The worker's warnings and counters are added to ``stats`` (and
-    logged here, in the parent). Raises the worker's :class:`StorageFatalError`, and
-    ``ValueError``/``TypeError``/``KeyError`` for a document that is not one of ours.
-
-    For a CREATE/UPDATE with a decoded ``session``, ``record.body`` is ``None``: the
-    state is the session itself.
-    """
+def parse_tail(blob: bytes, stats: WalReadStats) -> list[DecodedRecord]:
+    """Every record in :func:`decode_tail`'s output, in WAL order. The worker's warnings
+    and counters are added to ``stats`` (and logged here, in the parent). Raises the
+    worker's :class:`StorageFatalError`, and ``ValueError``/``TypeError``/``KeyError``/
+    ``StopIteration`` for a document that is not one of ours."""
     doc = orjson.loads(blob)
     if type(doc) is not dict:
         raise TypeError("WAL prefetch result is not a JSON object")
@@ -130,21 +131,23 @@ def parse_tail(blob: bytes, stats: WalReadStats) -> list[tuple[int, WalRecord, S
         raise ValueError("WAL prefetch result does not add up")
     next_session = iter(sessions).__next__
     next_body = iter(doc["bodies"]).__next__
-    out: list[tuple[int, WalRecord, Session | None]] = []
+    out: list[DecodedRecord] = []
     append = out.append
     kinds = {int(t): t for t in RecordType}
-    columns = (doc["pos"], doc["type"], doc["ts"], doc["ver"], doc["id"], doc["src"])
-    for pos, rtype, ts, version, eid, src in zip(*columns, strict=True):
+    columns = (doc["pos"], doc["type"], doc["ver"], doc["id"], doc["src"])
+    for pos, rtype, version, eid, src in zip(*columns, strict=True):
         kind = kinds[rtype]
+        if type(pos) is not int or type(version) is not int or type(eid) is not str:
+            raise TypeError("WAL prefetch result malformed")
         if src == _SRC_SESSION:
             session = next_session()
             if session.id != eid:
                 raise ValueError("WAL prefetch result out of order")
-            append((pos, WalRecord(kind, ts, eid, version, None), session))
+            append((pos, kind, eid, version, None, session))
         elif src == _SRC_BODY:
-            append((pos, WalRecord(kind, ts, eid, version, next_body()), None))
+            append((pos, kind, eid, version, next_body(), None))
         else:
-            append((pos, WalRecord(kind, ts, eid, version, None), None))
+            append((pos, kind, eid, version, None, None))
     merge()
     return out
 
@@ -210,11 +213,11 @@ class WalPrefetch:
 
 def iter_serial(
     wal_dir: Path, position: int, cipher: Cipher, stats: WalReadStats
-) -> Iterator[tuple[int, WalRecord, Session | None]]:
-    """The in-process equivalent of a prefetch: what :func:`read_wal` yields, with no
-    pre-decoded session."""
+) -> Iterator[DecodedRecord]:
+    """The in-process equivalent of a prefetch: what :func:`read_wal` yields, taken
+    apart, with no pre-decoded session."""
     for pos, rec in read_wal(wal_dir, position, cipher, stats):
-        yield pos, rec, None
+        yield pos, rec.type, rec.entity_id, rec.version, rec.body, None
 
 
 def _main() -> None:
