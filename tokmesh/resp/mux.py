@@ -110,6 +110,7 @@ class RespMux:
         self.stats = stats if stats is not None else RespStats()
         self._epoll = select.epoll()
         self._conns: dict[int, _MuxConn] = {}
+        self._ready: list[_MuxConn] = []
         shortest = min(limits.idle_timeout, limits.command_timeout)
         self._tick = min(1.0, max(shortest / 10, 0.001))
 
@@ -201,6 +202,7 @@ class RespMux:
         conns = self._conns
         on_readable = self._on_readable
         wait_readable = trio.lowlevel.wait_readable
+        ready = self._ready
         while True:
             await wait_readable(efd)
             for fd, _events in poll(0):
@@ -214,6 +216,8 @@ class RespMux:
                     log.exception("RESP connection failed")
                     if mc.registered:
                         self._hand_over(mc, _WORK_CLOSE)
+            if ready:
+                self._answer_ready(ready)
 
     def _on_readable(self, mc: _MuxConn) -> None:
         """Read once, run the completed commands inline, answer with one send."""
@@ -242,21 +246,36 @@ class RespMux:
         mc.done += len(commands)
         closing = end_of_read(conn, parser, replies, self.stats)
         if replies:
-            out = replies[0] if len(replies) == 1 else b"".join(replies)
+            mc.out = replies[0] if len(replies) == 1 else b"".join(replies)
+            mc.closing_after = closing
+            self._ready.append(mc)  # sent after the batch (_answer_ready)
+        elif closing:
+            self._hand_over(mc, _WORK_CLOSE)
+
+    def _answer_ready(self, ready: list[_MuxConn]) -> None:
+        """Send the replies of the batch, one ``send`` per connection, back to back.
+
+        As in the HTTP mux (:meth:`tokmesh.api.http_mux.HttpMux._answer_ready`): a client
+        thread serving many connections then wakes once per batch instead of once per
+        reply.
+        """
+        for mc in ready:
+            if not mc.registered:
+                continue
+            out, mc.out = mc.out, b""
             try:
                 sent = mc.sock.send(out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
                 self._hand_over(mc, _WORK_CLOSE)
-                return
+                continue
             if sent < len(out):
                 mc.out = out[sent:]
-                mc.closing_after = closing
                 self._hand_over(mc, _WORK_SEND)
-                return
-        if closing:
-            self._hand_over(mc, _WORK_CLOSE)
+            elif mc.closing_after:
+                self._hand_over(mc, _WORK_CLOSE)
+        ready.clear()
 
     # -- timeouts -------------------------------------------------------------------------------
 
