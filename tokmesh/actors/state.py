@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from tokmesh.actors.expiry import ExpiryWheel
+from tokmesh.actors.expiry import BUCKET_MS, ExpiryWheel
 from tokmesh.domain.session import Session
 
 if TYPE_CHECKING:
@@ -147,6 +147,11 @@ class StoreState:
         buckets = self.wheel.bulk_buckets()
         new_buckets: list[int] = []
         added = 0
+        # The bucket of the previous record, as the range of expiries it holds: records
+        # come in creation order, so most expire in the same second as the one before and
+        # skip the division and the dict lookup.
+        low = high = -1
+        in_bucket: list[str] = []
         for s in records:
             sid = s.id
             if not s.is_deleted:
@@ -164,13 +169,17 @@ class StoreState:
             expiry = s.effective_expiry() if s.idle_timeout else s.expires_at
             if expiry:
                 added += 1
-                bucket = -(-expiry // 1000)
-                in_bucket = buckets.get(bucket)
-                if in_bucket is None:
-                    buckets[bucket] = [sid]
-                    new_buckets.append(bucket)
-                else:
-                    in_bucket.append(sid)
+                if not low < expiry <= high:
+                    # bucket b holds expiries in ((b-1)*1000, b*1000], see ExpiryWheel.add
+                    bucket = (expiry + BUCKET_MS - 1) // BUCKET_MS
+                    high = bucket * BUCKET_MS
+                    low = high - BUCKET_MS
+                    found = buckets.get(bucket)
+                    if found is None:
+                        buckets[bucket] = found = []
+                        new_buckets.append(bucket)
+                    in_bucket = found
+                in_bucket.append(sid)
         self.wheel.bulk_done(new_buckets, added)
         if position is not None:
             self.position = position
