@@ -65,6 +65,34 @@ ROW_FIELDS: tuple[str, ...] = (
 )
 
 
+#: Distinct ``data`` maps shared between records, by their items (see :func:`share_data`).
+_SHARED_DATA: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+SHARED_DATA_MAX = 10_000
+
+
+def share_data(data: dict[str, str] | None) -> dict[str, str] | None:
+    """One dict for every record whose ``data`` has the same items; ``None`` for none.
+
+    Records never mutate their ``data`` (copy-on-write, 01 §9.2), so equal maps can be
+    one object: a few distinct maps (roles, tenants) repeated over a million sessions
+    would otherwise cost a dict of ~230 B each. The first :data:`SHARED_DATA_MAX`
+    distinct maps are remembered; later ones, and maps that cannot be keyed (values
+    that are not strings, from an old WAL), are kept as they are.
+    """
+    if not data:
+        return None
+    try:
+        key = tuple(data.items())
+        shared = _SHARED_DATA.get(key)
+    except TypeError:
+        return data
+    if shared is not None:
+        return shared
+    if len(_SHARED_DATA) < SHARED_DATA_MAX:
+        _SHARED_DATA[key] = data
+    return data
+
+
 class Session:
     """One session record. Treat as immutable; use :meth:`evolve` to change it."""
 
@@ -131,20 +159,22 @@ class Session:
         idle_timeout: int = 0,
     ) -> None:
         self.id = id
-        self.user_id = user_id
-        self.token_hash = token_hash
         # Interning shares the few distinct IPs / user agents / key ids among millions
-        # of records (runtime-interned strings are freed when unused).
+        # of records, and one user's (or device's) id among its sessions, which each
+        # request would otherwise bring as a new string (runtime-interned strings are
+        # freed when unused).
+        self.user_id = sys.intern(user_id)
+        self.token_hash = token_hash
         self.ip_address = sys.intern(ip_address)
         self.user_agent = sys.intern(user_agent)
         self.last_access_ip = sys.intern(last_access_ip)
         self.last_access_ua = sys.intern(last_access_ua)
-        self.device_id = device_id
+        self.device_id = sys.intern(device_id)
         self.created_by = sys.intern(created_by)
         self.created_at = created_at
         self.expires_at = expires_at
         self.last_active = last_active
-        self.data = data or None
+        self.data = share_data(data)
         self.version = version
         self.shard_id = shard_id
         self.ttl = ttl
@@ -249,7 +279,7 @@ class Session:
         self.expires_at = int(get("expires_at", 0))
         self.last_active = int(get("last_active", 0))
         data = get("data")
-        self.data = dict(data) if data else None
+        self.data = share_data(dict(data)) if data else None
         self.version = int(get("version", 1))
         self.shard_id = int(get("shard_id", 0))
         self.ttl = int(get("ttl", 0))
@@ -326,7 +356,7 @@ class Session:
         self.created_at = created_at
         self.expires_at = expires_at
         self.last_active = last_active
-        self.data = data or None
+        self.data = share_data(data)
         self.version = version
         self.shard_id = shard_id
         self.ttl = ttl

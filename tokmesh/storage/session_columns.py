@@ -28,9 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
-from tokmesh.domain.session import ROW_FIELDS, Session
+from tokmesh.domain.session import ROW_FIELDS, Session, share_data
 
 _DIGEST = 32
 _NONE_TYPE = type(None)
@@ -156,16 +154,12 @@ def encode_columns(sessions: Sequence[Session]) -> dict[str, Any]:
 class ColumnDecoder:
     """Decodes column chunks into records, sharing repeated values across chunks.
 
-    One decoder per snapshot load: it remembers the ``data`` maps it has built so that
-    every record with the same map shares one dict. Raises ``ValueError`` /
-    ``TypeError`` / ``KeyError`` on a malformed chunk (the caller maps them to
-    ``SnapshotCorrupt``).
+    Records with the same ``data`` map share one dict (:func:`share_data`). Raises
+    ``ValueError`` / ``TypeError`` / ``KeyError`` on a malformed chunk (the caller maps
+    them to ``SnapshotCorrupt``).
     """
 
-    __slots__ = ("_data",)
-
-    def __init__(self) -> None:
-        self._data: dict[bytes, dict[str, str]] = {}
+    __slots__ = ()
 
     def decode(self, chunk: Any) -> tuple[list[str], list[Session]]:
         """``(ids, records)`` of one decoded chunk, in record order."""
@@ -215,14 +209,11 @@ class ColumnDecoder:
             raise ValueError(f"session column {name!r} has an index out of range")
         return list(map(distinct.__getitem__, index))
 
-    def _share(self, value: dict[str, str] | None) -> dict[str, str] | None:
-        if not value:
-            return None
-        key = orjson.dumps(value)
-        shared = self._data.get(key)
-        if shared is None:
-            self._data[key] = shared = value
-        return shared
+    @staticmethod
+    def _share(value: dict[str, str] | None) -> dict[str, str] | None:
+        # The process-wide table, so sessions created after a restart share the maps
+        # loaded here.
+        return share_data(value)
 
 
 @functools.lru_cache(maxsize=8)
