@@ -7,6 +7,9 @@ next to its target. Usage:
     python bench/core_bench.py validate       # service-layer validate, µs per call
     python bench/core_bench.py scale [N]      # N sessions (default 1,000,000): RSS, snapshot,
                                               # cold start (+100k WAL), validate p99 under GC
+
+The cold start is measured twice: in a fresh process (bench/cold_start.py, what a restart
+is) and in the bench process itself after the first engine is gone.
 """
 
 from __future__ import annotations

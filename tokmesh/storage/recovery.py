@@ -326,8 +326,9 @@ def recover(
     The sessions end up in ``table`` (a new :class:`PlainTable` when ``None``). When a
     snapshot exists, the WAL tail after it may be decoded by a worker process while the
     snapshot loads (:mod:`tokmesh.storage.wal_prefetch`): ``parallel_wal=None`` decides
-    (at least two CPUs and :data:`PARALLEL_WAL_MIN_BYTES` of tail), ``True`` forces it,
-    ``False`` never. The records are applied in WAL order either way, with the same result.
+    (two CPUs or more, a tail of :data:`PARALLEL_WAL_MIN_BYTES` or more, and a snapshot
+    large enough to hide the worker), ``True`` forces it, ``False`` never. The records
+    are applied in WAL order either way, with the same result.
 
     Raises ``StorageFatalError`` (``TM-SYS-5001``) on an AEAD failure (wrong key,
     tampering) or a plaintext file; corruption is handled per 01 §9.6/§10.2 with WARNs.
