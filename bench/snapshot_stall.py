@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from tokmesh.actors.snapshotter import frozen_view
 from tokmesh.domain.ids import new_session_id
 from tokmesh.domain.session import Session
 from tokmesh.domain.tokens import generate_token, token_digest
@@ -64,7 +65,7 @@ def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ticker)
             started = time.perf_counter()
-            view = list(sessions)
+            view = frozen_view(sessions)  # as the Snapshotter takes its view
             info = await trio.to_thread.run_sync(
                 lambda: snapshot_files.write_snapshot(root, view, [], 0, "tmnd-bench", cipher, now)
             )
