@@ -201,6 +201,18 @@ class Router:
         return route, params
 
 
+def _failure(rid: str, exc: Exception) -> HttpResponse:
+    """The answer when the pipeline raised ``exc``.
+
+    Every error, /metrics 401/403 included, is a full envelope (03 §2.2, D-2; 02 §6.1
+    only says /metrics needs no body, which does not forbid one).
+    """
+    if isinstance(exc, TokMeshError):
+        return exception_response(rid, exc)
+    log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+    return error_response(rid, E.SYS_INTERNAL)
+
+
 def _decode_params(raw: dict[str, str]) -> dict[str, str]:
     from urllib.parse import unquote
 
@@ -241,13 +253,8 @@ class Api:
             route, params = matched or self.router.match(req.method, req.path)
             call = Call(req, route, params, self.deps, rid)
             resp = await self._run(call)
-        except TokMeshError as exc:
-            # Every error, /metrics 401/403 included, is a full envelope (03 §2.2, D-2;
-            # 02 §6.1 only says /metrics needs no body, which does not forbid one).
-            resp = exception_response(rid, exc)
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": rid})
-            resp = error_response(rid, E.SYS_INTERNAL)
+        except Exception as exc:
+            resp = _failure(rid, exc)
         if route is not None:
             self.deps.observe(route, req, resp, started, call)
         return resp
@@ -277,11 +284,8 @@ class Api:
             resp = self._run_now(call, now)
             if resp is None:
                 return None
-        except TokMeshError as exc:
-            resp = exception_response(rid, exc)
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": rid})
-            resp = error_response(rid, E.SYS_INTERNAL)
+        except Exception as exc:
+            resp = _failure(rid, exc)
         if route is not None:
             self.deps.observe(route, req, resp, started, call)
         return resp
