@@ -3,7 +3,11 @@
 The connection object is the parser's callback protocol. Callbacks only record state
 (they cannot await); the loop in :meth:`HttpConnection.serve` reads, feeds the parser,
 then answers every request completed by that read, in order, in the connection's own
-task, and sends all those answers with one write. Nothing is spawned per request.
+task, and sends all those answers with one write. Nothing is spawned per request. On a
+plain TCP listener whose app can answer without waiting, the idle connection is read by
+the listener's :class:`~tokmesh.api.http_mux.HttpMux` instead, which runs the same
+``feed`` and answers what needs no waiting, and hands the connection back to this loop
+for everything else.
 
 Failure policy (the connection always stays in a defined state):
 
