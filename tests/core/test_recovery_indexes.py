@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from tokmesh.actors.expiry import BUCKET_MS
+from tokmesh.actors.id_index import SMALL_MAX, IdIndex
 from tokmesh.actors.snapshotter import frozen_view
 from tokmesh.actors.state import StoreState
 from tokmesh.domain.clock import ManualClock
@@ -27,11 +28,32 @@ def _rebuilt(sessions: dict[str, Session]) -> StoreState:
     return ref
 
 
+def _check_compact(index: IdIndex) -> None:
+    """Every key holds the representation its number of ids calls for."""
+    total = 0
+    for key, ids in index._map.items():
+        if isinstance(ids, str):
+            total += 1
+        elif isinstance(ids, tuple):
+            assert 2 <= len(ids) <= SMALL_MAX and len(set(ids)) == len(ids), key
+            total += len(ids)
+        else:
+            assert isinstance(ids, set) and len(ids) > SMALL_MAX, key
+            total += len(ids)
+    assert index.count() == total
+
+
 def _check_indexes(state: StoreState) -> None:
     ref = _rebuilt(state.sessions)
     assert state.by_token == ref.by_token
-    assert state.by_user == ref.by_user
-    assert state.by_device == ref.by_device
+    assert state.by_user.as_dict() == ref.by_user.as_dict()
+    assert state.by_device.as_dict() == ref.by_device.as_dict()
+    assert state.by_user == ref.by_user and state.by_device == ref.by_device
+    live = [s for s in state.sessions.values() if not s.is_deleted]
+    assert state.by_user.count() == len(live) == state.live_count()
+    assert state.by_device.count() == len([s for s in live if s.device_id])
+    _check_compact(state.by_user)
+    _check_compact(state.by_device)
     assert set(state._sample_ids) >= set(state.sessions)  # every session can be sampled
     # Wheel entries are hints: every session with an expiry has one in its bucket.
     hinted = {sid for ids in state.wheel._buckets.values() for sid in ids}
@@ -68,21 +90,23 @@ async def test_restart_builds_the_indexes_while_loading(
     assert dict(engine.state.sessions) == before
     assert engine.recovery_info["replayed_records"] == 7
     _check_indexes(engine.state)
-    assert engine.state.by_device["dev-late"]
-    assert sids[1] not in engine.state.by_user["user-1"]
+    assert len(engine.state.by_device.get("dev-late")) == 5
+    assert sids[1] not in engine.state.by_user.get("user-1")
+    assert sids[2] in engine.state.by_user.get("user-2")
 
 
 def test_recovery_into_a_state_matches_a_plain_map(tmp_path: Path) -> None:
     """The same recovery into a bare map and into a StoreState, over a snapshot holding
-    tombstones, device ids, idle timeouts and expired records."""
+    tombstones, device ids, idle timeouts and expired records, and users with one id,
+    a few (a tuple in the index) and hundreds (a set), some spread over two chunks."""
     cipher = Cipher(os.urandom(32))
     now = 1_750_000_000_000
     sessions = [
         Session(
             id=f"tmss-01jf8xzm7e3xqh5p8n4r6s{i:04d}",
-            user_id=f"u{i % 5}",
+            user_id=(f"u{i % 5}", f"v{i // 21}", f"w{i}")[i % 3],
             token_hash=bytes([i % 256]) * 31 + bytes([i // 256]),
-            device_id=f"d{i % 3}" if i % 2 else "",
+            device_id=(f"d{i % 3}" if i % 4 == 1 else f"e{i // 10}") if i % 2 else "",
             expires_at=now + (-1000 if i % 11 == 0 else 60_000 * (i + 1)),
             last_active=now,
             idle_timeout=30_000 if i % 7 == 0 else 0,

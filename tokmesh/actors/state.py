@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tokmesh.actors.expiry import BUCKET_MS, ExpiryWheel
+from tokmesh.actors.id_index import IdIndex
 from tokmesh.domain.session import Session
 
 if TYPE_CHECKING:
@@ -49,9 +50,11 @@ class StoreState:
         #: revoked token answers TM-TOKN-4012 until the tombstone is purged).
         self.by_token: dict[bytes, str] = {}
         #: user id -> ids of non-revoked sessions (expired-unswept ones included; readers
-        #: filter with the clock).
-        self.by_user: dict[str, set[str]] = {}
-        self.by_device: dict[str, set[str]] = {}
+        #: filter with the clock). Compact values: one id is kept as the bare string, a
+        #: few as a tuple (see :mod:`tokmesh.actors.id_index`).
+        self.by_user = IdIndex()
+        #: device id -> ids of non-revoked sessions with that device id.
+        self.by_device = IdIndex()
         self.keys: dict[str, ApiKey] = {}
         #: token digests of creates in flight in any shard (global token uniqueness).
         self.pending_tokens: dict[bytes, str] = {}
@@ -87,13 +90,13 @@ class StoreState:
             self.by_token[new.token_hash] = sid
         if old is not None and not old.is_deleted:
             if old.device_id != new.device_id or new.is_deleted:
-                self._unindex(self.by_device, old.device_id, sid)
+                self.by_device.discard(old.device_id, sid)
             if new.is_deleted:
-                self._unindex(self.by_user, old.user_id, sid)
+                self.by_user.discard(old.user_id, sid)
         if not new.is_deleted:
-            self.by_user.setdefault(new.user_id, set()).add(sid)
+            self.by_user.add(new.user_id, sid)
             if new.device_id:
-                self.by_device.setdefault(new.device_id, set()).add(sid)
+                self.by_device.add(new.device_id, sid)
         expiry = new.effective_expiry()
         if expiry and (old is None or old.effective_expiry() != expiry):
             self.wheel.add(sid, expiry)
@@ -106,9 +109,9 @@ class StoreState:
         if self.by_token.get(old.token_hash) == sid:
             del self.by_token[old.token_hash]
         if not old.is_deleted:
-            self._unindex(self.by_user, old.user_id, sid)
+            self.by_user.discard(old.user_id, sid)
             if old.device_id:
-                self._unindex(self.by_device, old.device_id, sid)
+                self.by_device.discard(old.device_id, sid)
         return old
 
     def note_expired(self, session: Session) -> None:
@@ -128,8 +131,9 @@ class StoreState:
 
         Start-up path for a million records, called once per snapshot chunk while its
         records are still hot in the CPU cache: the primary map, token index and sampling
-        array are filled by C loops (``dict.update``/``zip``), the user/device indexes
-        and the expiry wheel by one tight loop (same resulting indexes as :meth:`put`).
+        array are filled by C loops (``dict.update``/``zip``), the user/device indexes by
+        :meth:`IdIndex.load` and the expiry wheel by one tight loop (same resulting
+        indexes as :meth:`put`).
         ``ValueError`` when an id repeats or is already present; the state is then
         inconsistent and must be :meth:`clear`-ed.
         """
@@ -142,8 +146,12 @@ class StoreState:
             raise ValueError("a session id repeats in the loaded records")
         self.by_token.update(zip([s.token_hash for s in records], ids, strict=True))
         self._sample_ids.extend(ids)
-        by_user = self.by_user
-        by_device = self.by_device
+        # user/device indexes: non-revoked records only (as in :meth:`put`)
+        live = [s for s in records if not s.is_deleted]
+        self.by_user.load([s.user_id for s in live], [s.id for s in live])
+        with_device = [s for s in live if s.device_id]
+        if with_device:
+            self.by_device.load([s.device_id for s in with_device], [s.id for s in with_device])
         buckets = self.wheel.bulk_buckets()
         new_buckets: list[int] = []
         added = 0
@@ -154,18 +162,6 @@ class StoreState:
         in_bucket: list[str] = []
         for s in records:
             sid = s.id
-            if not s.is_deleted:
-                ids_of = by_user.get(s.user_id)
-                if ids_of is None:
-                    by_user[s.user_id] = {sid}
-                else:
-                    ids_of.add(sid)
-                if s.device_id:
-                    dev = by_device.get(s.device_id)
-                    if dev is None:
-                        by_device[s.device_id] = {sid}
-                    else:
-                        dev.add(sid)
             expiry = s.effective_expiry() if s.idle_timeout else s.expires_at
             if expiry:
                 added += 1
@@ -209,16 +205,6 @@ class StoreState:
         self.wheel = ExpiryWheel()
         self._sample_ids = []
 
-    @staticmethod
-    def _unindex(index: dict[str, set[str]], key: str, sid: str) -> None:
-        if not key:
-            return
-        ids = index.get(key)
-        if ids is not None:
-            ids.discard(sid)
-            if not ids:
-                del index[key]
-
     # -- reads ------------------------------------------------------------------------
 
     def sample(self, count: int) -> list[Session]:
@@ -246,5 +232,5 @@ class StoreState:
     def live_count(self, now_ms: int | None = None) -> int:
         """Number of non-revoked sessions (expired-unswept included when ``now_ms`` is None)."""
         if now_ms is None:
-            return sum(len(v) for v in self.by_user.values())
+            return self.by_user.count()
         return sum(1 for s in self.sessions.values() if s.is_live(now_ms))

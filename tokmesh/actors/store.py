@@ -102,7 +102,7 @@ class SessionShard:
         return self.state.sessions.get(sid)
 
     def _live_user_ids(self, user_id: str, now_ms: int) -> list[Session]:
-        ids = set(self.state.by_user.get(user_id, ()))
+        ids = set(self.state.by_user.get(user_id))
         ids.update(self._pending_user_creates.get(user_id, ()))
         out = []
         for sid in ids:

@@ -428,10 +428,10 @@ class SessionService:
         now = self.clock.now_ms()
         candidates: Iterable[str] | None = None
         if q.user_id is not None:
-            candidates = state.by_user.get(q.user_id, set())
+            candidates = state.by_user.get(q.user_id)
         if q.device_id is not None:
-            dev = state.by_device.get(q.device_id, set())
-            candidates = dev if candidates is None else set(candidates) & dev
+            dev = state.by_device.get(q.device_id)
+            candidates = dev if candidates is None else set(candidates).intersection(dev)
         if candidates is None:
             if q.key_id is not None or net is not None:
                 log.warning("session list without user_id/device_id: full scan")
