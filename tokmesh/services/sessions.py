@@ -44,6 +44,26 @@ _VALIDATE_ERROR = metrics.TOKEN_VALIDATE_ERROR
 _sha_digest = token_digest
 _sha256 = hashlib.sha256
 
+#: Durations in ms (ttl, idle timeout) shared between records, see :func:`_shared_ms`.
+_SHARED_MS: dict[int, int] = {}
+SHARED_MS_MAX = 1024
+
+
+def _shared_ms(value: int) -> int:
+    """One int object for every record with the same ttl / idle timeout.
+
+    ``ttl_seconds * 1000`` is a new 28-byte int on every request, kept by the record for
+    its whole life, while a deployment uses a handful of distinct durations (~28 MB per
+    million sessions). Ints are immutable, so sharing them changes nothing else; the
+    first :data:`SHARED_MS_MAX` distinct values are remembered, later ones kept as they are.
+    """
+    shared = _SHARED_MS.get(value)
+    if shared is not None:
+        return shared
+    if len(_SHARED_MS) < SHARED_MS_MAX:
+        _SHARED_MS[value] = value
+    return value
+
 
 @attrs.frozen
 class SessionSettings:
@@ -134,7 +154,7 @@ class SessionService:
                 "ttl_seconds exceeds session.ttl.max",
                 {"max_ttl_seconds": self.settings.ttl_max_ms // 1000},
             )
-        return ttl_ms
+        return _shared_ms(ttl_ms)
 
     # -- create -----------------------------------------------------------------------------
 
@@ -169,7 +189,7 @@ class SessionService:
         if idle_timeout_seconds:
             if idle_timeout_seconds < 0:
                 raise TokMeshError(E.ARG_INVALID, "idle_timeout_seconds must be positive")
-            idle_ms = idle_timeout_seconds * 1000
+            idle_ms = _shared_ms(idle_timeout_seconds * 1000)
         if token is not None and token != "":
             if not is_valid_token(token):
                 raise TokMeshError(E.TOKN_MALFORMED)
