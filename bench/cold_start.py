@@ -25,17 +25,15 @@ from pathlib import Path
 
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import DAY_MS, synthetic_sessions
+
 from tokmesh.actors.engine import EngineSettings, StorageEngine
 from tokmesh.actors.wal_writer import WalSettings
-from tokmesh.domain.ids import new_session_id
-from tokmesh.domain.session import Session
-from tokmesh.domain.tokens import generate_token, token_digest
 from tokmesh.storage import snapshot_files
 from tokmesh.storage.cipher import Cipher, load_or_create_key
 from tokmesh.storage.wal_codec import RecordType, WalRecord, encode_record
 from tokmesh.storage.wal_files import SegmentWriter
-
-KEY_ID = "tmak-01jf8xzm7e3xqh5p8n4r6s2w0t"
 
 
 def rss_mb() -> float:
@@ -52,29 +50,10 @@ def prepare(root: Path, n: int, w: int) -> None:
     wal_dir, snap_dir = root / "wal", root / "snapshots"
     cipher = Cipher(load_or_create_key(wal_dir, ""))
     now = int(time.time() * 1000)
-    day = 86_400_000
+    day = DAY_MS
     # Created one every ~3 ms over the last hour or so, as a real fill would: distinct
     # creation and expiry times (not one shared value per chunk), a data map per session.
-    sessions = []
-    for i in range(n):
-        created = now - 3 * (n - i)
-        sessions.append(
-            Session(
-                id=new_session_id(),
-                user_id=f"user-{i // 5}",
-                token_hash=token_digest(generate_token()),
-                ip_address="10.1.2.3",
-                user_agent="bench/1.0",
-                last_access_ip="10.1.2.3",
-                last_access_ua="bench/1.0",
-                created_by=KEY_ID,
-                created_at=created,
-                expires_at=created + day,
-                last_active=created,
-                data={"role": "member"},
-                ttl=day,
-            )
-        )
+    sessions = synthetic_sessions(n, now, spacing_ms=3)
     # Segment 1 holds nothing the snapshot does not already cover; the renews follow it.
     writer = SegmentWriter.open(wal_dir)
     position = writer.position

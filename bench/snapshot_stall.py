@@ -18,10 +18,10 @@ from pathlib import Path
 
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import synthetic_sessions
+
 from tokmesh.actors.snapshotter import frozen_view
-from tokmesh.domain.ids import new_session_id
-from tokmesh.domain.session import Session
-from tokmesh.domain.tokens import generate_token, token_digest
 from tokmesh.storage import snapshot_files
 from tokmesh.storage.cipher import Cipher
 
@@ -29,24 +29,7 @@ from tokmesh.storage.cipher import Cipher
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     now = int(time.time() * 1000)
-    sessions = [
-        Session(
-            id=new_session_id(),
-            user_id=f"user-{i // 5}",
-            token_hash=token_digest(generate_token()),
-            ip_address="10.1.2.3",
-            user_agent="bench/1.0",
-            last_access_ip="10.1.2.3",
-            last_access_ua="bench/1.0",
-            created_by="tmak-01jf8xzm7e3xqh5p8n4r6s2w0t",
-            created_at=now,
-            expires_at=now + 86_400_000,
-            last_active=now,
-            data={"role": "member"},
-            ttl=86_400_000,
-        )
-        for i in range(n)
-    ]
+    sessions = synthetic_sessions(n, now)
     gc.collect()
     gc.freeze()  # as the engine does for long-lived records
     root = Path(tempfile.mkdtemp(prefix="tm-stall-"))
