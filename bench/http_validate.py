@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,18 @@ end
 """
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(
     engine: str, duration: int, connections: int, vary_head: bool = False
 ) -> dict[str, float]:
@@ -73,6 +86,9 @@ def run_one(
             TM_AUTH=validator,
             TM_VARY_HEAD="1" if vary_head else "0",
         )
+        assert srv.proc is not None
+        server_cpu0 = process_cpu_seconds(srv.proc.pid)
+        wrk_cpu0 = children_cpu_seconds()
         out = subprocess.run(
             [
                 "wrk",
@@ -88,6 +104,8 @@ def run_one(
             env=env,
             timeout=duration + 60,
         ).stdout
+        server_cpu = process_cpu_seconds(srv.proc.pid) - server_cpu0
+        wrk_cpu = children_cpu_seconds() - wrk_cpu0
         m = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
         if not m:
             raise RuntimeError(out)
@@ -98,6 +116,9 @@ def run_one(
             "socket_errors": int(sockerr),
             "p99_ms": float(p99),
             "p50_ms": float(p50),
+            # CPU (user + sys) per request over the run: the server's, and wrk's own.
+            "server_us_per_req": round(server_cpu / max(int(reqs), 1) * 1e6, 1),
+            "wrk_us_per_req": round(wrk_cpu / max(int(reqs), 1) * 1e6, 1),
         }
     finally:
         srv.stop()
