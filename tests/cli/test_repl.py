@@ -19,9 +19,26 @@ from tests.support.server import ServerProcess
 PROMPT = r"tokmesh(:[^>\s]+)?>"
 
 
+def _default_sigint() -> None:
+    """Give the child the SIGINT disposition a terminal's foreground job has.
+
+    A process started in the background of a non-interactive shell (``pytest &``, two
+    parallel runs, some CI runners) inherits SIGINT as *ignored*, and Python then installs
+    no KeyboardInterrupt handler: the CLI rightly honours that, so a Ctrl+C test would
+    wait forever. A user pressing Ctrl+C always talks to a foreground job.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(cli: Cli, *args: str, **env: str) -> pexpect.spawn:
     return pexpect.spawn(
-        EXE, list(args), env=cli.env(**env), encoding="utf-8", timeout=20, dimensions=(50, 250)
+        EXE,
+        list(args),
+        env=cli.env(**env),
+        encoding="utf-8",
+        timeout=20,
+        dimensions=(50, 250),
+        preexec_fn=_default_sigint,
     )
 
 
@@ -220,6 +237,7 @@ def test_ctrl_c_direct_exits_2_and_repl_survives(cli: Cli) -> None:
             env=cli.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=_default_sigint,
         )
         deadline = time.monotonic() + 20
         while not seen and time.monotonic() < deadline:

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -511,11 +512,6 @@ def issuer_key(node: ServerProcess) -> str:
     return node.create_key("issuer")
 
 
-@pytest.fixture(scope="module")
-def issuer_schema(node: ServerProcess) -> Any:
-    return _schema(node)
-
-
 def _call_and_validate(case: Any, key: str) -> None:
     """One generated request with ``key``; every response must conform to the document."""
     checks = CHECKS
@@ -535,30 +531,39 @@ def _call_and_validate(case: Any, key: str) -> None:
         assert response.json()["code"] == "TM-SYS-5010"
 
 
-admin_lazy = schemathesis.pytest.from_fixture("admin_schema")
-issuer_lazy = schemathesis.pytest.from_fixture("issuer_schema")
+def _fuzz(schema: Any, key: str, subtests: pytest.Subtests) -> None:
+    """Every operation of ``schema``, fuzzed with ``key``, one subtest per operation.
+
+    Schemathesis' pytest integration for schemas loaded from a fixture reaches into pytest
+    internals that pytest 9.2 removed; its Python API (an operation's Hypothesis strategy)
+    does not, so the fuzz drives Hypothesis itself, in every generation mode the schema is
+    configured for (positive and negative by default).
+    """
+    modes = list(schema.config.generation.modes)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= len(CONTRACT_ROUTES)
+    for operation in operations:
+        strategy = st.one_of([operation.as_strategy(generation_mode=m) for m in modes])
+
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        @given(case=strategy)
+        def run(case: Any) -> None:
+            _call_and_validate(case, key)
+
+        with subtests.test(msg=operation.label):
+            run()
 
 
-@admin_lazy.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-    database=None,
-)
-def test_fuzz_as_admin(case: Any, node: ServerProcess) -> None:
+def test_fuzz_as_admin(node: ServerProcess, admin_schema: Any, subtests: pytest.Subtests) -> None:
     assert node.admin_key is not None
-    _call_and_validate(case, node.admin_key)
+    _fuzz(admin_schema, node.admin_key, subtests)
 
 
-@issuer_lazy.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-    database=None,
-)
-def test_fuzz_as_issuer(case: Any, issuer_key: str) -> None:
-    _call_and_validate(case, issuer_key)
+def test_fuzz_as_issuer(admin_schema: Any, issuer_key: str, subtests: pytest.Subtests) -> None:
+    _fuzz(admin_schema, issuer_key, subtests)
