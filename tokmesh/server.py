@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,12 @@ from tokmesh.api.backups import backup_service, streams_request_body
 from tokmesh.api.deps import ApiDeps
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_server import ServerControl, serve_http
-from tokmesh.api.local_socket import LocalSocketServer
+from tokmesh.api.local_socket import LocalSocketServer, Peer
+from tokmesh.api.local_socket_path import (
+    first_key_commands,
+    first_key_hint,
+    socket_candidates,
+)
 from tokmesh.api.tls_reload import CertReloader, server_context
 from tokmesh.config.node_id import data_dir_of, resolve_node_id
 from tokmesh.config.schema import Config
@@ -271,6 +277,7 @@ class TokMeshServer:
                             "tokmesh-server ready",
                             extra={"node_id": self.node_id, "ports": self.ports},
                         )
+                        self._point_to_first_key()
                         task_status.started(self)
                         await self._shutdown.wait()
                     deadline = trio.current_time() + cfg.server.shutdown.timeout
@@ -288,7 +295,6 @@ class TokMeshServer:
         """
         from tokmesh.resp.backend import ServiceBackend
         from tokmesh.resp.commands import Dispatcher
-        from tokmesh.resp.handler import RespStats
         from tokmesh.resp.limits import RespLimits
         from tokmesh.resp.listener import serve_resp
 
@@ -298,10 +304,14 @@ class TokMeshServer:
             return
         readiness = self.engine.readiness
         backend = ServiceBackend(
-            self.auth, sessions, in_maintenance=lambda: readiness.phase is Phase.RESTORING
+            self.auth,
+            sessions,
+            in_maintenance=lambda: readiness.phase is Phase.RESTORING,
+            node_id=self.node_id,
+            started_at=self.deps.started_at,
         )
         dispatcher = Dispatcher(backend)
-        self.resp_stats = RespStats()
+        self.resp_stats = dispatcher.stats
         if cfg.server.redis.enabled:
             log.warning("plaintext RESP listener enabled (server.redis.enabled): dev use only")
         targets = await self._listener_targets(
@@ -505,12 +515,28 @@ class TokMeshServer:
             self.ports[name] = control.ports[0]
             log.info("listening", extra={"listener": name, "address": f"{host}:{control.ports[0]}"})
 
+    def _point_to_first_key(self) -> None:
+        """On a node without any API key, say where the local admin socket is and which
+        command creates the first admin key: in the JSON log, and as one plain line on
+        stderr for the person who just typed ``tokmesh-server``."""
+        if self.engine.state.keys:
+            return
+        cwd = Path.cwd()
+        path = self.socket_path
+        log.warning(
+            "no API key exists yet",
+            extra={
+                "socket_path": str(path) if path else None,
+                "commands": list(first_key_commands(path, cwd, os.environ)) if path else [],
+            },
+        )
+        print(first_key_hint(path, cwd, os.environ), file=sys.stderr, flush=True)
+
     async def _start_local_socket(self, nursery: trio.Nursery) -> None:
-        configured = Path(self.cfg.server.local.socket_path)
-        candidates = [configured]
-        fallback = self.data_dir / "tokmesh-server.sock"
-        if fallback != configured:
-            candidates.append(fallback)
+        candidates = socket_candidates(self.cfg.server.local.socket_path, self.data_dir)
+        if not candidates:
+            log.info("local admin socket off (server.local.socket_path is empty)")
+            return
         commands = {
             "EMERGENCY_CREATE_ADMIN_KEY": self._cmd_emergency,
             "STATUS": self._cmd_status,
@@ -539,21 +565,32 @@ class TokMeshServer:
 
     # -- local socket commands ------------------------------------------------------------------
 
-    def _local_audit(self, action: str, **details: Any) -> None:
+    def _local_audit(self, action: str, peer: Peer, **details: Any) -> None:
         self.audit.append(
             audit_mod.AuditRecord.new(
                 action,
                 operator_id=audit_mod.LOCAL_ADMIN,
                 operator_role="admin",
                 resource="local_socket",
-                details=details,
+                details={**details, **peer.fields(), "socket_path": str(self.socket_path)},
             )
         )
 
-    async def _cmd_emergency(self, args: list[str]) -> dict[str, Any]:
+    async def _cmd_emergency(self, args: list[str], peer: Peer) -> dict[str, Any]:
         self.engine.readiness.require_ready()
         key, secret, warning = await self.keys.create_emergency(" ".join(args) or None)
-        self._local_audit(audit_mod.EMERGENCY_KEY_CREATED, key_id=key.key_id)
+        self._local_audit(audit_mod.EMERGENCY_KEY_CREATED, peer, key_id=key.key_id, role=key.role)
+        # The secret goes to the caller only: never to the log or the audit trail.
+        log.warning(
+            "emergency admin key created over the local admin socket",
+            extra={
+                "event": audit_mod.EMERGENCY_KEY_CREATED,
+                "key_id": key.key_id,
+                "role": key.role,
+                "socket_path": str(self.socket_path),
+                **peer.fields(),
+            },
+        )
         return {
             "key_id": key.key_id,
             "key_secret": secret,
@@ -561,11 +598,11 @@ class TokMeshServer:
             "warning": warning,
         }
 
-    async def _cmd_status(self, args: list[str]) -> dict[str, Any]:
-        self._local_audit("STATUS")
+    async def _cmd_status(self, args: list[str], peer: Peer) -> dict[str, Any]:
+        self._local_audit("STATUS", peer)
         return status_data(self.deps)
 
-    async def _cmd_shutdown(self, args: list[str]) -> dict[str, Any]:
+    async def _cmd_shutdown(self, args: list[str], peer: Peer) -> dict[str, Any]:
         grace = 30.0
         if args:
             try:
@@ -574,17 +611,17 @@ class TokMeshServer:
                 raise TokMeshError(E.ARG_INVALID, "grace_seconds must be a number") from None
             if grace < 0:
                 raise TokMeshError(E.ARG_INVALID, "grace_seconds must be >= 0")
-        self._local_audit("SHUTDOWN", grace_seconds=grace)
+        self._local_audit("SHUTDOWN", peer, grace_seconds=grace)
         self.request_shutdown(grace)
         return {"status": "shutting_down", "grace_seconds": grace}
 
-    async def _cmd_reload(self, args: list[str]) -> dict[str, Any]:
-        self._local_audit("RELOAD")
+    async def _cmd_reload(self, args: list[str], peer: Peer) -> dict[str, Any]:
+        self._local_audit("RELOAD", peer)
         result = await self.reload()
         return dict(result)
 
-    async def _cmd_drain(self, args: list[str]) -> dict[str, Any]:
-        self._local_audit("DRAIN")
+    async def _cmd_drain(self, args: list[str], peer: Peer) -> dict[str, Any]:
+        self._local_audit("DRAIN", peer)
         grace = self.cfg.server.shutdown.grace_period
         for control in self.http_controls:
             control.begin_drain(grace)

@@ -57,6 +57,8 @@ class SpyHasher(PasswordHasher):
         self.lock = threading.Lock()
         self.verify_calls = 0
         self.hash_calls = 0
+        #: the PHC string of every verify, in call order
+        self.verified: list[str] = []
         self.threads: set[int] = set()
         self.active = 0
         self.max_active = 0
@@ -64,6 +66,7 @@ class SpyHasher(PasswordHasher):
     def verify(self, hash: str | bytes, password: str | bytes) -> Any:
         with self.lock:
             self.verify_calls += 1
+            self.verified.append(hash if isinstance(hash, str) else hash.decode())
             self.threads.add(threading.get_ident())
             self.active += 1
             self.max_active = max(self.max_active, self.active)

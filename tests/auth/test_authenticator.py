@@ -115,7 +115,71 @@ async def test_disabled_expired_and_r5(env: Env) -> None:
     e3 = await err(env.auth.authenticate(both.key_id, s3, IP, "business"))
     assert (e1.code, e2.code, e3.code) == ("TM-AUTH-4012", "TM-AUTH-4011", "TM-AUTH-4012")
     assert e2.message == "invalid api key"
-    assert env.spy.verify_calls == 0  # state checks come before Argon2
+    # State checks come before Argon2: a disabled key answers at once. The expired one
+    # answers like a wrong secret, after the one decoy verify that a wrong secret costs.
+    assert env.spy.verify_calls == 1
+    assert env.spy.verified[0] not in (disabled.secret_hash, expired.secret_hash, both.secret_hash)
+
+
+def phc_parameters(phc: str) -> str:
+    """The ``$argon2id$v=19$m=…,t=…,p=…`` head of a PHC string (salt and hash cut off)."""
+    return "$".join(phc.split("$")[:4])
+
+
+async def test_unknown_key_id_costs_a_decoy_verify(env: Env) -> None:
+    # Timing must not tell an unknown key id from a wrong secret: both run one Argon2
+    # verify, in a worker thread, with the same parameters.
+    key, secret = await new_key(env)
+    assert env.spy.verify_calls == 0
+    unknown = "tmak-01hzzzzzzzzzzzzzzzzzzzzzzz"
+    for n in (1, 2, 3):
+        e = await err(env.auth.authenticate(unknown, secret, IP, "business"))
+        assert e.code == "TM-AUTH-4011" and e.message == "invalid api key"
+        assert env.spy.verify_calls == n
+    decoy = env.spy.verified[0]
+    assert env.spy.verified == [decoy, decoy, decoy]  # one decoy hash, made once
+    assert env.spy.hash_calls == 2  # the key's secret, then the decoy
+    assert decoy != key.secret_hash
+    assert (
+        phc_parameters(decoy) == phc_parameters(key.secret_hash) == "$argon2id$v=19$m=8192,t=1,p=1"
+    )
+    assert threading.get_ident() not in env.spy.threads  # never on the event loop
+    assert len(env.cache) == 0 and env.cache.stats.inserts == 0  # a decoy is never cached
+    # A wrong secret for the real key costs the same one verify, against the key's hash.
+    await err(env.auth.authenticate(key.key_id, wrong(secret), IP, "business"))
+    assert env.spy.verified[-1] == key.secret_hash and env.spy.verify_calls == 4
+    # Still counted as failures for the per-IP block, and still audited.
+    assert env.auth.guard.failures(IP, env.clock.now_ms()) == 4
+    assert len(env.actions("AUTH_FAILED")) == 4
+
+
+async def test_concurrent_first_failures_make_one_decoy(env: Env) -> None:
+    _, secret = await new_key(env)
+
+    async def fail(i: int) -> None:
+        kid = f"tmak-01hzzzzzzzzzzzzzzzzzzzzz{i:02d}"
+        await err(env.auth.authenticate(kid, secret, f"198.51.100.{i}", "business"))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(fail, i)
+    assert env.spy.hash_calls == 2  # the key's secret and one decoy
+    assert env.spy.verify_calls == 6
+    assert env.spy.max_active <= 2  # the Argon2 limiter still bounds them
+
+
+async def test_blocked_ip_gets_no_decoy_verify(env: Env) -> None:
+    _, secret = await new_key(env)
+    for i in range(10):
+        await err(
+            env.auth.authenticate(f"tmak-01hzzzzzzzzzzzzzzzzzzzzz{i:02d}", secret, IP, "business")
+        )
+    calls = env.spy.verify_calls
+    blocked = await err(
+        env.auth.authenticate("tmak-01hzzzzzzzzzzzzzzzzzzzzzzz", secret, IP, "business")
+    )
+    assert blocked.code == "TM-SYS-4290"
+    assert env.spy.verify_calls == calls == 10
 
 
 async def test_expiry_boundary(env: Env) -> None:

@@ -54,7 +54,14 @@ class Cli:
     def env(self, **extra: str) -> dict[str, str]:
         return clean_env(self.home, **extra)
 
-    def run(self, *args: str, stdin: str | None = "", timeout: float = 30, **env: str) -> Result:
+    def run(
+        self,
+        *args: str,
+        stdin: str | None = "",
+        timeout: float = 30,
+        cwd: Path | None = None,
+        **env: str,
+    ) -> Result:
         extra: dict[str, Any] = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
         p = subprocess.run(
             [EXE, *args],
@@ -62,6 +69,7 @@ class Cli:
             text=True,
             env=self.env(**env),
             timeout=timeout,
+            cwd=cwd,
             **extra,
         )
         return Result(p.returncode, p.stdout, p.stderr)

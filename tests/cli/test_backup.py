@@ -14,6 +14,7 @@ from typing import Any
 
 import pexpect
 import pytest
+import yaml
 
 from tests.cli.support import EXE, Cli, Result
 from tests.support.server import ServerProcess
@@ -115,7 +116,7 @@ def test_snapshot_list_download_restore_round_trip(adm: Admin, tmp_path: Path) -
     table = adm("backup", "list").out.splitlines()
     assert table[0].split() == ["SNAPSHOT", "ID", "CREATED", "SIZE", "DESCRIPTION"]
     assert table[-1] == f"Total: {len(listed['items'])} snapshots"
-    assert sid[:13] + "..." in "\n".join(table)  # 20-char IDs truncated in tables
+    assert sid in [row.split()[0] for row in table[1:-2]]  # IDs are never shortened
     wide = adm("backup", "list", "-o", "wide").out.splitlines()[0].split()
     assert wide[-3:] == ["TYPE", "ENCRYPTED", "CHECKSUM"]
     assert sid in adm("-q", "backup", "list").out.split()
@@ -153,6 +154,37 @@ def test_snapshot_list_download_restore_round_trip(adm: Admin, tmp_path: Path) -
     # restore by ID, JSON: the finished job
     data = adm.json("backup", "restore", "--id", sid, "-f")
     assert data["status"] == "IDLE" and data["snapshot_id"] == sid and data["progress"] == 100
+
+
+def _listed_ids(adm: Admin, fmt: str) -> list[str]:
+    """The snapshot IDs ``backup list`` shows in output format ``fmt`` (``quiet`` = -q)."""
+    r = adm("backup", "list", "-q") if fmt == "quiet" else adm("backup", "list", "-o", fmt)
+    assert r.code == 0, r.err
+    if fmt in ("json", "yaml"):
+        doc = json.loads(r.out) if fmt == "json" else yaml.safe_load(r.out)
+        return [str(item["snapshot_id"]) for item in doc["data"]["items"]]
+    lines = r.out.splitlines()
+    if fmt == "quiet":
+        return lines
+    # header, one row per snapshot, a blank line, the total
+    assert lines[0].startswith("SNAPSHOT ID") and lines[-1].startswith("Total: "), lines
+    return [row.split()[0] for row in lines[1:-2]]
+
+
+@pytest.mark.parametrize("fmt", ["table", "wide", "json", "yaml", "quiet"])
+def test_listed_ids_are_what_download_and_restore_take(
+    adm: Admin, tmp_path: Path, fmt: str
+) -> None:
+    """Every output format of ``backup list`` shows IDs ``download`` and ``restore`` accept."""
+    sid = _snapshot(adm, f"format {fmt}")["snapshot_id"]
+    listed = _listed_ids(adm, fmt)
+    assert listed == _listed_ids(adm, "json")  # the same IDs, in the same order
+    (shown,) = [i for i in listed if i == sid]
+    r = adm("backup", "download", shown, "-o", str(tmp_path))
+    assert r.code == 0, r.err
+    assert (tmp_path / f"{sid}.bak").read_bytes().startswith(b"TOKMESH_BAK_V1\n")
+    job = adm.json("backup", "restore", "--id", shown, "-f")
+    assert job["status"] == "IDLE" and job["snapshot_id"] == sid
 
 
 def test_restore_usage_errors_and_bad_files(adm: Admin, tmp_path: Path) -> None:

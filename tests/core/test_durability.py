@@ -3,12 +3,14 @@ wrong key, write failure, readiness during recovery."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 import trio
 
+from tokmesh.actors import wal_writer
 from tokmesh.actors.engine import Phase, StorageEngine
 from tokmesh.actors.snapshotter import SnapshotSettings
 from tokmesh.actors.wal_writer import WalSettings
@@ -294,3 +296,50 @@ async def test_restore_rejects_tampered_file_untouched(
     with pytest.raises(SnapshotCorrupt):
         await engine.restore(bad)
     assert snapshot_of(engine) == before and engine.readiness.ready
+
+
+def _no_space(*_: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_start_on_a_full_disk_serves_reads_and_refuses_writes(
+    runner: EngineRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = await runner.start()
+    kept = await svc(engine).create(CTX, "U1")
+    await runner.stop()
+    # The WAL directory cannot take a byte: the node still starts, failed but serving.
+    monkeypatch.setattr(wal_writer, "probe_write", _no_space)
+    engine = await runner.start()
+    assert engine.readiness.phase is Phase.FAILED
+    assert engine.readiness.checks() == {
+        "storage": "failed",
+        "cluster": "ok",
+        "storage_reason": "write-ahead log failure: No space left on device",
+    }
+    assert engine.wal is not None and engine.wal.stats.fsync_failures == 1
+    assert svc(engine).validate(kept.token).id == kept.session.id
+    with pytest.raises(TokMeshError) as info:
+        await svc(engine).create(CTX, "U2")
+    assert info.value.code == "TM-SYS-5001"
+    with pytest.raises(TokMeshError) as info:
+        await svc(engine).revoke(CTX, kept.session.id)
+    assert info.value.code == "TM-SYS-5001"
+    # Restarted with space, it is ready and nothing refused was kept.
+    monkeypatch.undo()
+    engine = await runner.restart()
+    assert engine.readiness.ready
+    assert list(engine.state.sessions) == [kept.session.id]
+    assert not engine.state.sessions[kept.session.id].is_deleted
+
+
+async def test_start_with_another_wal_error_still_fails(
+    runner: EngineRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(*_: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(wal_writer, "probe_write", denied)
+    with pytest.raises(PermissionError):
+        await runner.start()
+    runner.engine = None

@@ -1,15 +1,24 @@
-"""Issue 4 acceptance 1: the real ``redis`` client and ``redis-cli`` against a real
-``tokmesh-server`` process (plain and TLS), and HTTP/RESP interoperability."""
+"""Real clients against a real ``tokmesh-server`` process (plain and TLS): redis-py (sync
+and asyncio), node-redis and ioredis, redis-cli and redis-benchmark, each constructed
+with its defaults (so redis-py and ioredis open with ``HELLO 3 AUTH``), plus HTTP/RESP
+interoperability."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 import trustme
 
 from tests.support.server import ServerProcess, free_port
@@ -17,6 +26,11 @@ from tests.support.server import ServerProcess, free_port
 needs_redis_cli = pytest.mark.skipif(
     shutil.which("redis-cli") is None, reason="redis-cli not installed (redis-tools)"
 )
+needs_redis_benchmark = pytest.mark.skipif(
+    shutil.which("redis-benchmark") is None, reason="redis-benchmark not installed (redis-tools)"
+)
+NODE_CLIENTS = Path(__file__).resolve().parents[1] / "clients" / "node"
+WRONG_SECRET = "tmas_" + "x" * 43
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +83,20 @@ def node(
     srv.stop()
 
 
+def _credentials(cred: str | None) -> dict[str, Any]:
+    if not cred:
+        return {}
+    kid, secret = cred.split(":", 1)
+    return {"username": kid, "password": secret}
+
+
 def rclient(node: ServerProcess, cred: str | None = None) -> redis.Redis:
-    kwargs: dict[str, object] = {}
-    if cred:
-        kid, secret = cred.split(":", 1)
-        kwargs = {"username": kid, "password": secret}
+    """redis-py as its users construct it (RESP3 by HELLO, CLIENT SETINFO: the defaults)."""
     return redis.Redis(
-        lib_name=None,  # no CLIENT SETINFO: it would get NOAUTH before AUTH, as in Redis
-        lib_version=None,
         host="127.0.0.1",
-        port=node.resp_port,
-        protocol=2,
+        port=node.resp_port,  # type: ignore[attr-defined]
         socket_timeout=10,
-        **kwargs,  # type: ignore[attr-defined]
+        **_credentials(cred),
     )
 
 
@@ -148,6 +163,125 @@ def test_validator_cannot_write(node: ServerProcess) -> None:
         r.execute_command("FLUSHALL")
 
 
+def test_redis_py_defaults_open_with_hello_3(node: ServerProcess) -> None:
+    r = rclient(node, node.create_key("validator"))
+    assert r.ping() is True
+    conn = r.connection_pool.get_connection()
+    try:
+        hello = conn.handshake_metadata
+        assert hello[b"proto"] == 3 and hello[b"server"] == b"tokmesh"
+        assert hello[b"mode"] == b"standalone" and hello[b"modules"] == []
+    finally:
+        r.connection_pool.release(conn)
+    info = r.client_info()
+    assert info["resp"] == "3" and info["db"] == 0
+    assert info["lib-name"] == "redis-py" and info["lib-ver"] == redis.__version__
+    assert r.get(_sid()) is None  # RESP3 null
+    assert r.select(0) is True and r.echo("hi") == b"hi"
+    assert r.info("server")["redis_version"] == "7.2.0"
+
+
+async def _asyncio_scenario(port: int, issuer: str, validator: str) -> None:
+    """The redis-py scenario through ``redis.asyncio`` (its own connection code)."""
+    kid, secret = issuer.split(":", 1)
+    async with redis.asyncio.Redis(host="127.0.0.1", port=port, username=kid, password=secret) as r:
+        assert await r.ping() is True
+        info = await r.client_info()
+        assert info["resp"] == "3" and info["lib-name"] == "redis-py"
+        sid = _sid()
+        created = json.loads(
+            await r.execute_command("TM.CREATE", sid, '{"user_id":"u-async"}', "TTL", 60)
+        )
+        assert created["session_id"] == sid
+        assert await r.execute_command("TM.VALIDATE", created["token"]) == b"OK"
+        with pytest.raises(redis.ResponseError, match=r"^TM-TOKN-4010 Token invalid$"):
+            await r.execute_command("TM.VALIDATE", "tmtk_" + "A" * 43)
+        assert json.loads(await r.get(sid))["user_id"] == "u-async"
+        assert 50 < await r.ttl(sid) <= 60
+        assert await r.expire(sid, 120) is True
+        assert await r.delete(sid) == 1 and await r.get(sid) is None
+        sids = [_sid() for _ in range(20)]
+        async with r.pipeline(transaction=False) as pipe:
+            for i, s in enumerate(sids):
+                pipe.execute_command("TM.CREATE", s, json.dumps({"user_id": f"p{i}"}), "TTL", 120)
+                pipe.exists(s)
+                pipe.ttl(s)
+                pipe.echo(f"m{i}")
+                pipe.get(s)
+            results = await pipe.execute()
+        assert len(results) == 100
+        for i, s in enumerate(sids):
+            created_i, exists, ttl, echoed, got = results[i * 5 : i * 5 + 5]
+            assert json.loads(created_i)["session_id"] == s and exists == 1
+            assert 110 <= ttl <= 120 and echoed == f"m{i}".encode()
+            assert json.loads(got)["user_id"] == f"p{i}"
+        with pytest.raises(redis.ResponseError, match=r"^unknown command 'FLUSHALL'"):
+            await r.execute_command("FLUSHALL")
+    vkid, vsecret = validator.split(":", 1)
+    async with redis.asyncio.Redis(
+        host="127.0.0.1", port=port, username=vkid, password=vsecret
+    ) as v:
+        with pytest.raises(
+            redis.ResponseError, match=r"^TM-AUTH-4030 permission denied for command 'SET'$"
+        ):
+            await v.set(_sid(), "{}")
+    async with redis.asyncio.Redis(
+        host="127.0.0.1", port=port, username=vkid, password=WRONG_SECRET
+    ) as wrong:
+        with pytest.raises(redis.ResponseError, match=r"^TM-AUTH-4011 invalid credentials$"):
+            await wrong.ping()
+
+
+def test_redis_asyncio_handshake_pipeline_and_errors(node: ServerProcess) -> None:
+    port = node.resp_port  # type: ignore[attr-defined]
+    asyncio.run(_asyncio_scenario(port, node.create_key("issuer"), node.create_key("validator")))
+
+
+@pytest.fixture(scope="module")
+def node_clients() -> Path:
+    """tests/clients/node with its packages installed (``npm ci`` when they are missing)."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        pytest.skip("node and npm are needed for the Node.js client tests (apt: nodejs npm)")
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    if int(version.lstrip("v").split(".")[0] or 0) < 20:
+        pytest.skip(f"ioredis 6 needs Node.js 20 or later, found {version.strip()}")
+    if not (NODE_CLIENTS / "node_modules").is_dir():
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_CLIENTS,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    return NODE_CLIENTS
+
+
+@pytest.mark.parametrize(("script", "resp"), [("node_redis.mjs", 2), ("ioredis.mjs", 3)])
+def test_node_clients(node: ServerProcess, node_clients: Path, script: str, resp: int) -> None:
+    """node-redis v5 (RESP2 by default) and ioredis v6 (HELLO 3 by default) run the same
+    scenario: handshake, TM.CREATE/TM.VALIDATE, GET/TTL/EXPIRE/DEL, a pipeline of 100
+    mixed commands, unknown command, wrong role, wrong password."""
+    scenario = {
+        "port": node.resp_port,  # type: ignore[attr-defined]
+        "issuer": node.create_key("issuer"),
+        "validator": node.create_key("validator"),
+        "sids": [_sid() for _ in range(22)],
+    }
+    done = subprocess.run(
+        ["node", script],
+        cwd=node_clients,
+        env={**os.environ, "TM_SCENARIO": json.dumps(scenario)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["resp"] == resp, summary
+
+
 @needs_redis_cli
 def test_redis_cli_plain_auth_forms_and_scan(node: ServerProcess) -> None:
     cred = node.create_key("issuer")
@@ -178,6 +312,117 @@ def test_redis_cli_over_tls(node: ServerProcess, tls_files: dict[str, str]) -> N
         timeout=20,
     )
     assert "PONG" not in plain.stdout
+
+
+@needs_redis_cli
+@pytest.mark.parametrize("proto", [[], ["-3"]], ids=["resp2", "resp3"])
+def test_redis_cli_info_client_and_stat(node: ServerProcess, proto: list[str]) -> None:
+    """redis-cli (RESP2, and RESP3 with ``-3``) with a metrics key: INFO, INFO server,
+    CLIENT INFO, and ``--stat``, which reads its columns out of INFO."""
+    rclient(node, node.create_key("issuer")).execute_command(
+        "TM.CREATE", _sid(), '{"user_id":"stat"}'
+    )
+    kid, secret = node.create_key("metrics").split(":", 1)
+    port = str(node.resp_port)  # type: ignore[attr-defined]
+    base = ["redis-cli", *proto, "-h", "127.0.0.1", "-p", port, "--user", kid, "--pass", secret]
+    base.append("--no-auth-warning")
+    info = _cli([*base, "INFO"])
+    titles = re.findall(r"^# (\w+)$", info, re.M)
+    assert titles == ["Server", "Clients", "Memory", "Persistence", "Stats", "Keyspace", "TokMesh"]
+    assert re.search(r"^redis_version:7\.2\.0$", info, re.M)
+    assert re.search(r"^db0:keys=[1-9][0-9]*,expires=[0-9]+,avg_ttl=0$", info, re.M)
+    server = _cli([*base, "INFO", "server"])
+    assert server.startswith("# Server") and "# Clients" not in server
+    assert f"tcp_port:{port}" in server
+    line = _cli([*base, "CLIENT", "INFO"])
+    assert f" resp={3 if proto else 2} " in line and f" user={kid} " in line
+    # --stat prints one row per INFO; stdbuf keeps the rows when the process is stopped.
+    if shutil.which("stdbuf") is None:
+        pytest.skip("stdbuf (coreutils) is needed to read redis-cli --stat")
+    stat = subprocess.Popen(
+        ["stdbuf", "-oL", *base, "--stat", "-i", "0.3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    stat.terminate()
+    out, err = stat.communicate(timeout=10)
+    assert "keys       mem      clients blocked requests" in out, out + err
+    rows = [
+        m.groups()
+        for m in re.finditer(
+            r"^(\d+)\s+(\d+(?:\.\d+)?[BKMGTP])\s+(\d+)\s+0\s+(\d+) \(\+(\d+)\)\s+(\d+)\s*$",
+            out,
+            re.M,
+        )
+    ]
+    assert len(rows) >= 2 and not err, out + err
+    keys, _, clients, first, _, _ = rows[0]
+    assert int(keys) >= 1 and int(clients) >= 1
+    assert int(rows[-1][3]) > int(first)  # each INFO is a command
+
+
+@needs_redis_cli
+@pytest.mark.parametrize("proto", [[], ["-3"]], ids=["resp2", "resp3"])
+def test_redis_cli_interactive_help_reads_command_docs(
+    node: ServerProcess, proto: list[str], tmp_path: Path
+) -> None:
+    """Interactive redis-cli builds its help from COMMAND DOCS and asserts the type of
+    every field: a wrong shape aborts it."""
+    import pexpect
+
+    kid, secret = node.create_key("validator").split(":", 1)
+    port = str(node.resp_port)  # type: ignore[attr-defined]
+    child = pexpect.spawn(
+        "redis-cli",
+        [*proto, "-p", port, "--user", kid, "--pass", secret, "--no-auth-warning"],
+        encoding="utf-8",
+        timeout=10,
+        env={**os.environ, "TERM": "dumb", "HOME": str(tmp_path)},
+    )
+    try:
+        child.expect(r":\d+> ")
+        for line, shown in (
+            ("help TM.VALIDATE", "token [TOUCH]"),
+            ("help CLIENT SETINFO", "LIB-NAME libname|LIB-VER libver"),
+            ("help @tokmesh", "Revokes every live session of a user"),
+        ):
+            child.sendline(line)
+            child.expect_exact(shown)
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0 and child.signalstatus is None
+
+
+def _benchmark_speaks_resp3() -> bool:
+    helptext = subprocess.run(["redis-benchmark", "--help"], capture_output=True, text=True)
+    return " -3 " in helptext.stdout + helptext.stderr
+
+
+@needs_redis_benchmark
+@pytest.mark.parametrize("proto", [[], ["-3"]], ids=["resp2", "resp3"])
+def test_redis_benchmark_ping_and_validate(node: ServerProcess, proto: list[str]) -> None:
+    if proto and not _benchmark_speaks_resp3():
+        pytest.skip("this redis-benchmark has no -3 option")
+    cred = node.create_key("issuer", rate_limit=1_000_000)
+    r = rclient(node, cred)
+    token = json.loads(r.execute_command("TM.CREATE", _sid(), '{"user_id":"bench"}'))["token"]
+    kid, secret = cred.split(":", 1)
+    port = str(node.resp_port)  # type: ignore[attr-defined]
+    base = ["redis-benchmark", *proto, "-h", "127.0.0.1", "-p", port, "--user", kid, "-a", secret]
+    for command in (["PING"], ["TM.VALIDATE", token]):
+        done = subprocess.run(
+            [*base, "-n", "2000", "-c", "4", "-P", "4", "-q", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        text = done.stdout + done.stderr
+        assert done.returncode == 0 and "requests per second" in text, text
+        assert "rror" not in text, text  # redis-benchmark prints "Error from server: ..."
 
 
 def _cli(cmd: list[str]) -> str:

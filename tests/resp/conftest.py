@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +34,8 @@ from tokmesh.domain.session import Session
 from tokmesh.domain.tokens import generate_token, is_valid_token, token_digest
 from tokmesh.resp.backend import ServiceBackend, SortedIdScanner
 from tokmesh.resp.commands import Dispatcher
-from tokmesh.resp.handler import RespStats
+from tokmesh.resp.connection import RespStats
+from tokmesh.resp.deps import NodeFacts
 from tokmesh.resp.limits import RespLimits
 from tokmesh.resp.listener import serve_resp
 from tokmesh.services.auth import Authenticator, AuthSettings
@@ -224,6 +226,7 @@ class FakeBackend:
             KEY_METRICS: FakeKey(SECRET, "metrics"),
         }
         self.maintenance = False
+        self.started_at = time.time()
         #: Commands each key may still run (None = unlimited).
         self.budget: dict[str, int] = {}
         self.auth_calls = 0
@@ -266,6 +269,10 @@ class FakeBackend:
     def in_maintenance(self) -> bool:
         return self.maintenance
 
+    def node_facts(self) -> NodeFacts:
+        live = sum(1 for s in self.sessions.store.values() if not s.is_deleted)
+        return NodeFacts("tmnd-fake", self.started_at, live)
+
 
 @pytest.fixture
 def fake_backend() -> FakeBackend:
@@ -282,13 +289,9 @@ class RespServer:
     backend: Any
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        """A blocking redis-py client (use it through :func:`in_thread`).
-
-        RESP2 explicitly: redis-py >= 6 defaults to RESP3 (``HELLO 3``), which TokMesh,
-        like any RESP2 server, does not speak (03 §5.1).
-        """
+        """A blocking redis-py client with the library's defaults (RESP3 through
+        ``HELLO 3``, CLIENT SETINFO); use it through :func:`in_thread`."""
         kwargs.setdefault("socket_timeout", 10)
-        kwargs.setdefault("protocol", 2)
         client = redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
         # Keep PING's reply as sent (redis-py turns it into a bool).
         client.set_response_callback("PING", lambda r, **kw: r)
@@ -307,15 +310,12 @@ async def start_server(
 ) -> RespServer:
     """Bind 127.0.0.1:0 and serve RESP until the nursery ends."""
     dispatcher = Dispatcher(backend)
-    stats = RespStats()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     await nursery.start(
-        functools.partial(
-            serve_resp, listeners, dispatcher, limits or RespLimits(), ssl_context, stats=stats
-        )
+        functools.partial(serve_resp, listeners, dispatcher, limits or RespLimits(), ssl_context)
     )
-    return RespServer(port, dispatcher, stats, backend)
+    return RespServer(port, dispatcher, dispatcher.stats, backend)
 
 
 @pytest.fixture

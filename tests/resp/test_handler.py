@@ -7,7 +7,8 @@ import trio
 import trio.testing
 
 from tokmesh.resp.commands import Dispatcher
-from tokmesh.resp.handler import RespStats, serve_resp_connection
+from tokmesh.resp.connection import RespStats
+from tokmesh.resp.handler import serve_resp_connection
 from tokmesh.resp.limits import RespLimits
 
 from .conftest import KEY_ISSUER, SECRET, FakeBackend

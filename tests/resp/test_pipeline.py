@@ -1,4 +1,4 @@
-"""The per-command pipeline of 03 §5.2 and AUTH of 02 §4, driven without sockets."""
+"""The per-command pipeline and AUTH, driven without sockets."""
 
 from __future__ import annotations
 
@@ -32,8 +32,15 @@ async def test_open_commands_and_noauth() -> None:
     assert await run(d, conn, "PING", "a", "b") == (
         b"-ERR wrong number of arguments for 'PING' command\r\n"
     )
-    for cmd in (["GET", SID], ["EXISTS", SID], ["TM.VALIDATE", "t"], ["FLUSHALL"], ["MULTI"]):
+    for cmd in (["GET", SID], ["EXISTS", SID], ["TM.VALIDATE", "t"], ["INFO"], ["ECHO", "x"]):
         assert await run(d, conn, *cmd) == NOAUTH
+    # Unknown commands are answered before the authentication check, as in Redis.
+    assert await run(d, conn, "FLUSHALL") == (
+        b"-ERR unknown command 'FLUSHALL', with args beginning with: \r\n"
+    )
+    assert await run(d, conn, "MULTI") == (
+        b"-ERR unknown command 'MULTI', with args beginning with: \r\n"
+    )
     assert await run(d, conn) == b"-ERR no command\r\n"
 
 
@@ -76,9 +83,22 @@ async def test_disabled_key_loses_access_at_once() -> None:
 async def test_unknown_commands_after_auth() -> None:
     _, d, conn = setup()
     await auth(d, conn, KEY_ISSUER)
-    assert await run(d, conn, "FLUSHALL") == b"-ERR unknown command 'FLUSHALL'\r\n"
-    for name in ("MULTI", "EXEC", "WATCH", "SELECT", "HELLO", "SUBSCRIBE", "CLIENT"):
-        assert await run(d, conn, name, "x") == f"-ERR unknown command '{name}'\r\n".encode()
+    assert await run(d, conn, "FLUSHALL") == (
+        b"-ERR unknown command 'FLUSHALL', with args beginning with: \r\n"
+    )
+    for name in ("MULTI", "EXEC", "WATCH", "SUBSCRIBE"):
+        assert await run(d, conn, name, "x", "y z") == (
+            f"-ERR unknown command '{name}', with args beginning with: 'x' 'y z' \r\n".encode()
+        )
+    # Redis shows the arguments up to 128 bytes of them.
+    reply = await run(d, conn, "NOPE", "a" * 100, "b" * 100, "c")
+    assert reply == (
+        b"-ERR unknown command 'NOPE', with args beginning with: '"
+        + b"a" * 100
+        + b"' '"
+        + b"b" * 25
+        + b"' \r\n"
+    )
     # A hostile name cannot inject a reply line.
     reply = await run(d, conn, b"X\r\n+OK")
     assert reply.count(b"\r\n") == 1 and reply.startswith(b"-ERR unknown command")
@@ -117,7 +137,11 @@ async def test_order_maintenance_rate_role_arity() -> None:
         b"-ERR TM-ADMIN-5031 service unavailable: restore in progress\r\n"
     )
     assert await run(d, conn, "PING") == b"+PONG\r\n"  # open commands still answer
-    assert await run(d, conn, "NOPE") == b"-ERR unknown command 'NOPE'\r\n"  # unknown first
+    assert await run(d, conn, "NOPE") == (  # unknown first
+        b"-ERR unknown command 'NOPE', with args beginning with: \r\n"
+    )
+    # INFO is not a data command: it answers, and reports the restore as "loading".
+    assert b"\r\nloading:1\r\n" in await run(d, conn, "INFO", "persistence")
     backend.maintenance = False
     backend.budget[KEY_VALIDATOR] = 2
     assert await run(d, conn, "GET", SID) == b"$-1\r\n"

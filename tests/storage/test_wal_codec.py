@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tokmesh.domain.session import Session
 from tokmesh.storage.cipher import ALG_AES, ALG_CHACHA, Cipher, DecryptError
 from tokmesh.storage.wal_codec import (
+    CUT_MARK,
     MAX_FRAME,
     RecordType,
     StopReason,
@@ -181,6 +182,18 @@ def test_impossible_length_is_corruption(length: int) -> None:
     buf = struct.pack(">IIB", length, 0, 1) + b"x" * 16
     scan = decode_frames(buf, 0)
     assert scan.stop is StopReason.CORRUPT and scan.frames == []
+
+
+def test_cut_mark_ends_the_frames_on_purpose(make_session: MakeSession, aes: Cipher) -> None:
+    kept = encode_record(session_record(make_session()), aes)
+    failed = encode_record(session_record(make_session()), aes)
+    # The writer overwrites the failed batch's first header with the mark in place.
+    buf = kept + CUT_MARK + failed[len(CUT_MARK) :]
+    scan = decode_frames(buf, 0)
+    assert scan.stop is StopReason.CUT and scan.stop_offset == len(kept)
+    assert [end for end, _, _ in scan.frames] == [len(kept)]
+    assert decode_frames(CUT_MARK + b"\x00", 0).stop is StopReason.CUT
+    assert decode_frames(CUT_MARK, 0).stop is StopReason.TORN  # no room for a header
 
 
 @pytest.mark.parametrize("rtype", [0, 5, 255])

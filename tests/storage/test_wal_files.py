@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tokmesh.domain.errors import E
+from tokmesh.storage import wal_files
 from tokmesh.storage.cipher import ALG_AES, Cipher, StorageFatalError
 from tokmesh.storage.wal_codec import (
+    CUT_MARK,
     MAGIC,
     RecordType,
     WalRecord,
@@ -390,3 +394,145 @@ def test_writer_on_empty_dir_starts_after_min_position(tmp_path: Path) -> None:
     w = SegmentWriter.open(tmp_path, min_position=make_position(4, 500))
     assert w.current_segment_id == 5 and w.position == make_position(5, 8)
     w.close()
+
+
+# ---- a batch that fails is cut off -----------------------------------------------------
+
+
+class _Os:
+    """The ``os`` module as ``wal_files`` sees it, with some calls replaced."""
+
+    def __init__(self, **replaced: object) -> None:
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+
+def _disk_with_room(room: int) -> Callable[[int, bytes], int]:
+    """``os.write`` on a disk with ``room`` bytes free: short writes, then ENOSPC."""
+    left = [room]
+
+    def write(fd: int, data: bytes) -> int:
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = os.write(fd, bytes(data[: left[0]]))
+        left[0] -= n
+        return n
+
+    return write
+
+
+def _eio(*_: object) -> None:
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_short_write_cuts_the_failed_batch_off(
+    tmp_path: Path, make_session: MakeSession, aes: Cipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = SegmentWriter.open(tmp_path)
+    acked = [rec(make_session) for _ in range(2)]
+    write(w, acked, aes)  # acknowledged, not fsynced (batch mode)
+    before = w.position
+    frames = [encode_record(rec(make_session), aes) for _ in range(3)]
+    room = len(frames[0]) + len(frames[1]) // 2  # one complete frame lands, then ENOSPC
+    monkeypatch.setattr(wal_files, "os", _Os(write=_disk_with_room(room)))
+    with pytest.raises(OSError) as info:
+        w.append(b"".join(frames), 3)
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(StorageFatalError):  # latched
+        w.append(frames[0], 1)
+    monkeypatch.undo()
+    # Without the cut, the batch's complete first frame would be replayed.
+    assert (tmp_path / segment_name(1)).stat().st_size == split_position(before)[1]
+    stats = WalReadStats()
+    assert ids(list(read_wal(tmp_path, 0, aes, stats))) == [r.entity_id for r in acked]
+    assert stats.warnings == []
+    # The next start appends right after the acknowledged records.
+    w = SegmentWriter.open(tmp_path)
+    assert w.position == before and w.recovery.truncated_bytes == 0
+    later = rec(make_session)
+    write(w, [later], aes)
+    w.close()
+    assert ids(list(read_wal(tmp_path, 0, aes))) == [r.entity_id for r in [*acked, later]]
+
+
+def test_failed_fdatasync_cuts_the_batch_off(
+    tmp_path: Path, make_session: MakeSession, aes: Cipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = SegmentWriter.open(tmp_path)
+    acked = rec(make_session)
+    w.append(encode_record(acked, aes), 1, sync=True)
+    before = w.position
+    monkeypatch.setattr(wal_files, "_fdatasync", _eio)
+    with pytest.raises(OSError):
+        w.append(encode_record(rec(make_session), aes), 1, sync=True)
+    monkeypatch.undo()
+    # The whole batch was written; the failed fdatasync refused it, so it is gone.
+    assert (tmp_path / segment_name(1)).stat().st_size == split_position(before)[1]
+    assert ids(list(read_wal(tmp_path, 0, aes))) == [acked.entity_id]
+
+
+def test_cut_mark_when_the_segment_cannot_be_truncated(
+    tmp_path: Path,
+    make_session: MakeSession,
+    aes: Cipher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = SegmentWriter.open(tmp_path)
+    acked = [rec(make_session) for _ in range(2)]
+    write(w, acked, aes)
+    before_off = split_position(w.position)[1]
+    frames = [encode_record(rec(make_session), aes) for _ in range(3)]
+    room = len(frames[0]) + len(frames[1]) // 2
+    monkeypatch.setattr(wal_files, "os", _Os(write=_disk_with_room(room), ftruncate=_eio))
+    with caplog.at_level(logging.ERROR, logger="tokmesh.storage"), pytest.raises(OSError):
+        w.append(b"".join(frames), 3)
+    monkeypatch.undo()
+    assert "marked cut at offset" in caplog.text
+    path = tmp_path / segment_name(1)
+    buf = path.read_bytes()
+    assert len(buf) == before_off + room  # the failed bytes are still there...
+    assert buf[before_off : before_off + len(CUT_MARK)] == CUT_MARK  # ...behind the mark
+    stats = WalReadStats()
+    assert ids(list(read_wal(tmp_path, 0, aes, stats))) == [r.entity_id for r in acked]
+    assert stats.warnings == [
+        f"WAL segment {path.name}: a write that failed was cut off at offset {before_off}; "
+        f"its {room} bytes (never acknowledged) are not replayed"
+    ]
+    # The next start truncates at the mark and appends cleanly after it.
+    w = SegmentWriter.open(tmp_path)
+    assert w.recovery.truncated_bytes == room
+    assert w.recovery.reason == "cut mark of a failed write"
+    later = rec(make_session)
+    write(w, [later], aes)
+    w.close()
+    stats = WalReadStats()
+    got = ids(list(read_wal(tmp_path, 0, aes, stats)))
+    assert got == [r.entity_id for r in [*acked, later]] and stats.warnings == []
+
+
+def test_batch_that_cannot_be_cut_off_says_how_to_fix_it(
+    tmp_path: Path,
+    make_session: MakeSession,
+    aes: Cipher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = SegmentWriter.open(tmp_path)
+    write(w, [rec(make_session)], aes)
+    offset = split_position(w.position)[1]
+    frames = [encode_record(rec(make_session), aes) for _ in range(2)]
+    monkeypatch.setattr(
+        wal_files,
+        "os",
+        _Os(write=_disk_with_room(len(frames[0]) + 20), ftruncate=_eio, pwrite=_eio),
+    )
+    with caplog.at_level(logging.ERROR, logger="tokmesh.storage"), pytest.raises(OSError):
+        w.append(b"".join(frames), 2)
+    monkeypatch.undo()
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1
+    path = tmp_path / segment_name(1)
+    assert f"truncate -s {offset} {path}" in critical[0].getMessage()

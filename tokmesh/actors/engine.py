@@ -25,7 +25,7 @@ from tokmesh.actors.snapshotter import SnapshotSettings, Snapshotter
 from tokmesh.actors.state import StoreState
 from tokmesh.actors.store import ChangeHook
 from tokmesh.actors.sweeper import TtlSweeper
-from tokmesh.actors.wal_writer import WalSettings, WalWriter
+from tokmesh.actors.wal_writer import WalSettings, WalWriter, describe_failure
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
@@ -74,7 +74,8 @@ class Readiness:
         return self.phase is Phase.READY
 
     def checks(self) -> dict[str, str]:
-        """The ``checks`` object of ``/ready`` (03 §3.7)."""
+        """The ``checks`` object of ``/ready``; a failed node adds its reason
+        (``storage_reason``), so whoever reads the 503 sees why, e.g. a full disk."""
         storage = {
             Phase.READY: "ok",
             Phase.RESTORING: "restoring",
@@ -83,7 +84,10 @@ class Readiness:
             Phase.STOPPING: "stopping",
             Phase.FAILED: "failed",
         }[self.phase]
-        return {"storage": storage, "cluster": "ok"}
+        checks = {"storage": storage, "cluster": "ok"}
+        if self.phase is Phase.FAILED and self.reason:
+            checks["storage_reason"] = self.reason
+        return checks
 
     def require_serving(self) -> None:
         """Gate of business requests: 503 before recovery finished (``TM-SYS-5030``) and
@@ -217,7 +221,10 @@ class StorageEngine:
                 await periodic.start(self.sweeper.run)
                 await periodic.start(self.snapshotter.run)
                 await periodic.start(self._freeze_survivors)
-                self.readiness.set(Phase.READY)
+                # A WAL that could not be opened for lack of space leaves the node failed
+                # (reads only) rather than ready.
+                if wal.failed is None:
+                    self.readiness.set(Phase.READY)
                 task_status.started()
                 await self._stopped.wait()
                 periodic.cancel_scope.cancel()
@@ -332,7 +339,7 @@ class StorageEngine:
 
     def _on_wal_failure(self, exc: BaseException) -> None:
         metrics.WAL_FSYNC_FAILED.inc()
-        self.readiness.set(Phase.FAILED, "write-ahead log failure")
+        self.readiness.set(Phase.FAILED, f"write-ahead log failure: {describe_failure(exc)}")
 
     async def stop(self) -> None:
         """Graceful stop: flush and fsync everything acknowledged, seal the WAL."""

@@ -10,9 +10,13 @@ one fsync (~0.2 ms here) is shared by every writer of the batch.
 ``batch`` mode writes each group to the OS at once and fsyncs every ``sync_interval``:
 a killed process loses nothing, an OS crash loses at most the interval (RPO < 1 s).
 
-A failed write or fsync fails the batch with ``TM-SYS-5001``, latches the writer failed
+A failed write or fsync fails the batch with ``TM-SYS-5001``, cuts what it left off the
+segment (none of its records can come back after a restart), latches the writer failed
 (later appends fail fast) and marks the node not ready: a restart is required, the fd is
-never fsynced again (01 §8.7, D32).
+never fsynced again (a retried fsync can report success for data the kernel dropped).
+
+A node that starts on a full disk comes up the same way: recovered and serving reads,
+writes refused with ``TM-SYS-5001``, ``/ready`` 503 until it is restarted with free space.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import attrs
 import trio
 
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.storage.cipher import Cipher
+from tokmesh.storage.cipher import Cipher, out_of_space, probe_write
 from tokmesh.storage.wal_codec import WalRecord, encode_record, make_position, split_position
 from tokmesh.storage.wal_files import SegmentWriter
 
@@ -101,21 +105,43 @@ class WalWriter:
 
         ``min_position`` is the recovered position: new records are never given a
         position at or below one a snapshot already covers.
+
+        A full disk does not stop the node: if the segment cannot be opened or a probe
+        file cannot be written in the WAL directory for lack of space, the writer starts
+        latched failed (reads are served, writes answer ``TM-SYS-5001``, the node is not
+        ready). Any other error propagates and the start fails.
         """
         s = self.settings
-        self._segment = await trio.to_thread.run_sync(
-            lambda: SegmentWriter.open(
+        self.position = min_position
+
+        def open_and_probe() -> SegmentWriter:
+            segment = SegmentWriter.open(
                 self.wal_dir,
                 min_position=min_position,
                 max_segment_bytes=s.segment_max_bytes,
                 max_segment_records=s.segment_max_records,
             )
-        )
+            # Reopening the active segment writes nothing, so a full disk would only show
+            # at the first write; find out now, while no caller is waiting.
+            try:
+                probe_write(self.wal_dir)
+            except OSError:
+                segment.close()
+                raise
+            return segment
+
+        try:
+            self._segment = await trio.to_thread.run_sync(open_and_probe)
+        except OSError as exc:
+            if not out_of_space(exc):
+                raise
+            self._latch(exc, "WAL cannot be written at start-up; serving reads only")
+            return
         self.position = self._segment.position
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Actor loop: group commit until :meth:`close` drains the mailbox."""
-        if self._segment is None:
+        if self._segment is None and self.failed is None:
             await self.open()
         async with trio.open_nursery() as nursery:
             if self.settings.sync_mode == "batch":
@@ -204,9 +230,7 @@ class WalWriter:
         def write() -> tuple[int, list[int]]:
             frames = [encode_record(r, cipher) for r in records]
             data = b"".join(frames)
-            end = seg.append(data, len(frames))
-            if do_fsync:
-                seg.fsync()
+            end = seg.append(data, len(frames), sync=do_fsync)
             # The whole batch lands in one segment (rotation happens before writing),
             # so each record's end offset follows from the batch end.
             seg_id, end_off = split_position(end)
@@ -222,7 +246,7 @@ class WalWriter:
             async with self._io_lock:
                 nbytes, ends = await trio.to_thread.run_sync(write)
         except Exception as exc:  # OSError, encoding failures: fail-stop
-            self._latch(exc)
+            self._latch(exc, "WAL write failed; batch refused")
             err = TokMeshError(E.SYS_STORAGE, "write-ahead log write failed")
             for item in batch:
                 item.on_fail(err)
@@ -253,12 +277,23 @@ class WalWriter:
                         await trio.to_thread.run_sync(seg.fsync)
                     self.stats.fsyncs += 1
                 except Exception as exc:
-                    self._latch(exc)
+                    self._latch(exc, "WAL fsync failed")
 
-    def _latch(self, exc: BaseException) -> None:
+    def _latch(self, exc: BaseException, what: str) -> None:
         if self.failed is None:
             self.failed = exc
             self.stats.fsync_failures += 1
-            log.error("WAL write/fsync failed; writer latched failed, restart required: %s", exc)
+            log.error(
+                "%s: %s; writes answer TM-SYS-5001 and the node is not ready until restarted",
+                what,
+                describe_failure(exc),
+            )
             if self._on_failure is not None:
                 self._on_failure(exc)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Short words for a WAL failure, naming the OS's reason (``No space left on device``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -2,7 +2,8 @@
 
 One command per line, one compact JSON envelope per reply line. Trust is the file mode
 (0660 under a restrictive umask): callers act as admin without an API key and every
-command is audited as ``LOCAL_ADMIN``.
+command is audited as ``LOCAL_ADMIN``. The kernel tells who is on the other end (the
+peer's uid and pid), so audit records and logs can still name the operating-system user.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import socket
 import stat
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +31,40 @@ log = logging.getLogger("tokmesh.local")
 
 MAX_LINE = 4096
 
-#: command name -> handler(args) returning the ``data`` object
-CommandHandler = Callable[[list[str]], Awaitable[dict[str, Any]]]
+
+@dataclass(frozen=True)
+class Peer:
+    """The process on the other end of a connection, as the kernel reports it."""
+
+    pid: int | None = None
+    uid: int | None = None
+    user: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """``{peer_uid, peer_user, peer_pid}`` for an audit record or a log line."""
+        return {"peer_uid": self.uid, "peer_user": self.user, "peer_pid": self.pid}
+
+
+def peer_of(sock: trio.socket.SocketType) -> Peer:
+    """The connected peer's credentials (``SO_PEERCRED``) and user name; an empty
+    :class:`Peer` where the platform has no such option. May block on a name lookup."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # pragma: no cover - Linux CI
+        return Peer()
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return Peer()
+    pid, uid, _gid = struct.unpack("3i", raw)
+    try:
+        user: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = None
+    return Peer(pid=pid, uid=uid, user=user)
+
+
+#: command name -> handler(args, peer) returning the ``data`` object
+CommandHandler = Callable[[list[str], Peer], Awaitable[dict[str, Any]]]
 
 
 def envelope_ok(data: dict[str, Any]) -> bytes:
@@ -114,6 +150,8 @@ class LocalSocketServer:
     async def _handle(self, stream: trio.SocketStream) -> None:
         buf = b""
         try:
+            # The user name may come from a directory service: look it up off the loop.
+            peer = await trio.to_thread.run_sync(peer_of, stream.socket)
             while True:
                 while b"\n" not in buf:
                     if len(buf) > MAX_LINE:
@@ -124,25 +162,25 @@ class LocalSocketServer:
                     chunk = await stream.receive_some(4096)
                     if not chunk:
                         if buf.strip():
-                            await stream.send_all(await self.execute(buf))
+                            await stream.send_all(await self.execute(buf, peer))
                         return
                     buf += chunk
                 line, buf = buf.split(b"\n", 1)
                 if line.strip():
-                    await stream.send_all(await self.execute(line))
+                    await stream.send_all(await self.execute(line, peer))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             await stream.aclose()
 
-    async def execute(self, line: bytes) -> bytes:
-        """Run one command line and return its reply line."""
+    async def execute(self, line: bytes, peer: Peer) -> bytes:
+        """Run one command line for ``peer`` and return its reply line."""
         try:
             name, args = parse_command(line.rstrip(b"\r"))
             handler = self.commands.get(name)
             if handler is None:
                 raise TokMeshError(E.ARG_INVALID, f"unknown command: {name.lower()}")
-            return envelope_ok(await handler(args))
+            return envelope_ok(await handler(args, peer))
         except TokMeshError as exc:
             return envelope_error(exc)
         except Exception:

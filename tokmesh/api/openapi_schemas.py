@@ -249,6 +249,11 @@ def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[st
                     "enum": ["ok", "starting", "recovering", "restoring", "stopping", "failed"]
                 },
                 "cluster": {"type": "string"},
+                "storage_reason": {
+                    "type": "string",
+                    "description": "Why storage failed (e.g. No space left on device); "
+                    "present only while storage is failed",
+                },
             },
             "required": ["storage", "cluster"],
         },

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tokmesh.api.local_socket_path import local_target_candidates
 from tokmesh.cli.durations import parse_duration_ms
 from tokmesh.cli.errors import config_error
 
-BUILTIN_SOCKET = "/var/run/tokmesh-server/tokmesh-server.sock"
 SYSTEM_CONFIG = "/etc/tokmesh-cli/cli.yaml"
 OUTPUT_FORMATS = ("table", "json", "yaml", "wide")
 DEFAULT_TIMEOUT_MS = 30_000
@@ -37,6 +37,8 @@ class TargetEntry:
     name: str
     url: str | None = None
     socket: str | None = None
+    #: sockets tried in order when ``socket`` does not answer (the built-in ``local`` only)
+    fallbacks: tuple[str, ...] = ()
     api_key: str | None = None
     ca_file: str | None = None
     cert_file: str | None = None
@@ -90,13 +92,17 @@ class CliConfig:
         }
 
 
-def builtin_config() -> CliConfig:
+def builtin_local(env: Mapping[str, str] | None = None) -> TargetEntry:
+    """The built-in ``local`` target: the sockets a node without a configuration file
+    would bind, in the order it tries them (its data directory ``./data`` taken relative
+    to the current directory; the server's socket and WAL variables in ``env`` apply)."""
+    first, *rest = local_target_candidates(os.environ if env is None else env, Path.cwd())
+    return TargetEntry("local", socket=str(first), fallbacks=tuple(str(p) for p in rest))
+
+
+def builtin_config(env: Mapping[str, str] | None = None) -> CliConfig:
     """The configuration used when no file exists (06 §3.1)."""
-    return CliConfig(
-        path=None,
-        default="local",
-        targets={"local": TargetEntry("local", socket=BUILTIN_SOCKET)},
-    )
+    return CliConfig(path=None, default="local", targets={"local": builtin_local(env)})
 
 
 def search_paths(env: Mapping[str, str]) -> list[Path]:
@@ -148,11 +154,11 @@ def load(explicit: str | None, env: Mapping[str, str]) -> CliConfig:
     """
     path, is_explicit = locate(explicit, env)
     if path is None:
-        return builtin_config()
+        return builtin_config(env)
     if not path.is_file():
         if is_explicit:
             raise config_error(f"config file not found: {path}")
-        return builtin_config()
+        return builtin_config(env)
     cfg, errors = load_file(path)
     if errors:
         raise config_error(f"invalid config file {path}: {errors[0]}", details={"errors": errors})

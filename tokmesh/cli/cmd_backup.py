@@ -168,11 +168,16 @@ async def backup_list(ctx: click.Context) -> None:
 
 
 def snapshot_row(s: dict[str, Any], wide: bool, full: bool) -> list[tuple[str, str | None]]:
-    """One ``backup list`` table row (06 §7.2)."""
+    """One ``backup list`` table row (06 §7.2).
+
+    The snapshot ID is never shortened, unlike other long values: it is what
+    ``backup download`` and ``backup restore --id`` take, and at 20-odd characters it
+    fits a terminal anyway.
+    """
     from tokmesh.cli.output import format_bytes, list_time, truncate
 
     row: list[tuple[str, str | None]] = [
-        (truncate(str(s.get("snapshot_id", "")), full), "id"),
+        (str(s.get("snapshot_id", "")), "id"),
         (list_time(s.get("created_at")), None),
         (format_bytes(int(s.get("size_bytes") or 0)), None),
         (truncate(str(s.get("description") or ""), full), None),

@@ -62,7 +62,7 @@ async def _server_block(state: Any) -> tuple[dict[str, Any] | None, str | None]:
     try:
         async with remote(state, "version", socket_ok=True) as conn:
             info = await conn.summary()
-            block: dict[str, Any] = {"address": conn.endpoint.display}
+            block: dict[str, Any] = {"address": conn.address}
             if info is not None:
                 block["version"] = info.get("version")
                 block["status"] = info.get("cluster_state")
@@ -163,7 +163,7 @@ async def connect(ctx: click.Context, target: str | None) -> None:
     conn = await _open(state, target, prompt=True)
     if state.in_repl:
         await install(state, conn)
-    data = {"label": conn.label, "address": conn.endpoint.display, "node": conn.info}
+    data = {"label": conn.label, "address": conn.address, "node": conn.info}
     emit(printer, data, lambda: printer.lines(x for x in _connected_lines(conn, False)))
     if not state.in_repl:
         await conn.aclose()
@@ -213,7 +213,7 @@ async def status(ctx: click.Context) -> None:
         data = {
             "connected": True,
             "label": conn.label,
-            "address": conn.endpoint.display,
+            "address": conn.address,
             "node": conn.info,
         }
         emit(printer, data, lambda: printer.lines(x for x in _connected_lines(conn, True)))
@@ -253,8 +253,8 @@ async def use(ctx: click.Context, alias: str) -> None:
         await conn.aclose()
     emit(
         printer,
-        {"alias": alias, "address": conn.endpoint.display},
-        lambda: printer.out(f"Switched to {alias} ({conn.endpoint.display})"),
+        {"alias": alias, "address": conn.address},
+        lambda: printer.out(f"Switched to {alias} ({conn.address})"),
     )
 
 

@@ -46,7 +46,9 @@ class Connection:
         self.http: HttpClient | None = None
         self.socket: SocketClient | None = None
         if endpoint.is_socket:
-            self.socket = SocketClient(endpoint.address, timeout_s=opts.timeout_s)
+            self.socket = SocketClient(
+                endpoint.address, timeout_s=opts.timeout_s, fallbacks=endpoint.fallbacks
+            )
         else:
             self.http = HttpClient(
                 endpoint,
@@ -57,6 +59,14 @@ class Connection:
             )
         #: ``GET /admin/v1/status/summary`` data once verified (``None`` if forbidden)
         self.info: dict[str, Any] | None = None
+
+    @property
+    def address(self) -> str:
+        """The URL, or ``socket:<path>`` of the socket that answered (for ``local``, the
+        candidate in use once a command went through)."""
+        if self.socket is not None:
+            return f"socket:{self.socket.path}"
+        return self.endpoint.display
 
     @property
     def label(self) -> str:
@@ -89,7 +99,7 @@ class Connection:
         """``  Address:`` / ``  Version:`` (/ ``  Uptime:``) lines for connect and status."""
         from tokmesh.cli.output import format_duration
 
-        lines = [f"  Address:  {self.endpoint.display}"]
+        lines = [f"  Address:  {self.address}"]
         if self.info:
             if self.info.get("version"):
                 lines.append(f"  Version:  {self.info['version']}")

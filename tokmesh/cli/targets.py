@@ -2,7 +2,8 @@
 
 ``http(s)://`` → URL (default ports 5080 / 5443); ``socket:<path>`` → Unix socket; a
 configured alias (a configured ``local`` beats the built-in); the literal ``local`` → the
-built-in socket; anything else is ``unknown target`` (64).
+built-in socket, which is a list of sockets tried in the order the server tries to bind
+them; anything else is ``unknown target`` (64).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tokmesh.cli.cliconfig import BUILTIN_SOCKET, CliConfig, TargetEntry, check_url
+from tokmesh.cli.cliconfig import CliConfig, TargetEntry, builtin_local, check_url
 from tokmesh.cli.errors import usage_error
 
 HTTP_PORT = 5080
@@ -24,6 +25,8 @@ class Endpoint:
     kind: str  # "http" or "socket"
     address: str  # "http(s)://host:port" or the socket path
     alias: str | None = None
+    #: further socket paths tried in order when ``address`` does not answer
+    fallbacks: tuple[str, ...] = ()
     api_key: str | None = None
     ca_file: str | None = None
     cert_file: str | None = None
@@ -79,7 +82,7 @@ def from_entry(entry: TargetEntry) -> Endpoint:
             cert_file=entry.cert_file,
             key_file=entry.key_file,
         )
-    return Endpoint("socket", str(entry.socket), alias=entry.name)
+    return Endpoint("socket", str(entry.socket), alias=entry.name, fallbacks=entry.fallbacks)
 
 
 def resolve(text: str, cfg: CliConfig | None) -> Endpoint:
@@ -98,7 +101,7 @@ def resolve(text: str, cfg: CliConfig | None) -> Endpoint:
     if cfg is not None and t in cfg.targets:
         return from_entry(cfg.targets[t])
     if t == "local":
-        return Endpoint("socket", BUILTIN_SOCKET, alias="local")
+        return from_entry(builtin_local())
     lines = []
     if cfg is not None and cfg.targets:
         lines.append("Configured targets: " + ", ".join(cfg.targets))

@@ -232,11 +232,32 @@ class HttpClient:
         return doc if doc is not None else {}
 
 
-class SocketClient:
-    """The local admin socket: one command line out, one JSON envelope line back."""
+#: connect errors after which the next candidate socket is tried: no file there, a file
+#: this user may not open (another user's node), or a file left behind by a stopped node
+_TRY_NEXT = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ECONNREFUSED, errno.ENOTSOCK}
+)
 
-    def __init__(self, path: str, *, timeout_s: float) -> None:
+
+class NoSocket(OSError):
+    """No candidate socket accepted a connection: each path with its error."""
+
+    def __init__(self, failures: list[tuple[str, OSError]]) -> None:
+        super().__init__(failures[0][1].errno, failures[0][1].strerror)
+        self.failures = failures
+
+
+class SocketClient:
+    """The local admin socket: one command line out, one JSON envelope line back.
+
+    With ``fallbacks`` (the built-in ``local`` target) the paths are tried in order, the
+    order in which the server tries to bind them; the first that accepts a connection is
+    kept for the following commands.
+    """
+
+    def __init__(self, path: str, *, timeout_s: float, fallbacks: tuple[str, ...] = ()) -> None:
         self.path = path
+        self.fallbacks = fallbacks
         self.timeout_s = timeout_s
 
     async def command(self, line: str) -> Any:
@@ -245,21 +266,10 @@ class SocketClient:
             raw = await asyncio.wait_for(self._exchange(line), self.timeout_s)
         except TimeoutError:
             raise timeout_error(f"local socket {self.path} did not answer in time") from None
-        except PermissionError:
-            raise unreachable_error(
-                f"permission denied on local socket {self.path}",
-                suggestion=f"Check OS permissions on {self.path}.",
-            ) from None
+        except NoSocket as exc:
+            raise _no_socket_error(exc.failures) from None
         except OSError as exc:
-            if exc.errno == errno.EACCES:
-                raise unreachable_error(
-                    f"permission denied on local socket {self.path}",
-                    suggestion=f"Check OS permissions on {self.path}.",
-                ) from None
-            raise unreachable_error(
-                f"cannot connect to local socket {self.path}: {exc.strerror or exc}",
-                suggestion=(f"Ensure the TokMesh server is running and accessible at {self.path}."),
-            ) from None
+            raise _socket_error(self.path, exc) from None
         try:
             doc = json.loads(raw)
         except ValueError:
@@ -268,8 +278,22 @@ class SocketClient:
             raise error_from_envelope(400, doc)
         return doc.get("data") or {}
 
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        failures: list[tuple[str, OSError]] = []
+        for path in (self.path, *self.fallbacks):
+            try:
+                streams = await asyncio.open_unix_connection(path)
+            except OSError as exc:
+                if exc.errno not in _TRY_NEXT:
+                    raise
+                failures.append((path, exc))
+                continue
+            self.path, self.fallbacks = path, ()
+            return streams
+        raise NoSocket(failures)
+
     async def _exchange(self, line: str) -> bytes:
-        reader, writer = await asyncio.open_unix_connection(self.path)
+        reader, writer = await self._open()
         try:
             writer.write(line.encode() + b"\n")
             await writer.drain()
@@ -284,6 +308,30 @@ class SocketClient:
 
     async def aclose(self) -> None:
         """Nothing to close: every command uses its own connection."""
+
+
+def _socket_error(path: str, exc: OSError, also_tried: tuple[str, ...] = ()) -> CliError:
+    """``TM-CLI-1002`` (69) for a socket that could not be used."""
+    tried = f" (also tried {', '.join(also_tried)})" if also_tried else ""
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return unreachable_error(
+            f"permission denied on local socket {path}{tried}",
+            suggestion=f"Check OS permissions on {path}.",
+        )
+    return unreachable_error(
+        f"cannot connect to local socket {path}: {exc.strerror or exc}{tried}",
+        suggestion=f"Ensure the TokMesh server is running and accessible at {path}.",
+    )
+
+
+def _no_socket_error(failures: list[tuple[str, OSError]]) -> CliError:
+    """The error of the most telling candidate (one that exists but refused us, else the
+    first), naming the others so that the user sees every place that was looked at."""
+    path, exc = next(
+        ((p, e) for p, e in failures if e.errno not in (errno.ENOENT, errno.ENOTDIR)),
+        failures[0],
+    )
+    return _socket_error(path, exc, tuple(p for p, _ in failures if p != path))
 
 
 def _short(exc: BaseException) -> str:

@@ -285,7 +285,8 @@ class LocalConfig:
         "/var/run/tokmesh-server/tokmesh-server.sock",
         Kind.PATH,
         "Unix socket of the emergency admin channel (no API key, mode 0660, never over "
-        'TCP). If its directory is missing or unwritable: WARN and the channel is off; "" '
+        "TCP). If it cannot be bound (e.g. no root for /var/run): WARN and the socket goes "
+        'to <data dir>/tokmesh-server.sock, where `tokmesh-cli -t local` also looks; "" '
         "turns it off.",
     )
 
@@ -603,7 +604,8 @@ class WalConfig:
         Kind.PATH,
         "WAL directory; relative paths resolve against the config file's directory (else "
         "the working directory). Must exist or be creatable (mode 0750) and writable: cannot "
-        "create 1003, not writable 1004, not a directory 1001.",
+        "create 1003, not writable 1004 (naming the cause), not a directory 1001. A full disk "
+        "is only a WARN: the node starts read-only (writes TM-SYS-5001, /ready 503).",
     )
     sync_mode: str = _key(
         "batch",

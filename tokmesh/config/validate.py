@@ -34,6 +34,7 @@ from tokmesh.config.loader import LoadResult, load_config, load_yaml_text
 from tokmesh.config.schema import KEYS, Config, KeySpec, Kind, config_to_flat
 from tokmesh.config.types import ConfigValueError, parse_addr
 from tokmesh.domain.errors import E, ErrorCode
+from tokmesh.storage.cipher import out_of_space, probe_write
 
 __all__ = [
     "HTTPS_DISABLED_WARNING",
@@ -472,13 +473,23 @@ def _check_dir(ctx: _Ctx, key: str) -> None:
         if not os.access(path, os.W_OK | os.X_OK):
             ctx.error(key, E.CFG_PERMISSION, "directory is not writable", "a writable directory")
         return
-    probe = path / ".write_test"
     try:
-        with open(probe, "wb") as fh:
-            fh.write(b"ok")
-        probe.unlink()
-    except OSError:
-        ctx.error(key, E.CFG_PERMISSION, "directory is not writable", "a writable directory")
+        probe_write(path)
+    except OSError as exc:
+        if out_of_space(exc):
+            # A full disk is not a configuration error: the node starts, recovers and
+            # serves reads, and the storage engine refuses writes until it has space.
+            ctx.warnings.append(
+                f"{key}: {path} is full ({exc.strerror}): the node serves reads only and "
+                "answers writes with TM-SYS-5001 until it is restarted with free space"
+            )
+            return
+        ctx.error(
+            key,
+            E.CFG_PERMISSION,
+            f"directory is not writable: {exc.strerror or exc}",
+            "a writable directory",
+        )
 
 
 # ============================================================================ warnings

@@ -9,13 +9,14 @@ sessions of this node.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.ids import SESSION_PREFIX, decode_ulid, encode_ulid
 from tokmesh.domain.session import Session
-from tokmesh.resp.deps import RespPrincipal, SessionOps, SessionScanner
+from tokmesh.resp.deps import NodeFacts, RespPrincipal, SessionOps, SessionScanner
 from tokmesh.services.auth import SCOPE_REDIS, Authenticator
 from tokmesh.services.sessions import SessionService
 
@@ -98,8 +99,10 @@ class ServiceBackend:
     __slots__ = (
         "_auth",
         "_maintenance",
+        "_node_id",
         "_scanner",
         "_sessions",
+        "_started_at",
         "check_principal",
         "rate_limit",
         "take_rate",
@@ -111,8 +114,13 @@ class ServiceBackend:
         sessions: SessionService,
         in_maintenance: Callable[[], bool] | None = None,
         scanner: SessionScanner | None = None,
+        *,
+        node_id: str = "",
+        started_at: float | None = None,
     ) -> None:
         self._auth = authenticator
+        self._node_id = node_id
+        self._started_at = time.time() if started_at is None else started_at
         self._sessions = sessions
         self._maintenance = in_maintenance
         self._scanner = scanner or SortedIdScanner(sessions.state.sessions, sessions.clock)
@@ -139,3 +147,7 @@ class ServiceBackend:
     def in_maintenance(self) -> bool:
         """True while a restore runs."""
         return self._maintenance is not None and self._maintenance()
+
+    def node_facts(self) -> NodeFacts:
+        """Node id, start time and the store's count of non-revoked sessions."""
+        return NodeFacts(self._node_id, self._started_at, self._sessions.state.live_count())

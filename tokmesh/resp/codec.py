@@ -30,6 +30,7 @@ from typing import Final, TypeAlias
 
 import hiredis
 
+from tokmesh.domain.errors import TokMeshError
 from tokmesh.resp.limits import RespLimits
 
 # -- errors ---------------------------------------------------------------------------------
@@ -94,6 +95,10 @@ MINUS_TWO: Final = b":-2\r\n"
 # Integer replies up to the largest batch size are prebuilt (DEL/EXISTS counts, small TTLs).
 _SMALL_INTS: Final = tuple(b":%d\r\n" % i for i in range(1025))
 
+# Redis' generic error replies (same text as Redis, used by many commands).
+ERR_SYNTAX: Final = b"-ERR syntax error\r\n"
+ERR_NOT_INTEGER: Final = b"-ERR value is not an integer or out of range\r\n"
+
 
 def encode_simple(text: str | bytes) -> bytes:
     """``+text\\r\\n``; CR and LF (which would break framing) become spaces."""
@@ -105,6 +110,11 @@ def encode_error(message: str) -> bytes:
     """``-message\\r\\n``; ``message`` includes its prefix (``ERR``, ``NOAUTH``...)."""
     raw = message.encode("utf-8", "replace")
     return b"-" + raw.replace(b"\r", b" ").replace(b"\n", b" ") + b"\r\n"
+
+
+def render_error(exc: TokMeshError) -> bytes:
+    """``-ERR <code> <message>``: a catalogue error as every RESP command reports it."""
+    return encode_error(f"ERR {exc.code} {exc.message}")
 
 
 def encode_integer(value: int) -> bytes:
@@ -161,6 +171,17 @@ _INT_MAX: Final = (1 << 63) - 1
 _INT_MIN: Final = -(1 << 63)
 # '-' and 19 digits, then "\r\n": a longer header can never become valid.
 _MAX_HEADER: Final = 22
+
+
+def parse_integer(raw: bytes) -> int | None:
+    """A signed 64-bit decimal as Redis' ``string2ll`` accepts it (integer arguments such
+    as ``EX`` seconds or a ``SELECT`` index), else ``None``."""
+    if not _INT_RE.fullmatch(raw):
+        return None
+    value = int(raw)
+    if value > _INT_MAX or value < _INT_MIN:
+        return None
+    return value
 
 
 def _show(byte: int) -> str:

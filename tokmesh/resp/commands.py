@@ -1,14 +1,19 @@
-"""The RESP command table and the per-command pipeline (03 §5.2-§5.4, 02 §3-§4).
+"""The RESP command table and the per-command pipeline.
 
-:class:`Dispatcher` owns a table ``name -> CommandSpec`` (arity in the Redis convention,
-the roles allowed, the handler as a bound method). :meth:`Dispatcher.dispatch` runs the
-pipeline of 03 §5.2 for one command and returns either the reply bytes (reads and
-errors: answered inline, no ``await``) or an awaitable of them (mutations, which go
-through the store actors). Handlers call the same service functions as the HTTP routes.
+:class:`Dispatcher` owns a table ``name -> CommandSpec`` (:mod:`tokmesh.resp.table`:
+arity in the Redis convention, who may run it, the handler as a bound method).
+:meth:`Dispatcher.dispatch` runs the pipeline for one command and returns either the
+reply bytes (reads and errors: answered inline, no ``await``) or an awaitable of them
+(mutations, which go through the store actors). The session commands are here and call
+the same service functions as the HTTP routes; the connection and server commands
+(HELLO, CLIENT, SELECT, ECHO, RESET, COMMAND, INFO) are in
+:mod:`tokmesh.resp.server_commands` and go through the same pipeline.
 
-Pipeline order (03 §5.2): open commands (PING, AUTH, QUIT) -> NOAUTH -> re-check of the
-bound key -> unknown command -> maintenance -> per-key rate limit -> role -> arity ->
-execute.
+Pipeline order: unknown command or subcommand (answered before any authentication check,
+as Redis does, so that clients probing for a command can fall back) -> commands open
+before AUTH (PING, AUTH, HELLO, QUIT, RESET, the caller's own CLIENT settings) -> NOAUTH
+-> re-check of the bound key -> maintenance (data commands only) -> per-key rate limit
+-> role -> arity -> execute.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import orjson
@@ -30,54 +34,44 @@ from tokmesh.domain.apikey import (
     PERM_SESSION_REVOKE_USER,
     PERM_SESSION_TOUCH,
     PERM_TOKEN_VALIDATE,
-    ROLES,
-    role_allows,
 )
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import normalize_session_id
 from tokmesh.domain.session import BATCH_REVOKE_LIMIT, Session
 from tokmesh.resp.codec import (
+    ERR_NOT_INTEGER,
+    ERR_SYNTAX,
     MINUS_ONE,
     MINUS_TWO,
-    NIL,
     OK,
     ONE,
-    PONG,
     ZERO,
     encode_array,
     encode_bulk,
     encode_error,
     encode_integer,
+    parse_integer,
+    render_error,
 )
-from tokmesh.resp.deps import RespBackend, RespPrincipal
-from tokmesh.services.sessions import RequestContext
+from tokmesh.resp.connection import ClientRegistry, Connection, RespStats
+from tokmesh.resp.deps import RespBackend
+from tokmesh.resp.server_commands import ServerCommands
+from tokmesh.resp.table import CommandSpec, HandlerResult, pure
 
 log = logging.getLogger("tokmesh.resp")
 
-Reply = bytes
-HandlerResult = bytes | Awaitable[bytes]
+# -- fixed replies ---------------------------------------------------------------------------
 
-# -- fixed replies (03 §5.2, §5.4; 02 §4) -------------------------------------------------
-
-# 03 §5.2 writes "-NOAUTH Authentication required", 02 §4/§19.1 "-NOAUTH TM-AUTH-4010 ...":
-# this text carries the Redis prefix (clients map it to an authentication error), the
-# catalogue code and the Redis wording, so it satisfies both.
+# The Redis prefix (clients map it to an authentication error), the catalogue code and
+# Redis' wording, so both the Redis and the TokMesh reading of the error hold.
 NOAUTH: Final = encode_error("NOAUTH TM-AUTH-4010 Authentication required")
 ERR_NO_COMMAND: Final = encode_error("ERR no command")
-ERR_SYNTAX: Final = encode_error("ERR syntax error")
-ERR_NOT_INTEGER: Final = encode_error("ERR value is not an integer or out of range")
 ERR_INVALID_CURSOR: Final = encode_error("ERR invalid cursor")
 ERR_MAINTENANCE: Final = encode_error(
     f"ERR {E.ADMIN_MAINTENANCE.code} service unavailable: restore in progress"
 )
 ERR_RATE_LIMITED: Final = encode_error(f"ERR {E.SYS_RATE_LIMITED.code} rate limit exceeded")
 ERR_INTERNAL: Final = encode_error(f"ERR {E.SYS_INTERNAL.code} internal error")
-ERR_AUTH_FORMAT: Final = encode_error(
-    "ERR invalid AUTH format, expected 'key_id:key_secret' or 'key_id key_secret'"
-)
-ERR_AUTH_INVALID: Final = encode_error(f"ERR {E.AUTH_INVALID.code} invalid credentials")
-ERR_AUTH_DISABLED: Final = encode_error(f"ERR {E.AUTH_DISABLED.code} api key disabled")
-ERR_AUTH_IP: Final = encode_error(f"ERR {E.AUTH_IP_DENIED.code} client ip not allowed")
 ERR_BAD_SESSION_ID: Final = encode_error(f"ERR {E.ARG_INVALID.code} invalid session_id format")
 ERR_BAD_JSON: Final = encode_error(f"ERR {E.SYS_BAD_REQUEST.code} invalid JSON value")
 ERR_TTL_RANGE: Final = encode_error(
@@ -107,138 +101,37 @@ _TOKEN_ERRORS: Final = (
     E.TOKN_REVOKED,
     E.ARG_MISSING,  # empty token
 )
-_AUTH_REPLIES: Final = {
-    E.AUTH_MISSING: ERR_AUTH_INVALID,  # malformed id/secret: "bad credentials" (03 §5.4)
-    E.AUTH_INVALID: ERR_AUTH_INVALID,
-    E.AUTH_DISABLED: ERR_AUTH_DISABLED,
-    E.AUTH_IP_DENIED: ERR_AUTH_IP,
-}
 
-_INT_RE: Final = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
 _CURSOR_RE: Final = re.compile(rb"0|[1-9][0-9]{0,19}")
 _U64: Final = 1 << 64
 _MAX_NAME_ECHO: Final = 128
 
 
-def parse_integer(raw: bytes) -> int | None:
-    """A signed 64-bit decimal as Redis' ``string2ll`` accepts it, else ``None``."""
-    if not _INT_RE.fullmatch(raw):
-        return None
-    value = int(raw)
-    if value >= 1 << 63 or value < -(1 << 63):
-        return None
-    return value
-
-
-def render_error(exc: TokMeshError) -> bytes:
-    """``-ERR <code> <message>`` (02 §19.1)."""
-    return encode_error(f"ERR {exc.code} {exc.message}")
-
-
-def _echo_name(raw: bytes) -> str:
-    """A client-sent command name made safe to echo in an error line."""
-    text = raw[:_MAX_NAME_ECHO].decode("utf-8", "replace")
+def _echo_name(raw: bytes, limit: int = _MAX_NAME_ECHO) -> str:
+    """Client-sent text made safe to echo in an error line (at most ``limit`` bytes)."""
+    text = raw[:limit].decode("utf-8", "replace")
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
-def unknown_command(raw: bytes) -> bytes:
-    """``-ERR unknown command '<NAME>'`` with the name as the client sent it."""
-    return encode_error(f"ERR unknown command '{_echo_name(raw)}'")
+def unknown_command(argv: list[bytes]) -> bytes:
+    """Redis 7's ``-ERR unknown command '<name>', with args beginning with: 'a' 'b' ``.
 
-
-# -- connection state ------------------------------------------------------------------------
-
-
-class Connection:
-    """Per-connection RESP state: peer address, bound key, close-after-reply flag."""
-
-    __slots__ = ("checked", "closing", "ctx", "peer_ip", "principal")
-
-    def __init__(self, peer_ip: str) -> None:
-        self.peer_ip = peer_ip
-        self.principal: RespPrincipal | None = None
-        #: Request context of the bound key (RESP sessions: IP = peer, UA = "").
-        self.ctx = RequestContext(client_ip=peer_ip)
-        #: Set by QUIT: answer, then close; later commands of the read are dropped.
-        self.closing = False
-        #: True once the bound key passed its re-check (and maintenance was found off)
-        #: in the current synchronous run of commands. The caller clears it before each
-        #: run and after every ``await``: with no checkpoint in between, no other task
-        #: can change the key store or the node phase, so one check per run answers
-        #: exactly what one check per command would.
-        self.checked = False
-
-    def bind(self, principal: RespPrincipal) -> None:
-        """(Re)bind the connection to an authenticated key."""
-        self.principal = principal
-        self.checked = False
-        self.ctx = RequestContext(
-            key_id=principal.key_id, role=principal.role, client_ip=self.peer_ip
-        )
-
-    def unbind(self) -> None:
-        """Back to unauthenticated (the bound key failed its re-check)."""
-        self.principal = None
-        self.checked = False
-        self.ctx = RequestContext(client_ip=self.peer_ip)
-
-
-Handler = Callable[[Connection, list[bytes]], HandlerResult]
-#: Answers ``count`` identical copies of a read with one evaluation (``None``: not now).
-RunHandler = Callable[[Connection, list[bytes], int], "bytes | None"]
-
-
-class CommandSpec:
-    """One command: name, arity (Redis convention), allowed roles, handler."""
-
-    __slots__ = (
-        "arity",
-        "denied",
-        "handler",
-        "max_argc",
-        "max_args",
-        "min_argc",
-        "name",
-        "repeat",
-        "roles",
-        "wrong_arity",
+    The name is echoed as sent; the arguments follow, each quoted and followed by a
+    space, until 128 bytes of them are shown (so the line ends with a space, even with
+    no arguments, exactly as Redis writes it)."""
+    args = ""
+    for arg in argv[1:]:
+        if len(args) >= _MAX_NAME_ECHO:
+            break
+        args += f"'{_echo_name(arg, _MAX_NAME_ECHO - len(args))}' "
+    return encode_error(
+        f"ERR unknown command '{_echo_name(argv[0])}', with args beginning with: {args}"
     )
 
-    def __init__(
-        self,
-        name: str,
-        arity: int,
-        handler: Handler,
-        permission: str | None,
-        max_args: int = 0,
-        repeat: RunHandler | None = None,
-    ) -> None:
-        self.name = name
-        #: For pure reads: the handler of a run of identical copies (see
-        #: :meth:`Dispatcher.run_inline`); ``None`` for everything that changes state.
-        self.repeat = repeat
-        #: ``n > 0``: exactly n words (name included); ``n < 0``: at least ``-n``.
-        self.arity = arity
-        #: Upper bound on words for variadic commands (0 = none).
-        self.max_args = max_args
-        #: The arity as a range of word counts (one comparison chain per command).
-        self.min_argc = arity if arity >= 0 else -arity
-        self.max_argc = arity if arity >= 0 else (max_args or sys.maxsize)
-        self.handler = handler
-        #: ``None``: needs no authentication (PING, AUTH, QUIT).
-        self.roles: frozenset[str] | None = (
-            None
-            if permission is None
-            else frozenset(r for r in ROLES if role_allows(r, permission))
-        )
-        self.wrong_arity = encode_error(f"ERR wrong number of arguments for '{name}' command")
-        self.denied = encode_error(
-            f"ERR {E.AUTH_FORBIDDEN.code} permission denied for command '{name}'"
-        )
 
-    def arity_ok(self, argc: int) -> bool:
-        """True when ``argc`` words (name included) fit the arity."""
-        return self.min_argc <= argc <= self.max_argc
+def unknown_subcommand(spec: CommandSpec, raw: bytes) -> bytes:
+    """``-ERR unknown subcommand '<sub>'. Try CLIENT HELP.`` (Redis' wording)."""
+    return encode_error(f"ERR unknown subcommand '{_echo_name(raw)}'. Try {spec.name} HELP.")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -324,16 +217,6 @@ def glob_regex(pattern: bytes) -> re.Pattern[bytes]:
     return re.compile(b"".join(out), re.DOTALL)
 
 
-def _pure(handler: Handler) -> RunHandler:
-    """The run handler of a pure read whose handler always answers inline."""
-
-    def repeat(conn: Connection, argv: list[bytes], count: int) -> bytes | None:
-        result = handler(conn, argv)
-        return result if isinstance(result, bytes) else None
-
-    return repeat
-
-
 async def settle(pending: Awaitable[bytes]) -> bytes:
     """Await a mutation's reply; an error becomes its ``-ERR`` line."""
     try:
@@ -349,21 +232,31 @@ async def settle(pending: Awaitable[bytes]) -> bytes:
 
 
 class Dispatcher:
-    """The command table plus the 03 §5.2 pipeline, over a :class:`RespBackend`."""
+    """The command table plus the per-command pipeline, over a :class:`RespBackend`."""
 
-    def __init__(self, backend: RespBackend, *, scan_count_max: int = 10_000) -> None:
+    def __init__(
+        self,
+        backend: RespBackend,
+        *,
+        scan_count_max: int = 10_000,
+        stats: RespStats | None = None,
+    ) -> None:
         self.backend = backend
         self.scan_count_max = scan_count_max
+        #: The listeners' counters (INFO reads them; the listeners default to these).
+        self.stats = stats if stats is not None else RespStats()
+        #: The open connections (CLIENT LIST, INFO); the I/O loops open and close them.
+        self.clients = ClientRegistry()
         # The hottest call, bound once (the backend's session service never changes).
         self._validate = backend.sessions.validate
+        #: The connection and server commands (PING, AUTH, HELLO, CLIENT, INFO...).
+        self.server_commands = ServerCommands(self)
         specs = [
-            CommandSpec("PING", -1, self.cmd_ping, None, max_args=2, repeat=_pure(self.cmd_ping)),
-            CommandSpec("QUIT", -1, self.cmd_quit, None),
-            CommandSpec("AUTH", -2, self.cmd_auth, None, max_args=3),
-            CommandSpec("GET", 2, self.cmd_get, PERM_SESSION_READ, repeat=_pure(self.cmd_get)),
-            CommandSpec("TTL", 2, self.cmd_ttl, PERM_SESSION_READ, repeat=_pure(self.cmd_ttl)),
+            *self.server_commands.specs(),
+            CommandSpec("GET", 2, self.cmd_get, PERM_SESSION_READ, repeat=pure(self.cmd_get)),
+            CommandSpec("TTL", 2, self.cmd_ttl, PERM_SESSION_READ, repeat=pure(self.cmd_ttl)),
             CommandSpec(
-                "EXISTS", -2, self.cmd_exists, PERM_SESSION_READ, repeat=_pure(self.cmd_exists)
+                "EXISTS", -2, self.cmd_exists, PERM_SESSION_READ, repeat=pure(self.cmd_exists)
             ),
             CommandSpec("SCAN", -2, self.cmd_scan, PERM_SESSION_READ),
             CommandSpec(
@@ -381,6 +274,8 @@ class Dispatcher:
             CommandSpec("TM.CREATE", -3, self.cmd_tm_create, PERM_SESSION_CREATE),
             CommandSpec("TM.REVOKE_USER", 2, self.cmd_tm_revoke_user, PERM_SESSION_REVOKE_USER),
         ]
+        #: Every command once, in table order (COMMAND lists them).
+        self.specs: tuple[CommandSpec, ...] = tuple(specs)
         #: Upper- and lower-case names map to the spec: one dict hit for usual clients.
         self.table: dict[bytes, CommandSpec] = {}
         for spec in specs:
@@ -403,46 +298,56 @@ class Dispatcher:
         spec = self.table.get(name)
         if spec is None:
             spec = self.table.get(name.upper())
-        if spec is not None and spec.roles is None:
+            if spec is None:
+                return unknown_command(argv)
+        if spec.subcommands is not None and len(argv) > 1:
+            sub = spec.subcommands.get(argv[1].upper())
+            if sub is None:
+                return unknown_subcommand(spec, argv[1])
+            spec = sub
+        conn.command = spec.info_name
+        roles = spec.roles
+        if roles is None:
             if not spec.arity_ok(len(argv)):
                 return spec.wrong_arity
             return spec.handler(conn, argv)
-        if conn.principal is None:
+        principal = conn.principal
+        if principal is None:
             return NOAUTH
         if not conn.checked:
-            refused = self._check_run(conn, spec is None)
+            refused = self._check_run(conn, spec.data)
             if refused is not None:
                 return refused
-        if spec is None:
-            return unknown_command(name)
-        principal = conn.principal
+            principal = conn.principal
+            assert principal is not None
         try:
             self.backend.rate_limit(principal)
         except TokMeshError:
             return ERR_RATE_LIMITED
-        assert spec.roles is not None
-        if principal.role not in spec.roles:
+        if principal.role not in roles:
             return spec.denied
         if not spec.min_argc <= len(argv) <= spec.max_argc:
             return spec.wrong_arity
         return spec.handler(conn, argv)
 
-    def _check_run(self, conn: Connection, unknown: bool) -> bytes | None:
-        """03 §5.2 steps 3 and 5, once per synchronous run: re-check the bound key, then
-        maintenance. Returns the refusal, or ``None`` and sets ``conn.checked``."""
+    def _check_run(self, conn: Connection, data: bool) -> bytes | None:
+        """Re-check the bound key, then (for a data command) maintenance, once per
+        synchronous run. Returns the refusal, or ``None``; ``conn.checked`` is set once
+        both passed (a connection command leaves it clear: the next data command of the
+        run still looks at maintenance)."""
         principal = conn.principal
         assert principal is not None
         backend = self.backend
         try:
             fresh = backend.check_principal(principal)
         except TokMeshError:
-            # A disabled/expired/deleted key loses access at once (03 §5.2 step 3).
+            # A disabled/expired/deleted key loses access at once.
             conn.unbind()
             return NOAUTH
         if fresh is not principal:
             conn.bind(fresh)
-        if unknown:
-            return None  # step 4 (unknown command) comes before maintenance
+        if not data:
+            return None
         if backend.in_maintenance():
             return ERR_MAINTENANCE
         # Same answers until the caller's next await (see Connection.checked).
@@ -526,12 +431,13 @@ class Dispatcher:
         spec = self.table.get(argv[0]) or self.table.get(argv[0].upper())
         if spec is None or spec.repeat is None:
             return None
+        conn.command = spec.info_name
         if spec.roles is not None:
             principal = conn.principal
             if principal is None:
                 return NOAUTH
             if not conn.checked:
-                refused = self._check_run(conn, False)
+                refused = self._check_run(conn, spec.data)
                 if refused is not None:
                     return refused
                 principal = conn.principal
@@ -561,39 +467,6 @@ class Dispatcher:
             log.exception("RESP command failed", extra={"command": _echo_name(argv[0])})
             return ERR_INTERNAL
 
-    # -- open commands ---------------------------------------------------------------------
-
-    def cmd_ping(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
-        """``PING [msg]``: ``+PONG`` or the message as a bulk string."""
-        if len(argv) == 1:
-            return PONG
-        return encode_bulk(argv[1])
-
-    def cmd_quit(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
-        """``QUIT``: ``+OK``, then the connection closes."""
-        conn.closing = True
-        return OK
-
-    def cmd_auth(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
-        """``AUTH <id> <secret>`` or ``AUTH <id>:<secret>`` (02 §4, 03 §5.4)."""
-        if len(argv) == 2:
-            key_id, sep, secret = argv[1].partition(b":")
-            if not sep:
-                return ERR_AUTH_FORMAT
-        else:
-            key_id, secret = argv[1], argv[2]
-        # latin-1 maps bytes 1:1, so a non-ASCII credential just fails the format check.
-        return self._auth(conn, key_id.decode("latin-1"), secret.decode("latin-1"))
-
-    async def _auth(self, conn: Connection, key_id: str, secret: str) -> bytes:
-        try:
-            principal = await self.backend.authenticate(key_id, secret, conn.peer_ip)
-        except TokMeshError as exc:
-            # A failed AUTH keeps whatever the connection had before (03 §5.4).
-            return _AUTH_REPLIES.get(exc.error) or render_error(exc)
-        conn.bind(principal)
-        return OK
-
     # -- reads (inline, no await) ----------------------------------------------------------
 
     def _live(self, raw_key: bytes) -> Session | None:
@@ -611,7 +484,7 @@ class Dispatcher:
         """``GET key``: the session JSON of 03 §3.1, or nil if absent/expired/invalid."""
         session = self._live(argv[1])
         if session is None:
-            return NIL
+            return conn.proto.nil
         return encode_bulk(orjson.dumps(session.to_public()))
 
     def cmd_ttl(self, conn: Connection, argv: list[bytes]) -> HandlerResult:

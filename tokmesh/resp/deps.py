@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import attrs
+
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.session import Session
 from tokmesh.services.sessions import CreateResult, RequestContext, SessionSettings
@@ -130,6 +132,19 @@ class SessionScanner(Protocol):
         ...
 
 
+@attrs.frozen
+class NodeFacts:
+    """What INFO reports about the node behind the RESP front end."""
+
+    #: The node id (``tmnd-...``), empty when unknown.
+    node_id: str
+    #: Unix time (seconds) the server started.
+    started_at: float
+    #: Stored sessions that are not revoked (expired ones the sweeper has not purged yet
+    #: included): a count kept by the store, so reading it costs nothing.
+    sessions: int
+
+
 class RespBackend(Protocol):
     """Everything the RESP command layer calls."""
 
@@ -163,4 +178,8 @@ class RespBackend(Protocol):
 
     def in_maintenance(self) -> bool:
         """True while a restore runs (data commands answer ``TM-ADMIN-5031``)."""
+        ...
+
+    def node_facts(self) -> NodeFacts:
+        """Node id, start time and session count for INFO (cheap: no walk over sessions)."""
         ...

@@ -1,4 +1,4 @@
-"""The RESP listener: a Trio stream handler around the sans-IO codec (03 §5.1).
+"""The RESP listener: a Trio stream handler around the sans-IO codec.
 
 One loop per connection: read (under the idle timeout between commands, the command
 timeout once a command has started), parse every command the read completed, run each
@@ -17,35 +17,60 @@ import logging
 import math
 import socket
 import ssl
+import time
+from typing import Any, Protocol
 
 import trio
 
 from tokmesh.resp.codec import RespParser
-from tokmesh.resp.commands import Connection, Dispatcher
+from tokmesh.resp.commands import Dispatcher
+from tokmesh.resp.connection import Connection, RespStats, format_addr
 from tokmesh.resp.limits import RespLimits
 
 log = logging.getLogger("tokmesh.resp")
 
 
-class RespStats:
-    """Connection and error counters of the RESP listeners (read by the metrics layer)."""
+class SocketLike(Protocol):
+    """What is read from a socket (stdlib or Trio) to describe a connection."""
 
-    __slots__ = ("active", "commands", "protocol_errors", "timeouts", "total")
+    def getpeername(self) -> Any:
+        """The peer's address tuple."""
+        ...
 
-    def __init__(self) -> None:
-        self.active = 0
-        self.total = 0
-        self.commands = 0
-        self.protocol_errors = 0
-        self.timeouts = 0
+    def getsockname(self) -> Any:
+        """Our end's address tuple."""
+        ...
+
+    def fileno(self) -> int:
+        """The descriptor."""
+        ...
+
+
+def open_connection(dispatcher: Dispatcher, sock: SocketLike | None, peer: str) -> Connection:
+    """Register a new connection with its addresses and descriptor (CLIENT LIST)."""
+    addr, laddr, port, fd = "", "", 0, -1
+    if sock is not None:
+        try:
+            addr, _ = format_addr(sock.getpeername())
+            laddr, port = format_addr(sock.getsockname())
+            fd = sock.fileno()
+        except OSError:
+            pass  # already gone: the connection ends at its first read
+    return dispatcher.clients.open(peer, addr=addr, laddr=laddr, local_port=port, fd=fd)
+
+
+def _socket_of(stream: trio.abc.Stream) -> SocketLike | None:
+    """The socket under a (possibly TLS-wrapped) stream, or ``None`` (memory streams)."""
+    inner: object = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    sock: SocketLike | None = getattr(inner, "socket", None)
+    return sock
 
 
 def peer_ip_of(stream: trio.abc.Stream) -> str:
     """The socket peer's IP (IPv4-mapped IPv6 shown as IPv4), or ``""`` if unknown."""
-    inner: object = stream
-    while isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
-    sock = getattr(inner, "socket", None)
+    sock = _socket_of(stream)
     if sock is None:
         return ""
     try:
@@ -76,9 +101,10 @@ async def serve_resp_connection(
     Never raises for peer misbehaviour or transport errors; the stream is always
     closed on return.
     """
-    stats = stats if stats is not None else RespStats()
+    stats = stats if stats is not None else dispatcher.stats
     stats.active += 1
     stats.total += 1
+    conn = open_connection(dispatcher, _socket_of(stream), peer)
     try:
         if isinstance(stream, trio.SSLStream):
             with trio.move_on_after(limits.handshake_timeout) as cs:
@@ -86,11 +112,12 @@ async def serve_resp_connection(
             if cs.cancelled_caught:
                 stats.timeouts += 1
                 return
-        await _serve(stream, dispatcher, limits, Connection(peer), stats)
+        await _serve(stream, dispatcher, limits, conn, stats)
     except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
         # The peer went away or spoke something that is not TLS: nothing to answer.
         pass
     finally:
+        dispatcher.clients.close(conn)
         stats.active -= 1
         await close_stream(stream)
 
@@ -136,6 +163,8 @@ async def _serve(
                 if now - idle_armed > slack:
                     scope.deadline = now + idle_timeout + slack
                     idle_armed = now
+                    # CLIENT LIST's idle time, refreshed as seldom as the deadline.
+                    conn.idle_since = time.monotonic()
             data = await receive_some(read_size)
             if not data:
                 return  # EOF

@@ -1,4 +1,4 @@
-"""Accepting RESP connections (03 §5.1): the plain and the TLS listener.
+"""Accepting RESP connections: the plain and the TLS listener.
 
 Plain TCP connections are served by the :class:`~tokmesh.resp.mux.RespMux` (one task
 for all of them); TLS connections, and any stream that is not a plain socket, by the
@@ -13,7 +13,8 @@ import ssl
 import trio
 
 from tokmesh.resp.commands import Dispatcher
-from tokmesh.resp.handler import RespStats, peer_ip_of, serve_resp_connection, stdlib_socket
+from tokmesh.resp.connection import RespStats
+from tokmesh.resp.handler import peer_ip_of, serve_resp_connection, stdlib_socket
 from tokmesh.resp.limits import RespLimits
 from tokmesh.resp.mux import RespMux
 
@@ -38,7 +39,7 @@ async def serve_resp(
     slows accepting but never stops the server.
     """
     limits = limits or RespLimits()
-    stats = stats if stats is not None else RespStats()
+    stats = stats if stats is not None else dispatcher.stats
     wrapped: list[trio.abc.Listener[trio.abc.Stream]] = []
     for listener in listeners:
         if ssl_context is not None:

@@ -18,8 +18,8 @@ Division of work:
   for anything that must wait: a mutation to await through the store actors, a reply the
   kernel did not take at once, or the end of the connection. It does that work under the
   write timeout, then hands the socket back. It alone closes the socket.
-* **The sweeper** (:meth:`RespMux._sweep`) enforces the idle and command timeouts of
-  03 §5.1 without a clock read on the fast path: the mux only marks a connection
+* **The sweeper** (:meth:`RespMux._sweep`) enforces the idle and command timeouts
+  without a clock read on the fast path: the mux only marks a connection
   active; the sweeper stamps times on its ticks (granularity: a tenth of the shortest
   timeout, at most one second, so a timeout fires between its value and value + tick).
 
@@ -33,13 +33,15 @@ import logging
 import math
 import select
 import socket
+import time
 from collections.abc import Awaitable
 
 import trio
 
 from tokmesh.resp.codec import RespParser
-from tokmesh.resp.commands import Connection, Dispatcher
-from tokmesh.resp.handler import RespStats, close_stream, end_of_read, stdlib_socket
+from tokmesh.resp.commands import Dispatcher
+from tokmesh.resp.connection import Connection, RespStats
+from tokmesh.resp.handler import close_stream, end_of_read, open_connection, stdlib_socket
 from tokmesh.resp.limits import RespLimits
 
 log = logging.getLogger("tokmesh.resp")
@@ -74,11 +76,11 @@ class _MuxConn:
         "work",
     )
 
-    def __init__(self, sock: socket.socket, peer: str, limits: RespLimits) -> None:
+    def __init__(self, sock: socket.socket, conn: Connection, limits: RespLimits) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.parser = RespParser(limits)
-        self.conn = Connection(peer)
+        self.conn = conn
         self.registered = False
         #: Set on every read; the sweeper clears it and stamps ``idle_since``.
         self.active = True
@@ -107,7 +109,7 @@ class RespMux:
     ) -> None:
         self._dispatcher = dispatcher
         self._limits = limits
-        self.stats = stats if stats is not None else RespStats()
+        self.stats = stats if stats is not None else dispatcher.stats
         self._epoll = select.epoll()
         self._conns: dict[int, _MuxConn] = {}
         self._ready: list[_MuxConn] = []
@@ -123,7 +125,7 @@ class RespMux:
         stats.total += 1
         raw = stdlib_socket(stream)
         assert raw is not None  # the listener sends only plain sockets here
-        mc = _MuxConn(raw, peer, self._limits)
+        mc = _MuxConn(raw, open_connection(self._dispatcher, raw, peer), self._limits)
         try:
             self._register(mc)
             while True:
@@ -136,6 +138,7 @@ class RespMux:
             pass  # the peer went away while we wrote
         finally:
             self._unregister(mc)
+            self._dispatcher.clients.close(mc.conn)
             stats.active -= 1
             await close_stream(stream)
 
@@ -286,11 +289,13 @@ class RespMux:
         while True:
             await trio.sleep(self._tick)
             now = trio.current_time()
+            wall = time.monotonic()  # CLIENT LIST's clock (Trio's may be a test clock)
             expired: list[_MuxConn] = []
             for mc in self._conns.values():
                 if mc.active:
                     mc.active = False
                     mc.idle_since = now
+                    mc.conn.idle_since = wall
                 if mc.parser.has_partial:
                     # The command timeout runs from the first tick that saw this command
                     # unfinished (``done`` tells a new partial command from the old one).

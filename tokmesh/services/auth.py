@@ -20,15 +20,19 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NoReturn
 
 import attrs
+import trio
 
 from tokmesh.domain.apikey import (
     PERM_METRICS_READ,
     ROLE_ADMIN,
+    ROLE_VALIDATOR,
     STATUS_ACTIVE,
+    ApiKey,
     is_presentable_secret,
     role_allows,
 )
@@ -71,6 +75,11 @@ SCOPES: Final = frozenset({SCOPE_BUSINESS, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_RED
 REASON_INVALID_KEY: Final = "invalid_key"
 REASON_EXPIRED: Final = "expired"
 REASON_IP_BLOCKED: Final = "ip_blocked"
+
+#: Key id of the decoy verified for unknown key ids (not a ULID, so never a real key's).
+DECOY_KEY_ID: Final = "tmak-decoy"
+#: An invalidation generation no key has: the cache never keeps a grant verified under it.
+_NEVER_CACHED: Final = -1
 
 AuditHook = Callable[..., object]
 """``audit(action, **fields)``; must not block. Fields follow 02 §16 names."""
@@ -226,6 +235,9 @@ class Authenticator:
         # while the cache still returns the *same* Grant object, so invalidation,
         # rotation and TTL expiry (which all replace or drop the grant) are inherited.
         self._principals: dict[bytes, tuple[Grant, Principal]] = {}
+        # Made on first need (one Argon2 hash), then shared; see _verify_decoy.
+        self._decoy: ApiKey | None = None
+        self._decoy_lock = trio.Lock()
         self.rates = RateLimiter()
         self.guard = BruteForceGuard()
         self.replay = ReplayGuard(
@@ -291,6 +303,10 @@ class Authenticator:
         # verification below from caching a stale snapshot.
         generation = self._cache.generation(kid)
         key = self._keys.get_key(kid)
+        if key is None or (key.status == STATUS_ACTIVE and key.is_expired(now)):
+            # Both answer "invalid api key" like a wrong secret, which costs an Argon2
+            # verify: spend the same time, or the answer's timing tells which key ids exist.
+            await self._verify_decoy(secret, digest)
         if key is None:
             self._fail(E.AUTH_INVALID, None, kid, client_ip, tcp_remote_ip, scope, now)
         self._check_state(key.status, key.expires_at, kid, client_ip, tcp_remote_ip, scope, now)
@@ -486,6 +502,24 @@ class Authenticator:
         )
 
     # --- internals ------------------------------------------------------------------------
+
+    async def _verify_decoy(self, secret: str, digest: bytes) -> None:
+        """Run the Argon2 verify a wrong secret costs, against a hash nothing matches.
+
+        The decoy hash is made by the cache like a new key's (the configured Argon2
+        parameters, in a worker thread, under the same concurrency limit) from a random
+        secret that is thrown away. Its verify goes through the cache's own path, under
+        a generation that is never current, so a grant for it is never kept.
+        """
+        decoy = self._decoy
+        if decoy is None:
+            async with self._decoy_lock:
+                decoy = self._decoy
+                if decoy is None:
+                    phc = await self._cache.hash_secret(secrets.token_urlsafe(32))
+                    decoy = ApiKey(key_id=DECOY_KEY_ID, secret_hash=phc, role=ROLE_VALIDATOR)
+                    self._decoy = decoy
+        await self._cache.verify(decoy, secret, digest, _NEVER_CACHED)
 
     def _hit_principal(self, digest: bytes, grant: Grant, client_ip: str) -> Principal:
         """The Principal for a cache hit: memoised per (digest, grant, client_ip)."""

@@ -8,6 +8,8 @@ it (``enc_alg``) so a file written on one machine is readable on another.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import platform
@@ -155,6 +157,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: errno values of a write refused because the file system (or the user's quota) is full.
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+PROBE_FILE_NAME = ".write_test"
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """True when ``exc`` is an ``OSError`` saying the disk or the quota is full."""
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS
+
+
+def probe_write(directory: Path) -> None:
+    """Create, write and delete a small file in ``directory``; raises the ``OSError``.
+
+    Tells whether a file can be written there now. A permission problem, a read-only
+    mount and a full disk all fail it; :func:`out_of_space` tells the last one apart.
+    """
+    probe = Path(directory) / PROBE_FILE_NAME
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+    finally:
+        # A probe file left behind by a failing unlink is two bytes at most; the
+        # error that matters is the one from creating or writing it.
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def ensure_dir(path: Path) -> None:
     """Create ``path`` (and parents) with mode 0750 when missing (01 §8.1)."""
     if path.is_dir():
@@ -182,7 +214,7 @@ def _read_key_file(path: Path) -> bytes:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         # A key readable by others is a leak waiting to happen; tighten it rather than fail.
-        _log.warning("encryption key file %s had mode %o; setting 0600", path.name, mode)
+        _log.warning("encryption key file %s had mode %o; setting 0600", path.resolve(), mode)
         os.chmod(path, 0o600)
     return key
 
@@ -221,5 +253,10 @@ def load_or_create_key(wal_dir: Path, configured_hex: str) -> bytes:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(wal_dir)
-    _log.info("generated a new at-rest encryption key in %s", path.name)
+    _log.warning(
+        "generated a new at-rest encryption key in %s: back it up, the data cannot be read "
+        "without it",
+        path.resolve(),
+        extra={"key_file": str(path.resolve())},
+    )
     return key

@@ -32,6 +32,11 @@ FRAME_HEADER_LEN = 9
 #: Sanity cap on a frame's ``len`` field; anything larger is corruption (01 §8.2).
 MAX_FRAME = 16 * 1024 * 1024
 MIN_FRAME_LEN = 5
+#: Written over the first frame header of a batch that failed when the writer could not
+#: truncate it away: a zero ``len`` (no real frame has one) followed by ``CUT!``. Every
+#: reader stops there, so no record of a batch its callers were told had failed is ever
+#: replayed; the writer truncates the segment at the mark on its next start.
+CUT_MARK = b"\x00\x00\x00\x00CUT!"
 
 _HEAD = struct.Struct(">IIB")
 _LEN_CRC = struct.Struct(">II")
@@ -144,6 +149,8 @@ class StopReason(enum.Enum):
     TORN = "torn"
     #: Impossible length, CRC mismatch or invalid type byte.
     CORRUPT = "corrupt"
+    #: A :data:`CUT_MARK`: what follows belongs to a write that failed.
+    CUT = "cut"
 
 
 @attrs.frozen(slots=True)
@@ -166,7 +173,8 @@ def decode_frames(buf: bytes, start: int, end: int | None = None) -> FrameScan:
 
     Stops at the first problem, per 01 §10.2: a short header or payload is a torn tail;
     ``len`` below 5 or above :data:`MAX_FRAME`, a CRC mismatch or a type outside 1–4 is
-    corruption. Nothing after the stop point is interpreted.
+    corruption; a :data:`CUT_MARK` ends the log on purpose. Nothing after the stop point
+    is interpreted.
     """
     limit = len(buf) if end is None else min(end, len(buf))
     frames: list[tuple[int, int, bytes]] = []
@@ -179,6 +187,8 @@ def decode_frames(buf: bytes, start: int, end: int | None = None) -> FrameScan:
             return FrameScan(frames, StopReason.TORN, pos, "incomplete frame header")
         length, crc = unpack(buf, pos)
         if length < MIN_FRAME_LEN or length > MAX_FRAME:
+            if buf[pos : pos + len(CUT_MARK)] == CUT_MARK:
+                return FrameScan(frames, StopReason.CUT, pos, "cut mark of a failed write")
             return FrameScan(frames, StopReason.CORRUPT, pos, f"impossible frame length {length}")
         body_start = pos + 8
         frame_end = body_start + length - 4

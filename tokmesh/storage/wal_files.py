@@ -24,6 +24,7 @@ from tokmesh.storage.cipher import (
     fsync_dir,
 )
 from tokmesh.storage.wal_codec import (
+    CUT_MARK,
     FRAME_HEADER_LEN,
     MAGIC,
     MAGIC_LEN,
@@ -130,8 +131,9 @@ class SegmentWriter:
 
     Not thread-safe: one owner (the WAL-writer actor) calls it, possibly from different
     worker threads but never concurrently. Any ``OSError`` from write/fsync propagates and
-    latches the writer: every later call raises :class:`StorageFatalError` (01 §8.7 - an
-    fsync is never retried on the same fd).
+    latches the writer: every later call raises :class:`StorageFatalError` (an fsync is
+    never retried on the same fd to make data durable). A batch that fails in
+    :meth:`append` is first cut off the segment, so none of its records is ever replayed.
     """
 
     def __init__(
@@ -348,11 +350,18 @@ class SegmentWriter:
 
     # ---- writing ----------------------------------------------------------------------
 
-    def append(self, frames: bytes, n_records: int) -> int:
+    def append(self, frames: bytes, n_records: int, *, sync: bool = False) -> int:
         """Write encoded ``frames`` (``n_records`` records) and return the WAL position after
-        them. Rotates first when the batch would push the segment past its size or record
-        limit (an empty segment always takes the batch, however large). The data is handed
-        to the OS; durability needs :meth:`fsync`."""
+        them; with ``sync`` also make them durable (fdatasync).
+
+        Rotates first when the batch would push the segment past its size or record limit
+        (an empty segment always takes the batch, however large). Without ``sync`` the data
+        is only handed to the OS; :meth:`fsync` makes it durable later.
+
+        If the write or the fdatasync fails, the batch is cut off (see :meth:`_cut_off`),
+        the writer is latched failed and the ``OSError`` propagates: the caller answers the
+        batch's records with an error, and they must never come back after a restart.
+        """
         self._check()
         if self._records > 0 and (
             self._size + len(frames) > self.max_segment_bytes
@@ -362,15 +371,80 @@ class SegmentWriter:
         fd = self._check()
         if self._size + len(frames) > _MAX_OFFSET - TRAILER_LEN:
             raise ValueError("WAL batch does not fit in one segment")
+        start = self._size
         try:
             _write_all(fd, frames)
+            if sync:
+                _fdatasync(fd)
         except OSError as exc:
+            self._cut_off(fd, start, exc)
             self._latch(exc)
             raise
         self._hash.update(frames)
         self._size += len(frames)
         self._records += n_records
         return make_position(self._segment_id, self._size)
+
+    def _cut_off(self, fd: int, offset: int, cause: OSError) -> None:
+        """Remove what a failed batch left in the segment after ``offset`` (where it began).
+
+        A short write (the disk filled up half-way) leaves the batch's first frames complete
+        in the file, and an fdatasync error leaves all of them; a replay would bring back
+        records whose callers were told they failed. Truncating back to ``offset`` removes
+        them. Should that fail too, the batch's first frame header is overwritten in place
+        with the cut mark, at which every reader stops (rewriting bytes that are already in
+        the file needs no free space). If both fail, an operator must truncate the file by
+        hand before the next start, and the CRITICAL line says exactly how.
+
+        The fsync after the truncation follows a failed write or fdatasync on the same
+        descriptor. That is safe here: it is asked to make the new size durable, not the
+        data a failed fsync may have dropped, and that data is exactly what is cut off.
+        Batches acknowledged before ``offset`` are not touched.
+        """
+        name = segment_name(self._segment_id)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        except OSError as exc:
+            truncate_error = exc
+        else:
+            _log.error(
+                "WAL write failed (%s); the failed batch was cut off: %s truncated back to "
+                "offset %d",
+                cause,
+                name,
+                offset,
+            )
+            return
+        try:
+            if os.fstat(fd).st_size >= offset + len(CUT_MARK):
+                os.pwrite(fd, CUT_MARK, offset)
+                os.fsync(fd)
+            # else no complete frame of the batch is in the file: a torn header or
+            # nothing at all, which every reader already drops.
+        except OSError as exc:
+            _log.critical(
+                "WAL write failed (%s) and the failed batch could not be cut off "
+                "(truncate: %s; cut mark: %s). Before restarting, truncate %s to %d "
+                "bytes (truncate -s %d %s), or records refused to their callers will "
+                "be replayed",
+                cause,
+                truncate_error,
+                exc,
+                self.wal_dir / name,
+                offset,
+                offset,
+                self.wal_dir / name,
+            )
+            return
+        _log.error(
+            "WAL write failed (%s); truncating %s failed (%s), so the failed batch was "
+            "marked cut at offset %d instead: no reader goes past it",
+            cause,
+            name,
+            truncate_error,
+            offset,
+        )
 
     def _rotate(self) -> None:
         next_id = self._segment_id + 1
@@ -446,7 +520,8 @@ def read_wal(
     magic check when it is > 0); later segments from byte 0. Corruption rules: a bad magic
     skips the segment; a torn/impossible/CRC-failing/bad-type/bad-JSON frame drops the
     rest of that segment with a WARN (segment + offset) and reading goes on with the next
-    segment. An AEAD failure on a CRC-valid frame raises :class:`StorageFatalError`.
+    segment; so does the cut mark a failed write leaves when it cannot be truncated away.
+    An AEAD failure on a CRC-valid frame raises :class:`StorageFatalError`.
     """
     if stats is None:
         stats = WalReadStats()
@@ -508,12 +583,19 @@ def read_wal(
                 stats.bytes_dropped += len(buf) - scan.stop_offset
                 # A torn tail of the newest unsealed segment is the normal crash case, but
                 # it still loses that record: always say so.
-                kind = "torn tail" if scan.stop is StopReason.TORN else "corruption"
-                where = "active segment" if seg_id == newest and not sealed else "segment"
-                stats.warn(
-                    f"WAL {where} {path.name}: {kind} ({scan.detail}) at offset "
-                    f"{scan.stop_offset}; rest of segment dropped"
-                )
+                if scan.stop is StopReason.CUT:
+                    stats.warn(
+                        f"WAL segment {path.name}: a write that failed was cut off at offset "
+                        f"{scan.stop_offset}; its {len(buf) - scan.stop_offset} bytes "
+                        "(never acknowledged) are not replayed"
+                    )
+                else:
+                    kind = "torn tail" if scan.stop is StopReason.TORN else "corruption"
+                    where = "active segment" if seg_id == newest and not sealed else "segment"
+                    stats.warn(
+                        f"WAL {where} {path.name}: {kind} ({scan.detail}) at offset "
+                        f"{scan.stop_offset}; rest of segment dropped"
+                    )
 
 
 # ---- compaction -----------------------------------------------------------------------
