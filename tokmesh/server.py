@@ -350,6 +350,7 @@ class TokMeshServer:
             if name == "https":
                 t = cfg.server.https.tls
                 hc.certfile, hc.keyfile = t.cert_file, t.key_file
+                hc.ciphers = cfg.security.tls.ciphers
                 if t.client_ca_file:
                     hc.ca_certs = t.client_ca_file
                     hc.verify_mode = ssl.CERT_REQUIRED
@@ -484,7 +485,9 @@ class TokMeshServer:
         name, section = secure
         if section.enabled:
             t = section.tls
-            ctx = server_context(t.cert_file, t.key_file, t.client_ca_file)
+            ctx = server_context(
+                t.cert_file, t.key_file, t.client_ca_file, self.cfg.security.tls.ciphers
+            )
             reloader = CertReloader(name, ctx, t.cert_file, t.key_file, t.client_ca_file)
             self.cert_reloaders.append(reloader)
             await nursery.start(reloader.run)

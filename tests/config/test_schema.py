@@ -104,6 +104,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "session.quota_policy": "refuse",
     "session.touch_min_interval": 0.0,
     "security.anti_replay.required": False,
+    "security.tls.ciphers": "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20",
 }
 
 HOT = {

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trustme
 import yaml
@@ -27,6 +30,9 @@ from tests.integration.runtime_support import (
     write_leaf,
 )
 from tests.support.server import free_port
+from tokmesh.api.tls_reload import server_context
+from tokmesh.config.schema import DEFAULT_TLS12_CIPHERS, TlsPolicyConfig, default_config
+from tokmesh.config.validate import validate
 
 #: 05 §5: a replaced certificate is in effect for new connections within 5 s
 RELOAD_BUDGET = 5.0
@@ -228,3 +234,67 @@ def test_kubernetes_secret_symlink_swap_is_picked_up(tmp_path: Path) -> None:
         t.wait_serial(new)
     finally:
         node.stop()
+
+
+def _handshake(port: int, ca: trustme.CA, ciphers: str) -> tuple[str, str, int]:
+    """The cipher a TLS 1.2 client offering only ``ciphers`` negotiates (or an SSLError)."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(ciphers)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        cipher = tls.cipher()
+        assert cipher is not None
+        return cipher
+
+
+# trustme issues ECDSA certificates, hence the ECDSA suites.
+CBC_SUITES = "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA"
+AEAD_SUITES = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]
+
+
+def test_tls12_offers_only_aead_suites_by_default(tls: TlsNode) -> None:
+    for suite in AEAD_SUITES:
+        assert _handshake(tls.https_port, tls.ca, suite)[0] == suite
+    with pytest.raises(ssl.SSLError):
+        _handshake(tls.https_port, tls.ca, CBC_SUITES)
+    with open_tls(tls.https_port, tls.ca) as s:  # TLS 1.3 as it is
+        assert s.version() == "TLSv1.3"
+
+
+def test_default_cipher_list_is_aead_with_forward_secrecy() -> None:
+    ctx = server_context_for_test(DEFAULT_TLS12_CIPHERS)
+    tls12 = [c for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12
+    assert all(c["aead"] for c in tls12), [c["name"] for c in tls12 if not c["aead"]]
+    assert all(c["kea"] in ("kx-ecdhe", "kx-dhe") for c in tls12)
+    # The list is configurable: an operator may allow CBC suites for an old client.
+    wider = server_context_for_test(DEFAULT_TLS12_CIPHERS + ":" + CBC_SUITES)
+    assert {"ECDHE-ECDSA-AES128-SHA256"} <= {c["name"] for c in wider.get_ciphers()}
+
+
+def server_context_for_test(ciphers: str) -> ssl.SSLContext:
+    """A listener context as the server builds it, with ``ciphers`` for TLS 1.2."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    with leaf.cert_chain_pems[0].tempfile() as cert, leaf.private_key_pem.tempfile() as key:
+        return server_context(cert, key, ciphers=ciphers)
+
+
+@pytest.mark.parametrize(
+    ("ciphers", "problem"),
+    [("NO-SUCH-CIPHER", "selects no cipher"), ("AES256-SHA", None), ("eNULL", "no cipher")],
+)
+def test_cipher_list_is_validated(ciphers: str, problem: str | None) -> None:
+    cfg = default_config()
+    cfg = attrs.evolve(
+        cfg, security=attrs.evolve(cfg.security, tls=TlsPolicyConfig(ciphers=ciphers))
+    )
+    errors = [i for i in validate(cfg) if i.key == "security.tls.ciphers"]
+    if problem is None:
+        assert errors == []
+    else:
+        assert errors and errors[0].code.code == "TM-CFG-1001", errors

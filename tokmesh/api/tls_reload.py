@@ -16,15 +16,23 @@ from pathlib import Path
 
 import trio
 
+from tokmesh.config.schema import DEFAULT_TLS12_CIPHERS
 from tokmesh.telemetry import metrics
 
 log = logging.getLogger("tokmesh.tls")
 
 
-def server_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
-    """TLS 1.2+ server context; a client CA makes client certificates mandatory (mTLS)."""
+def server_context(
+    cert_file: str,
+    key_file: str,
+    client_ca_file: str = "",
+    ciphers: str = DEFAULT_TLS12_CIPHERS,
+) -> ssl.SSLContext:
+    """TLS 1.2+ server context offering ``ciphers`` on TLS 1.2; a client CA makes client
+    certificates mandatory (mTLS). ``ssl.SSLError`` if ``ciphers`` selects nothing."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(ciphers)
     ctx.load_cert_chain(cert_file, key_file)
     if client_ca_file:
         ctx.load_verify_locations(client_ca_file)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -582,6 +582,27 @@ class NetworkConfig:
     )
 
 
+#: TLS 1.2 suites a listener offers unless ``security.tls.ciphers`` says otherwise: AEAD
+#: only (no CBC, whose padding and MAC-then-encrypt design keeps producing oracles) and
+#: ephemeral key exchange only (forward secrecy). TLS 1.3 suites are all AEAD already.
+DEFAULT_TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
+
+@attrs.frozen
+class TlsPolicyConfig:
+    """What every TLS listener negotiates."""
+
+    ciphers: str = _key(
+        DEFAULT_TLS12_CIPHERS,
+        Kind.STR,
+        "OpenSSL cipher list for TLS 1.2 on every TLS listener (TLS 1.3 suites are "
+        "OpenSSL's own, all AEAD). The default allows only AEAD suites with forward "
+        "secrecy: no CBC, no static RSA key exchange. Must select at least one TLS 1.2 "
+        "suite (1001).",
+        addition=True,
+    )
+
+
 @attrs.frozen
 class SecurityConfig:
     """``security.*``."""
@@ -590,6 +611,7 @@ class SecurityConfig:
     anti_replay: AntiReplayConfig = attrs.field(factory=AntiReplayConfig)
     storage: SecurityStorageConfig = attrs.field(factory=SecurityStorageConfig)
     network: NetworkConfig = attrs.field(factory=NetworkConfig)
+    tls: TlsPolicyConfig = attrs.field(factory=TlsPolicyConfig)
 
 
 # ============================================================================ storage.*

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -410,6 +411,33 @@ def _check_tls(ctx: _Ctx, prefix: str, ca_required: bool) -> None:
                 ctx.error(ca_key, E.CFG_BAD_PEM, "not a valid PEM CA bundle", "PEM certificates")
 
 
+def _check_ciphers(ctx: _Ctx) -> None:
+    """``security.tls.ciphers`` must be an OpenSSL cipher list that leaves at least one
+    suite below TLS 1.3 (with none, every TLS 1.2 client would fail its handshake) and no
+    suite that does not encrypt (``eNULL``) or does not authenticate the server
+    (``aNULL``): a listener must never be talked into plaintext or an unauthenticated peer.
+    """
+    key = "security.tls.ciphers"
+    expected = "an OpenSSL cipher list of encrypting, authenticated suites"
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        probe.set_ciphers(ctx.flat[key])
+    except ssl.SSLError:
+        ctx.error(key, E.CFG_TYPE, "OpenSSL selects no cipher from it", expected)
+        return
+    tls12 = [c for c in probe.get_ciphers() if c["protocol"] != "TLSv1.3"]
+    weak = [c["name"] for c in tls12 if c["symmetric"] is None or c["auth"] == "auth-null"]
+    if not tls12:
+        ctx.error(key, E.CFG_TYPE, "it selects no TLS 1.2 cipher suite", expected)
+    elif weak:
+        ctx.error(
+            key,
+            E.CFG_TYPE,
+            f"it selects suites without encryption or authentication: {', '.join(weak[:3])}",
+            expected,
+        )
+
+
 def _nearest_existing(path: Path) -> Path:
     cur = path
     while not cur.exists() and cur != cur.parent:
@@ -594,6 +622,7 @@ def validate_config(
     for flag, prefix, ca_required in _TLS_OWNERS:
         if ctx.on(flag):
             _check_tls(ctx, prefix, ca_required)
+    _check_ciphers(ctx)
     _check_dir(ctx, "storage.wal.dir")
     _check_dir(ctx, "storage.snapshot.dir")
     _startup_warnings(ctx)
