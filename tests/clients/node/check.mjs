@@ -58,3 +58,16 @@ export function clientFields(line) {
       .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
   );
 }
+
+// GET / TTL / EXPIRE / DEL on session `sid` of `userId`; both clients name these methods
+// alike.
+export async function checkKeyCommands(client, sid, userId) {
+  assert.equal(JSON.parse(await client.get(sid)).user_id, userId);
+  const ttl = await client.ttl(sid);
+  assert.ok(ttl > 50 && ttl <= 60, `ttl ${ttl}`);
+  assert.equal(await client.expire(sid, 120), 1);
+  assert.ok((await client.ttl(sid)) > 100);
+  assert.equal(await client.del(sid), 1);
+  assert.equal(await client.get(sid), null);
+  assert.equal(await client.ttl(sid), -2);
+}

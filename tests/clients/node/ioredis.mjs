@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import Redis from "ioredis";
-import { checkPipeline, clientFields, pipelineCommands, rejects, settings } from "./check.mjs";
+import { checkKeyCommands, checkPipeline, clientFields, pipelineCommands, rejects, settings } from "./check.mjs";
 
 const version = createRequire(import.meta.url)("ioredis/package.json").version;
 const s = settings();
@@ -28,14 +28,7 @@ assert.equal(await issuer.call("TM.VALIDATE", created.token), "OK");
 await rejects(issuer.call("TM.VALIDATE", "tmtk_" + "A".repeat(43)), /^ERR TM-TOKN-4010 Token invalid$/);
 
 // GET / TTL / EXPIRE / DEL
-assert.equal(JSON.parse(await issuer.get(sid)).user_id, "ioredis");
-const ttl = await issuer.ttl(sid);
-assert.ok(ttl > 50 && ttl <= 60, `ttl ${ttl}`);
-assert.equal(await issuer.expire(sid, 120), 1);
-assert.ok((await issuer.ttl(sid)) > 100);
-assert.equal(await issuer.del(sid), 1);
-assert.equal(await issuer.get(sid), null);
-assert.equal(await issuer.ttl(sid), -2);
+await checkKeyCommands(issuer, sid, "ioredis");
 
 // A pipeline of 100 mixed commands, in order.
 const sids = rest.slice(0, 20);
