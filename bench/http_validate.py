@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _server import start_node
+from _server import process_cpu_seconds, start_node
 
 LUA = r"""
 local tokens = {}
@@ -45,12 +45,6 @@ done = function(summary, latency, requests)
     latency:percentile(99) / 1000.0, latency:percentile(50) / 1000.0))
 end
 """
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:

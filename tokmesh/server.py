@@ -23,8 +23,10 @@ import trio
 from tokmesh import __version__
 from tokmesh.actors.auth_cache import AuthCache
 from tokmesh.actors.engine import EngineSettings, Phase, StorageEngine
+from tokmesh.actors.periodic import keep_running
 from tokmesh.actors.snapshotter import SnapshotSettings
 from tokmesh.actors.wal_writer import WalSettings
+from tokmesh.api.accept import ConnectionGate, accept_succeeded, fold_trio_accept_errors
 from tokmesh.api.admin import status_data
 from tokmesh.api.app import BodyLimit, NativeFront, build_api, create_quart_app
 from tokmesh.api.asgi_bridge import AsgiBridge
@@ -39,10 +41,11 @@ from tokmesh.api.local_socket_path import (
     socket_candidates,
 )
 from tokmesh.api.tls_reload import CertReloader, server_context
+from tokmesh.clock_hook import wall_clock
+from tokmesh.config.descriptors import descriptor_limit, effective_max_connections
 from tokmesh.config.node_id import data_dir_of, resolve_node_id
 from tokmesh.config.schema import Config
 from tokmesh.config.types import parse_addr
-from tokmesh.domain.clock import SYSTEM_CLOCK
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
 from tokmesh.services.auth import Authenticator, AuthHooks, AuthSettings
@@ -152,13 +155,18 @@ class TokMeshServer:
         self.node_id = resolve_node_id(cfg)
         self.data_dir = data_dir_of(cfg)
         metrics_hook = self._on_change
-        self.engine = StorageEngine(engine_settings(cfg, self.node_id), on_change=metrics_hook)
+        # One wall clock for everything that compares with an absolute time (a test hook
+        # can shift it; see tokmesh/clock_hook.py).
+        self.clock = wall_clock(os.environ)
+        self.engine = StorageEngine(
+            engine_settings(cfg, self.node_id), clock=self.clock, on_change=metrics_hook
+        )
         a = auth_settings(cfg)
         self.audit = audit_mod.AuditLog(
             self.data_dir / "audit", retention_days=cfg.telemetry.audit.retention_days
         )
         self.auth_cache = AuthCache(
-            clock=SYSTEM_CLOCK,
+            clock=self.clock,
             capacity=a.cache_capacity,
             ttl_ms=a.cache_ttl_ms,
             argon2=a.argon2_params(),
@@ -170,13 +178,13 @@ class TokMeshServer:
         )
         repo = EngineKeyRepository(self.engine)
         self.keys = KeyService(
-            repo, a.key_settings(), SYSTEM_CLOCK, self.auth_cache, self.auth_cache.invalidate
+            repo, a.key_settings(), self.clock, self.auth_cache, self.auth_cache.invalidate
         )
         self.auth = Authenticator(
             a,
             repo,
             self.auth_cache,
-            SYSTEM_CLOCK,
+            self.clock,
             audit=self._audit_auth,
             hooks=AuthHooks(
                 cache_hit=metrics.AUTH_CACHE_HITS.inc,
@@ -196,6 +204,10 @@ class TokMeshServer:
             server=self,
         )
         self.api = build_api(self.deps)
+        # One cap for every TCP listener (HTTP, HTTPS, RESP, RESP TLS).
+        self.gate = ConnectionGate(
+            effective_max_connections(cfg.server.max_connections, descriptor_limit())
+        )
         self.http_controls: list[ServerControl] = []
         self.cert_reloaders: list[CertReloader] = []
         self._hypercorn_stops: list[trio.Event] = []
@@ -219,6 +231,9 @@ class TokMeshServer:
         metrics.register_gauge_provider(
             "tokmesh_auth_cache_hit_rate", lambda: float(cache.stats.hit_rate()), {"key": "apikey"}
         )
+        gate = self.gate
+        metrics.register_gauge_provider("tokmesh_connections_open", lambda: float(gate.open))
+        metrics.CONNECTIONS_MAX.set(gate.limit)
 
     def _on_change(self, rtype: RecordType, sid: str, new: Session | None, pos: int) -> None:
         if rtype is RecordType.CREATE:
@@ -250,8 +265,18 @@ class TokMeshServer:
                 engine_done.set()
                 engine_started.started()  # unblock the parent if recovery failed
 
+        log.info(
+            "connection cap",
+            extra={
+                "max_connections": self.gate.limit,
+                "derived": cfg.server.max_connections == 0,
+                "descriptor_limit": descriptor_limit(),
+            },
+        )
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.audit.run)
+            # Periodic work that touches files survives a transient OSError (e.g. out of
+            # descriptors): restarted, not taking the server down (actors/periodic.py).
+            await nursery.start(functools.partial(keep_running, "audit_log", self.audit.run))
             await nursery.start(self.auth_cache.run)
             nursery.start_soon(self._signals)
             await self._start_local_socket(nursery)
@@ -259,7 +284,10 @@ class TokMeshServer:
             bridge = AsgiBridge(quart_app)
             async with bridge.running():
                 front = NativeFront(self.api, bridge)
-                limits = HttpLimits(max_body_size=cfg.server.http.max_body_size)
+                limits = HttpLimits(
+                    max_body_size=cfg.server.http.max_body_size,
+                    header_timeout=cfg.server.http.header_timeout,
+                )
                 async with trio.open_nursery() as listeners:
                     if cfg.server.http.engine == "hypercorn":
                         limited = BodyLimit(quart_app, cfg.server.http.max_body_size)
@@ -270,7 +298,7 @@ class TokMeshServer:
                     nursery.start_soon(run_engine)
                     await engine_started.wait()
                     if not engine_done.is_set():
-                        nursery.start_soon(self.keys.run)
+                        nursery.start_soon(keep_running, "key_last_used", self.keys.run)
                         await nursery.start(backup_service(self.deps).run)
                         await self._start_resp(listeners)
                         log.info(
@@ -322,7 +350,13 @@ class TokMeshServer:
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             await nursery.start(
                 functools.partial(
-                    serve_resp, listeners, dispatcher, RespLimits(), tls, stats=self.resp_stats
+                    serve_resp,
+                    listeners,
+                    dispatcher,
+                    RespLimits(login_timeout=cfg.server.redis.login_timeout),
+                    tls,
+                    stats=self.resp_stats,
+                    gate=self.gate,
                 )
             )
             self.ports[name] = int(listeners[0].socket.getsockname()[1])
@@ -330,9 +364,21 @@ class TokMeshServer:
 
     async def _start_hypercorn(self, nursery: trio.Nursery, app: Any) -> None:
         """``server.http.engine: hypercorn``: the whole Quart-Trio app under Hypercorn
-        (HTTP/2 on HTTPS via ALPN), same routes and pipeline as the native front."""
+        (HTTP/2 on HTTPS via ALPN), same routes and pipeline as the native front.
+
+        Hypercorn accepts with Trio's ``serve_listeners``, which waits out descriptor
+        exhaustion as ours does but logs every retry: those lines are folded into the
+        process's one accept episode, which each request (proof of an accept) ends. The
+        connection cap does not apply to Hypercorn's connections.
+        """
         from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
+
+        fold_trio_accept_errors()
+
+        async def noting_accepts(scope: Any, receive: Any, send: Any) -> None:
+            accept_succeeded()
+            await app(scope, receive, send)
 
         cfg = self.cfg
         for name, enabled, address in (
@@ -357,7 +403,7 @@ class TokMeshServer:
             stopped = trio.Event()
             self._hypercorn_stops.append(stopped)
             binds: list[str] = await nursery.start(
-                functools.partial(serve, app, hc, shutdown_trigger=stopped.wait)
+                functools.partial(serve, noting_accepts, hc, shutdown_trigger=stopped.wait)
             )
             port = int(binds[0].rsplit(":", 1)[1]) if binds else parse_addr(address)[1]
             self.ports[name] = port
@@ -490,7 +536,7 @@ class TokMeshServer:
             )
             reloader = CertReloader(name, ctx, t.cert_file, t.key_file, t.client_ca_file)
             self.cert_reloaders.append(reloader)
-            await nursery.start(reloader.run)
+            await nursery.start(functools.partial(keep_running, f"tls_reload_{name}", reloader.run))
             targets.append((name, section.address, ctx))
         return targets
 
@@ -512,6 +558,7 @@ class TokMeshServer:
                     limits=limits,
                     ssl_context=tls,
                     streaming_predicate=streams_request_body,
+                    gate=self.gate,
                 )
             )
             self.http_controls.append(control)

@@ -101,6 +101,9 @@ SPEC_DEFAULTS: dict[str, Any] = {
 # Keys added beyond 05 §3 (00-README "Beyond the original documents", R2, HTTP engine).
 ADDED_DEFAULTS: dict[str, Any] = {
     "server.http.engine": "native",
+    "server.http.header_timeout": 10.0,
+    "server.redis.login_timeout": 10.0,
+    "server.max_connections": 0,
     "session.quota_policy": "refuse",
     "session.touch_min_interval": 0.0,
     "security.anti_replay.required": False,

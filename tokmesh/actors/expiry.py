@@ -1,7 +1,7 @@
 """Expiry-ordered schedule for the TTL sweeper: a coarse timer wheel with lazy deletion.
 
 Pure sampling cannot purge 99 % of expired sessions within 5 minutes at 1M sessions with
-a low expired ratio (01 §6), so the sweeper also keeps every session id in the bucket of
+a low expired ratio, so the sweeper also keeps every session id in the bucket of
 the second in which it expires. An entry is only a hint: when its bucket comes due the
 sweeper re-reads the session and skips it if it was renewed, revoked or removed since.
 Entries reference the existing id strings, so each costs one list slot (8 bytes).
@@ -65,6 +65,11 @@ class ExpiryWheel:
                 del ids[-room:]
         self.entries -= len(out)
         return out
+
+    def has_due(self, now_ms: int) -> bool:
+        """Whether :meth:`pop_due` would return anything at ``now_ms``."""
+        heap = self._heap
+        return bool(heap) and heap[0] * BUCKET_MS < now_ms
 
     def __len__(self) -> int:
         return self.entries

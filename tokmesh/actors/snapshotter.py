@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from tokmesh.actors.periodic import ActorErrors
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
@@ -85,23 +86,37 @@ class Snapshotter:
         self._result: SnapshotInfo | BaseException | None = None
         self.last: SnapshotInfo | None = None
         self.last_compaction = CompactionResult([], 0)
+        self.errors = ActorErrors("snapshotter")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Periodic trigger loop: interval or WAL size threshold, whichever first."""
+        """Periodic trigger loop: interval or WAL size threshold, whichever first.
+
+        A failed check or snapshot (out of descriptors, a disk error) is logged once per
+        episode and counted (:class:`~tokmesh.actors.periodic.ActorErrors`); the next
+        check tries again. A failed snapshot waits for the next interval, unless the WAL
+        size still calls for one.
+        """
         task_status.started()
         last = trio.current_time()
         while True:
             await trio.sleep(self.settings.check_every)
-            due = trio.current_time() - last >= self.settings.interval
-            if not due:
-                size = await trio.to_thread.run_sync(wal_files.wal_size_bytes, self.wal_dir)
-                due = size >= self.settings.threshold_bytes
-            if due:
-                try:
-                    await self.take("interval")
-                except TokMeshError:
-                    log.exception("scheduled snapshot failed")
-                last = trio.current_time()
+            try:
+                if await self._due(last):
+                    try:
+                        await self.take("interval")
+                    finally:
+                        last = trio.current_time()
+            except (OSError, TokMeshError) as exc:
+                self.errors.failed(exc)
+            else:
+                self.errors.succeeded()
+
+    async def _due(self, last: float) -> bool:
+        """Whether the interval has passed since ``last`` or the WAL outgrew the threshold."""
+        if trio.current_time() - last >= self.settings.interval:
+            return True
+        size = await trio.to_thread.run_sync(wal_files.wal_size_bytes, self.wal_dir)
+        return size >= self.settings.threshold_bytes
 
     async def take(self, reason: str = "manual") -> SnapshotInfo:
         """Take a snapshot now (or join the one in flight) and compact the WAL after it."""

@@ -11,26 +11,29 @@ sampling array consistent in one step (01 §5 index atomicity).
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tokmesh.actors.expiry import BUCKET_MS, ExpiryWheel
 from tokmesh.actors.id_index import IdIndex
+from tokmesh.actors.recent_keys import RecentKeys
 from tokmesh.domain.session import Session
 
 if TYPE_CHECKING:
     from tokmesh.domain.apikey import ApiKey
 
 
-#: How many purged expired sessions are remembered for precise error codes.
+#: How many purged expired sessions are remembered at least for precise error codes.
 EXPIRED_MEMORY = 100_000
+#: Sampling-array entries checked per :meth:`StoreState.prune_samples` call at most.
+PRUNE_BUDGET = 2_000
 
 
 class StoreState:
     """The committed sessions, their indexes and the API keys."""
 
     __slots__ = (
+        "_prune_at",
         "_sample_ids",
         "by_device",
         "by_token",
@@ -63,12 +66,15 @@ class StoreState:
         self.wheel = ExpiryWheel()
         # Sessions the sweeper purged after they expired, remembered (bounded, in memory)
         # so reads keep answering "expired" (TM-SESS-4041 / TM-TOKN-4011) rather than
-        # "unknown" for a while after the record itself is gone.
-        self.expired_ids: OrderedDict[str, int] = OrderedDict()
-        self.expired_tokens: OrderedDict[bytes, int] = OrderedDict()
+        # "unknown" for a while after the record itself is gone. Fingerprints only: the
+        # purged records' own strings would keep their memory from being given back.
+        self.expired_ids = RecentKeys(EXPIRED_MEMORY)
+        self.expired_tokens = RecentKeys(EXPIRED_MEMORY)
         # Ids in insertion order for O(1) random sampling by the sweeper; entries of
-        # removed sessions are dropped lazily when sampled (swap-remove).
+        # removed sessions are dropped when sampled or by :meth:`prune_samples`
+        # (swap-remove), whose scan resumes at ``_prune_at``.
         self._sample_ids: list[str] = []
+        self._prune_at = 0
 
     # -- mutation (commit callbacks and recovery only) -------------------------------
 
@@ -117,14 +123,13 @@ class StoreState:
     def note_expired(self, session: Session) -> None:
         """Remember a purged expired session (not a revoked one: its token must turn
         ``TM-TOKN-4010`` once the tombstone ends)."""
-        ids = self.expired_ids
-        tokens = self.expired_tokens
-        ids[session.id] = session.expires_at
-        tokens[session.token_hash] = session.expires_at
-        while len(ids) > EXPIRED_MEMORY:
-            ids.popitem(last=False)
-        while len(tokens) > EXPIRED_MEMORY:
-            tokens.popitem(last=False)
+        self.expired_ids.add(session.id)
+        self.expired_tokens.add(session.token_hash)
+
+    def schedule_recheck(self, sid: str, now_ms: int) -> None:
+        """Have the sweeper look at ``sid`` again within a second (its wheel entry was
+        taken while a newer version was in flight)."""
+        self.wheel.add(sid, now_ms)
 
     def load(self, sessions: Iterable[Session], position: int | None = None) -> None:
         """Bulk-load records whose ids are not in the state yet (snapshot chunks).
@@ -190,7 +195,17 @@ class StoreState:
         self.by_device = other.by_device
         self.wheel = other.wheel
         self._sample_ids = other._sample_ids
+        self._prune_at = 0
         self.position = other.position
+        # ``other`` may live on in its builder's frame; left as it is, it would keep
+        # whatever this state later replaces (the sampling array once it is rebuilt:
+        # every id ever created until then, and the memory around them).
+        other.sessions = {}
+        other.by_token = {}
+        other.by_user = IdIndex()
+        other.by_device = IdIndex()
+        other.wheel = ExpiryWheel()
+        other._sample_ids = []
 
     def clear(self) -> None:
         """Drop everything (restore replaces the whole state)."""
@@ -204,6 +219,7 @@ class StoreState:
         self.position = 0
         self.wheel = ExpiryWheel()
         self._sample_ids = []
+        self._prune_at = 0
 
     # -- reads ------------------------------------------------------------------------
 
@@ -224,10 +240,45 @@ class StoreState:
                 ids.pop()
                 continue
             out.append(s)
-        if len(ids) > 2 * len(sessions) + 1024:
-            # Too many dead entries accumulated: rebuild once (amortised O(1)).
-            self._sample_ids = list(sessions)
         return out
+
+    def prune_samples(self, budget: int = PRUNE_BUDGET) -> int:
+        """Drop entries of removed sessions from the sampling array, looking at no more
+        than ``budget`` entries; returns how many were dropped.
+
+        Sampling alone drops dead entries too slowly when sessions come and go fast,
+        and rebuilding the array from the primary map holds the loop for milliseconds
+        at a million sessions; so the sweeper calls this on every tick and it resumes
+        where it stopped. It does nothing while dead entries are under about 1/16 of
+        the array. An id re-created after its purge can be listed twice; the scan keeps
+        such duplicates (both name a present session), so when the array is over twice
+        the sessions (plus a margin) it is rebuilt from the primary map, at a cost in
+        proportion to the fewer live sessions.
+        """
+        ids = self._sample_ids
+        sessions = self.sessions
+        dead = len(ids) - len(sessions)
+        if dead <= (len(ids) >> 4) + 64:
+            return 0
+        if len(ids) > 2 * len(sessions) + 1024:
+            self._sample_ids = list(sessions)
+            self._prune_at = 0
+            return dead
+        dropped = 0
+        i = self._prune_at
+        for _ in range(budget):
+            if i >= len(ids):
+                i = 0
+                if not ids:
+                    break
+            if ids[i] in sessions:
+                i += 1
+            else:
+                ids[i] = ids[-1]
+                ids.pop()
+                dropped += 1
+        self._prune_at = i
+        return dropped
 
     def live_count(self, now_ms: int | None = None) -> int:
         """Number of non-revoked sessions (expired-unswept included when ``now_ms`` is None)."""

@@ -31,7 +31,7 @@ from tokmesh.actors.messages import (
 )
 from tokmesh.actors.reply import Reply
 from tokmesh.actors.state import StoreState
-from tokmesh.actors.wal_writer import WalWriter
+from tokmesh.actors.wal_writer import Append, WalWriter
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import new_session_id
 from tokmesh.domain.session import Session
@@ -111,6 +111,67 @@ class SessionShard:
                 out.append(s)
         return out
 
+    def _prepare(
+        self,
+        rtype: RecordType,
+        sid: str,
+        new: Session | None,
+        now_ms: int,
+        done: Callable[[], None],
+        failed: Callable[[TokMeshError], None],
+        tombstone: bool = False,
+    ) -> Append:
+        """Mark ``new`` in flight and build its WAL submission, applied on commit.
+
+        ``new is None`` logs a DELETE that removes the session entirely (sweeper purge);
+        ``tombstone`` logs a DELETE that keeps ``new`` as a revoked record. Synchronous:
+        a caller may prepare many records and submit them together.
+        """
+        self._pending[sid] = new
+        self._inflight[sid] = self._inflight.get(sid, 0) + 1
+        self._outstanding += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        if new is not None and not tombstone:
+            version, body = new.version, new.to_record()
+        else:
+            version, body = 0, None
+        record = WalRecord(type=rtype, ts=now_ms, entity_id=sid, version=version, body=body)
+        flight = _InFlight(self, rtype, sid, new, done, failed)
+        return Append(record, flight.commit, flight.fail)
+
+    def _settle(self, rtype: RecordType, sid: str, new: Session | None) -> None:
+        """Take a committed or failed record off the in-flight books."""
+        n = self._inflight[sid] - 1
+        if n:
+            self._inflight[sid] = n
+        else:
+            del self._inflight[sid]
+            self._pending.pop(sid, None)
+        if new is not None and rtype is RecordType.CREATE:
+            self._pending_tokens.pop(new.token_hash, None)
+            creates = self._pending_user_creates.get(new.user_id)
+            if creates is not None:
+                creates.discard(sid)
+                if not creates:
+                    del self._pending_user_creates[new.user_id]
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._idle.set()
+
+    def _apply(self, rtype: RecordType, sid: str, new: Session | None, position: int) -> None:
+        """Apply a committed record to the shared state."""
+        state = self.state
+        if new is None:
+            old = state.remove(sid)
+            if old is not None and not old.is_deleted:
+                state.note_expired(old)
+        else:
+            state.put(new)
+        state.position = position
+        if self._on_change is not None:
+            self._on_change(rtype, sid, new, position)
+
     async def _log(
         self,
         rtype: RecordType,
@@ -121,59 +182,21 @@ class SessionShard:
         failed: Callable[[TokMeshError], None],
         tombstone: bool = False,
     ) -> None:
-        """Mark ``new`` in flight, hand its record to the WAL, apply it on commit.
-
-        ``new is None`` logs a DELETE that removes the session entirely (sweeper purge);
-        ``tombstone`` logs a DELETE that keeps ``new`` as a revoked record.
-        """
-        self._pending[sid] = new
-        self._inflight[sid] = self._inflight.get(sid, 0) + 1
-        self._outstanding += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        body = new.to_record() if (new is not None and not tombstone) else None
-        version = new.version if (new is not None and not tombstone) else 0
-        record = WalRecord(type=rtype, ts=now_ms, entity_id=sid, version=version, body=body)
-
-        def settle() -> None:
-            n = self._inflight[sid] - 1
-            if n:
-                self._inflight[sid] = n
-            else:
-                del self._inflight[sid]
-                self._pending.pop(sid, None)
-            if new is not None and rtype is RecordType.CREATE:
-                self._pending_tokens.pop(new.token_hash, None)
-                creates = self._pending_user_creates.get(new.user_id)
-                if creates is not None:
-                    creates.discard(sid)
-                    if not creates:
-                        del self._pending_user_creates[new.user_id]
-            self._outstanding -= 1
-            if self._outstanding == 0:
-                self._idle.set()
-
-        def on_commit(position: int) -> None:
-            settle()
-            state = self.state
-            if new is None:
-                old = state.remove(sid)
-                if old is not None and not old.is_deleted:
-                    state.note_expired(old)
-            else:
-                state.put(new)
-            state.position = position
-            if self._on_change is not None:
-                self._on_change(rtype, sid, new, position)
-            done()
-
-        def on_fail(err: TokMeshError) -> None:
-            settle()
-            failed(err)
-
+        """Prepare one record (see :meth:`_prepare`) and hand it to the WAL."""
+        item = self._prepare(rtype, sid, new, now_ms, done, failed, tombstone)
         try:
-            await self.wal.append(record, on_commit, on_fail)
+            await self.wal.append(item.record, item.on_commit, item.on_fail)
         except TokMeshError as err:
-            on_fail(err)
+            item.on_fail(err)
+
+    async def _log_many(self, items: list[Append]) -> None:
+        """Hand prepared records to the WAL as one submission: they share group commits
+        and cost this actor one await, however many there are."""
+        try:
+            await self.wal.append_many(items)
+        except TokMeshError as err:
+            for item in items:
+                item.on_fail(err)
 
     # -- message handlers ------------------------------------------------------------------
 
@@ -347,17 +370,21 @@ class SessionShard:
             msg.reply.set(0)
             return
         counter = _Countdown(len(live), msg.reply)
+        items = []
         for cur in live:
             tomb = cur.evolve(is_deleted=True, version=cur.version + 1)
-            await self._log(
-                RecordType.DELETE,
-                cur.id,
-                tomb,
-                msg.now_ms,
-                counter.ok,
-                counter.failed,
-                tombstone=True,
+            items.append(
+                self._prepare(
+                    RecordType.DELETE,
+                    cur.id,
+                    tomb,
+                    msg.now_ms,
+                    counter.ok,
+                    counter.failed,
+                    tombstone=True,
+                )
             )
+        await self._log_many(items)
 
     async def _purge(self, msg: Purge) -> None:
         now = msg.now_ms
@@ -365,10 +392,13 @@ class SessionShard:
         logged: list[str] = []
         removed = 0
         for sid in msg.sids:
-            if sid in self._pending:
-                continue  # something newer is in flight; look again later
             cur = state.sessions.get(sid)
             if cur is None:
+                continue
+            if sid in self._pending:
+                # Something newer is in flight: look again once it is committed (the
+                # sweeper took this id's wheel entry, and a touch adds no new one).
+                state.schedule_recheck(sid, now)
                 continue
             if cur.is_deleted:
                 if cur.expires_at != 0 and now > cur.expires_at:
@@ -383,8 +413,12 @@ class SessionShard:
                 msg.reply.set(removed)
             return
         counter = _Countdown(len(logged), msg.reply, base=removed)
-        for sid in logged:
-            await self._log(RecordType.DELETE, sid, None, now, counter.ok, counter.failed)
+        await self._log_many(
+            [
+                self._prepare(RecordType.DELETE, sid, None, now, counter.ok, counter.failed)
+                for sid in logged
+            ]
+        )
 
 
 def _check_version(cur: Session, expected: int | None, method: str) -> None:
@@ -403,6 +437,44 @@ def _noop() -> None:
 
 def _log_failure(err: TokMeshError) -> None:
     log.error("eviction of the oldest session failed: %s", err.code)
+
+
+class _InFlight:
+    """One record a shard handed to the WAL writer: its commit and failure callbacks.
+
+    A slotted object with two bound methods costs a third of the garbage-collected
+    allocations of three closures and their cells; a bulk purge makes one per record.
+    """
+
+    __slots__ = ("done", "failed", "new", "rtype", "shard", "sid")
+
+    def __init__(
+        self,
+        shard: SessionShard,
+        rtype: RecordType,
+        sid: str,
+        new: Session | None,
+        done: Callable[[], None],
+        failed: Callable[[TokMeshError], None],
+    ) -> None:
+        self.shard = shard
+        self.rtype = rtype
+        self.sid = sid
+        self.new = new
+        self.done = done
+        self.failed = failed
+
+    def commit(self, position: int) -> None:
+        """The record is durable at ``position``: apply it, then answer the caller."""
+        shard = self.shard
+        shard._settle(self.rtype, self.sid, self.new)
+        shard._apply(self.rtype, self.sid, self.new, position)
+        self.done()
+
+    def fail(self, err: TokMeshError) -> None:
+        """The record was not written: nothing of it becomes visible; tell the caller."""
+        self.shard._settle(self.rtype, self.sid, self.new)
+        self.failed(err)
 
 
 class _Countdown:

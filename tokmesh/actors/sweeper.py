@@ -1,27 +1,164 @@
-"""The TTL sweeper actor (01 §6): expiry wheel first, Redis-style sampling second.
+"""The TTL sweeper actor: purges expired sessions in short passes that never hold the loop.
 
-Every ``gc_interval`` it takes the ids whose expiry second has passed from the
-:class:`~tokmesh.actors.expiry.ExpiryWheel` (bounded per tick, so a mass expiry is spread
-over several ticks instead of blocking the loop), then samples ``sample_size`` random
-sessions and repeats the sample while more than 25 % were expired (at most 4 extra
-rounds). Purges are sent to the owning shard, which logs a WAL ``DELETE`` for expired
-sessions and silently drops tombstones past their original expiry.
+Every ``gc_interval`` (100 ms by default) the sweeper runs a *pass*: it takes due ids from
+the :class:`~tokmesh.actors.expiry.ExpiryWheel` (each session is listed under the second
+in which it expires), then samples ``sample_size`` random sessions Redis-style and samples
+again while more than a quarter of a sample was expired, at most four more times. Expired
+sessions are purged by their owning shards with a WAL ``DELETE``; tombstones past their
+original expiry are dropped without a record.
+
+A pass stops early once it has used :data:`PASS_BUDGET` of loop time or gathered
+:data:`PASS_LIMIT` sessions, so no step of it holds the event loop for more than about a
+millisecond. It hands each shard its share in one message, and a shard submits all its
+``DELETE`` records to the WAL writer as one run (they share group commits, with no
+``await`` per record). While the WAL commits them the loop serves requests; if the wheel
+still had due entries, the next pass follows at once instead of after the interval.
+So a mass expiry (a million sessions created in the same minute, a wall clock that
+jumped forward, a process resumed after a long ``SIGSTOP``) is worked off at full speed
+in slices of about a millisecond, instead of one pass that stalls every request behind
+it.
+
+Expiry follows the wall clock (``Clock.now_ms``: sessions expire at an absolute time);
+the tick itself is a Trio sleep on the monotonic clock, so a wall clock that jumps
+neither stops nor races the sweeper.
+
+After large purges the sweeper asks glibc to return freed heap pages to the system
+(:class:`~tokmesh.actors.memory.MemoryReturn`), at most once a minute, in a worker thread.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
+from tokmesh.actors import messages as m
+from tokmesh.actors.memory import MemoryReturn
+from tokmesh.actors.reply import Reply
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
-from tokmesh.services.sessions import purge
+from tokmesh.domain.session import Session
 
 log = logging.getLogger("tokmesh.sweeper")
 
-#: Upper bound of wheel entries inspected per tick (keeps one tick well under a few ms).
-WHEEL_BUDGET = 5000
+#: Loop time the sweeper's own step of a pass may take (seconds). The shards' steps and
+#: the WAL commit that follow it are bounded by :data:`PASS_LIMIT` records each.
+PASS_BUDGET = 0.0007
+#: Sessions one pass purges at most (a shard prepares its share of them in one step,
+#: about 3 µs each; the WAL writer commits them in batches of ``batch_count``).
+PASS_LIMIT = 256
+#: Wheel entries taken between two looks at the clock.
+CHECK_EVERY = 32
+#: Sampling rounds per tick: one, then up to four more while a quarter was expired.
+SAMPLE_ROUNDS = 5
+
+
+def is_due(s: Session, now_ms: int) -> bool:
+    """Whether the sweeper purges ``s`` now: an expired session, or a tombstone whose
+    original expiry has passed (a revoked session answers "revoked" until then)."""
+    if s.is_deleted:
+        return s.expires_at != 0 and now_ms > s.expires_at
+    return s.is_expired(now_ms)
+
+
+class ExpiryPass:
+    """The sessions one pass purges, grouped by owning shard."""
+
+    __slots__ = ("by_shard", "count", "now_ms", "seen", "store")
+
+    def __init__(self, store: SessionStore, now_ms: int) -> None:
+        self.store = store
+        self.now_ms = now_ms
+        self.by_shard: dict[int, list[str]] = {}
+        self.seen: set[str] = set()
+        self.count = 0
+
+    def consider(self, sid: str, listed: bool) -> bool:
+        """Add ``sid`` if it is due; returns whether it was. ``listed``: the id comes from
+        the wheel (its entry is gone now), not from a random sample."""
+        state = self.store.state
+        s = state.sessions.get(sid)
+        if s is None or sid in self.seen:
+            return False
+        if not is_due(s, self.now_ms):
+            if listed and s.is_deleted and s.expires_at > self.now_ms:
+                # A tombstone ends at its original expiry, which an idle timeout may have
+                # put after the entry just taken; nothing else would list it again.
+                state.wheel.add(sid, s.expires_at)
+            # A live session renewed since it was listed has an entry for its new expiry.
+            return False
+        self.seen.add(sid)
+        index = self.store.shard_for(s.user_id).index
+        self.by_shard.setdefault(index, []).append(sid)
+        self.count += 1
+        return True
+
+    def take_due(self, deadline: float) -> bool:
+        """Take due wheel entries until the limit or ``deadline`` (``perf_counter``);
+        returns whether due entries are left."""
+        wheel = self.store.state.wheel
+        while self.count < PASS_LIMIT:
+            if time.perf_counter() >= deadline:
+                return wheel.has_due(self.now_ms)
+            chunk = wheel.pop_due(self.now_ms, min(CHECK_EVERY, PASS_LIMIT - self.count))
+            if not chunk:
+                return False
+            for sid in chunk:
+                self.consider(sid, listed=True)
+        return wheel.has_due(self.now_ms)
+
+    def sample(self, size: int, deadline: float) -> None:
+        """Redis-style sampling rounds, within the same limits."""
+        state = self.store.state
+        for _ in range(SAMPLE_ROUNDS):
+            if self.count >= PASS_LIMIT or time.perf_counter() >= deadline:
+                return
+            sample = state.sample(size)
+            if not sample:
+                return
+            expired = sum(1 for s in sample if self.consider(s.id, listed=False))
+            if expired * 4 <= len(sample):
+                return
+
+    async def purge(self) -> int:
+        """Send every shard its share at once, then wait until all are committed."""
+        shards = self.store.shards
+        replies: list[Reply[int]] = []
+        for index, sids in self.by_shard.items():
+            reply: Reply[int] = Reply()
+            await shards[index].send(m.Purge(sids=tuple(sids), now_ms=self.now_ms, reply=reply))
+            replies.append(reply)
+        total = 0
+        for reply in replies:
+            total += await reply.wait()
+        return total
+
+
+async def purge_due(store: SessionStore, clock: Clock, *, sample_size: int = 0) -> int:
+    """Purge everything due now in bounded passes; returns how many were purged.
+
+    The sweeper's tick, and the manual GC: the expiry wheel lists every session with an
+    expiry, so draining its due entries purges every expired session and tombstone.
+    ``sample_size`` > 0 adds the sampling rounds to the first pass.
+    """
+    total = 0
+    while True:
+        now = clock.now_ms()
+        work = ExpiryPass(store, now)
+        deadline = time.perf_counter() + PASS_BUDGET
+        more = work.take_due(deadline)
+        if sample_size:
+            work.sample(sample_size, deadline)
+            sample_size = 0
+        if work.count:
+            total += await work.purge()
+        if not more:
+            return total
+        # Due entries are left: the next pass right away (the purge above awaited the
+        # commit, so requests were served in between; a pass without purges did not).
+        if not work.count:
+            await trio.sleep(0)
 
 
 class TtlSweeper:
@@ -33,11 +170,13 @@ class TtlSweeper:
         interval: float = 0.1,
         sample_size: int = 20,
         clock: Clock = SYSTEM_CLOCK,
+        memory: MemoryReturn | None = None,
     ) -> None:
         self.store = store
         self.interval = interval
         self.sample_size = sample_size
         self.clock = clock
+        self.memory = memory if memory is not None else MemoryReturn()
         self.purged_total = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -50,45 +189,12 @@ class TtlSweeper:
             except Exception:  # a failed WAL is reported by the writer; keep ticking
                 log.exception("sweeper tick failed")
 
-    def collect(self, now_ms: int) -> dict[str, list[str]]:
-        """Ids to purge now, grouped by user (synchronous: one atomic look)."""
-        state = self.store.state
-        sessions = state.sessions
-        by_user: dict[str, list[str]] = {}
-        seen: set[str] = set()
-
-        def consider(sid: str) -> bool:
-            s = sessions.get(sid)
-            if s is None or sid in seen:
-                return False
-            if s.is_deleted:
-                due = s.expires_at != 0 and now_ms > s.expires_at
-            else:
-                due = s.is_expired(now_ms)
-            if due:
-                seen.add(sid)
-                by_user.setdefault(s.user_id, []).append(sid)
-                return True
-            # Not due (e.g. renewed since it was scheduled): its new expiry has its own entry.
-            return False
-
-        for sid in state.wheel.pop_due(now_ms, WHEEL_BUDGET):
-            consider(sid)
-        for _ in range(5):
-            sample = state.sample(self.sample_size)
-            if not sample:
-                break
-            expired = sum(1 for s in sample if consider(s.id))
-            if expired * 4 <= len(sample):
-                break
-        return by_user
-
     async def tick(self) -> int:
-        """One sweep round; returns the number of sessions/tombstones purged."""
-        now = self.clock.now_ms()
-        by_user = self.collect(now)
-        if not by_user:
-            return 0
-        count = await purge(self.store, by_user, now)
+        """One tick: purge what is due (in as many passes as it takes), tidy the sampling
+        array, return freed memory after large purges. Returns the number purged."""
+        count = await purge_due(self.store, self.clock, sample_size=self.sample_size)
         self.purged_total += count
+        self.store.state.prune_samples()
+        self.memory.note_freed(count)
+        await self.memory.maybe_return()
         return count

@@ -105,27 +105,24 @@ class ApiDeps:
         )
 
     def audit_request(self, call: Call, resp: HttpResponse) -> None:
-        """Request-level audit of admin calls and business writes (02 §16)."""
+        """Request-level audit of admin calls and business writes (one record each)."""
         log = self.audit
         if log is None:
             return
         p = call.principal
         route = call.route
         ua = call.req.get_header(b"user-agent")
-        action = route.audit_action or audit_mod.admin_action(route.method, route.path)
-        log.append(
-            audit_mod.AuditRecord.new(
-                action,
-                result="SUCCESS" if resp.status < 400 else "FAILURE",
-                operator_id=p.key_id if p else None,
-                operator_role=p.role if p else None,
-                resource=call.req.path,
-                ip_address=call.client_ip,
-                tcp_remote_ip=call.req.peer_ip,
-                user_agent=ua.decode("latin-1") if ua else "",
-                request_id=call.rid,
-                method=route.method,
-                route=route.path,
-                status=resp.status,
-            )
+        log.append_write(
+            route.audit_action or audit_mod.admin_action(route.method, route.path),
+            result=audit_mod.RESULT_SUCCESS if resp.status < 400 else audit_mod.RESULT_FAILURE,
+            operator_id=p.key_id if p else None,
+            operator_role=p.role if p else None,
+            resource=call.req.path,
+            ip_address=call.client_ip,
+            tcp_remote_ip=call.req.peer_ip,
+            user_agent=ua.decode("latin-1") if ua else "",
+            request_id=call.rid,
+            method=route.method,
+            route=route.path,
+            status=resp.status,
         )

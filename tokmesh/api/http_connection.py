@@ -246,6 +246,10 @@ class HttpConnection:
         self.scope = trio.CancelScope()
         self.deadline = math.inf
         self.waiting = WAIT_NONE
+        # The wait for the next request's first byte. Before the first request it is the
+        # header timeout: a connection that never says anything holds a descriptor for
+        # seconds, not for the keep-alive minute a client that has spoken earns.
+        self.idle_timeout = min(self.limits.header_timeout, self.limits.idle_timeout)
         # trio.current_time() of the read being parsed: one clock read per read, not
         # two per request (head and body deadlines count from the read that began them).
         self.now = 0.0
@@ -286,6 +290,7 @@ class HttpConnection:
         self.body_parts = []
         self.body_size = 0
         self.head_deadline = self.now + self.limits.header_timeout
+        self.idle_timeout = self.limits.idle_timeout
 
     def on_url(self, url: bytes) -> None:
         """llhttp: (part of) the request target."""
@@ -347,8 +352,13 @@ class HttpConnection:
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
         url = self.url
         if url[:1] != b"/" and b"://" in url:
-            # absolute-form target (RFC 9112 §3.2.2): keep only path and query.
-            parsed = httptools.parse_url(url)
+            # absolute-form target (RFC 9112 §3.2.2): keep only path and query. llhttp
+            # checks only the characters of a target, so its URL parser can still refuse
+            # one (a bad host or port): that is the client's error, not ours.
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(E.SYS_BAD_REQUEST, "malformed request target") from None
             url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
         path, _, query = url.partition(b"?")
         if b"#" in query:
@@ -608,7 +618,8 @@ class HttpConnection:
         """Publish the deadline of the next read; False when it should not happen.
 
         Head and buffered body count from the read that began them; an idle wait gets a
-        fresh ``idle_timeout``, and a draining server reads no further request.
+        fresh ``idle_timeout`` (the header timeout before the first request), and a
+        draining server reads no further request.
         """
         if self.in_head:
             self.deadline = self.head_deadline
@@ -619,7 +630,7 @@ class HttpConnection:
         else:
             if self.hooks.control.draining:
                 return False
-            self.deadline = now + self.limits.idle_timeout
+            self.deadline = now + self.idle_timeout
             self.waiting = WAIT_IDLE
         return True
 

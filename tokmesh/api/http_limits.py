@@ -16,7 +16,9 @@ class HttpLimits:
     byte (so a client trickling one byte per second cannot hold a connection open);
     ``body_timeout`` bounds a buffered body from the end of the head, and every single
     read of a streamed body; ``idle_timeout`` is the keep-alive wait for the first byte
-    of the next request (also for a fresh connection); ``write_timeout`` bounds each send
+    of the next request, while a fresh connection waits for its first byte no longer
+    than ``header_timeout`` (an idle-connection flood must not hold descriptors for the
+    keep-alive time); ``write_timeout`` bounds each send
     to a client that does not read; ``linger_timeout`` is how long a closing connection
     keeps draining input so that the client sees our last response instead of a reset.
     Deadlines are checked every ``timer_resolution`` seconds by one timer task for all

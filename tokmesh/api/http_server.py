@@ -6,8 +6,9 @@ Usage::
     ...
     clean = await control.drain(5.0)   # stop accepting, finish in-flight requests
 
-The accept loop follows ``trio.serve_listeners`` (a handler nursery, EMFILE and friends
-treated as overload: log, sleep 100 ms, retry). Each connection runs
+The accept loop is the shared one of :mod:`tokmesh.api.accept` (EMFILE and friends
+waited out as ``trio.serve_listeners`` does, logged once per episode; the
+``server.max_connections`` cap answering 503 beyond it). Each connection runs
 :class:`~tokmesh.api.http_connection.HttpConnection` in one task; see that module for
 the parsing rules, limits and error answers; when the app has a ``now`` method (answer
 without waiting, or None), plain connections are read by one
@@ -18,16 +19,16 @@ requests with ``Connection: close``.
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import math
-import os
 import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import trio
 
+from tokmesh.api.accept import ConnectionGate, accept_loop
 from tokmesh.api.http_connection import (
     DIRECT_IO,
     WAIT_IDLE,
@@ -35,15 +36,29 @@ from tokmesh.api.http_connection import (
     HttpConnection,
     ServerHooks,
 )
+from tokmesh.api.http_errors import error_response
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_mux import HttpMux
+from tokmesh.api.http_render import encode_head
+from tokmesh.api.http_request_id import new_request_id
 from tokmesh.api.http_types import HttpApp, StreamingPredicate, UpgradeHandler
+from tokmesh.api.tls_handshake import server_handshake
+from tokmesh.domain.errors import E
 
 LOGGER = logging.getLogger("tokmesh.api.http")
 
-# Same set and pause as trio.serve_listeners: the process is out of resources, not broken.
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-ACCEPT_RETRY_SLEEP = 0.100
+
+def too_many_connections() -> bytes:
+    """The whole answer to a connection over ``server.max_connections``: 503, closing."""
+    resp = error_response(
+        new_request_id(),
+        E.SYS_UNAVAILABLE,
+        "too many connections",
+        details={"reason": "max_connections"},
+        headers={"Retry-After": "1"},
+    )
+    head = encode_head(resp, request_id=None, keep_alive=False, http10=False, head_only=False)
+    return head[0] + resp.body
 
 
 class ServerControl:
@@ -114,6 +129,7 @@ async def serve_http(
     upgrade_handler: UpgradeHandler | None = None,
     upgrade_paths: frozenset[str] = frozenset({"/events"}),
     control: ServerControl | None = None,
+    gate: ConnectionGate | None = None,
     task_status: trio.TaskStatus[ServerControl] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 with ``app`` until cancelled or drained.
@@ -123,8 +139,10 @@ async def serve_http(
     is TLS (handshake bounded by ``limits.handshake_timeout``; a failed handshake closes
     only that connection). ``streaming_predicate(method, path)`` selects requests whose
     body reaches the handler as ``req.stream``. A WebSocket upgrade on one of
-    ``upgrade_paths`` is handed to ``upgrade_handler``. Reports the
-    :class:`ServerControl` through ``task_status`` once listening.
+    ``upgrade_paths`` is handed to ``upgrade_handler``. A ``gate`` caps the open
+    connections (shared with other listeners); beyond it a connection is answered 503
+    (plain) or closed (TLS) at once. Reports the :class:`ServerControl` through
+    ``task_status`` once listening.
     """
     limits = limits if limits is not None else HttpLimits()
     control = control if control is not None else ServerControl()
@@ -152,11 +170,21 @@ async def serve_http(
             async with trio.open_nursery() as handler_nursery:
                 control._handler_scope = handler_nursery.cancel_scope
                 handler_nursery.cancel_scope.deadline = control._drain_deadline
+                handler = functools.partial(_run_connection, hooks=hooks, ssl_context=ssl_context)
                 with control._accept_scope:
                     async with trio.open_nursery() as accept_nursery:
                         for listener in control.listeners:
                             accept_nursery.start_soon(
-                                _accept_loop, listener, handler_nursery, hooks, ssl_context
+                                functools.partial(
+                                    accept_loop,
+                                    listener,
+                                    handler_nursery,
+                                    handler,
+                                    gate=gate,
+                                    name="https" if ssl_context is not None else "http",
+                                    # TLS: a plaintext answer would be garbage to the client.
+                                    refusal=too_many_connections if ssl_context is None else None,
+                                )
                             )
                         task_status.started(control)
             control._forced = handler_nursery.cancel_scope.cancel_called
@@ -173,30 +201,6 @@ async def _reaper(control: ServerControl, resolution: float) -> None:
         for conn in list(control.conns):
             if conn.deadline <= now:
                 conn.scope.cancel()
-
-
-async def _accept_loop(
-    listener: trio.SocketListener,
-    handler_nursery: trio.Nursery,
-    hooks: ServerHooks,
-    ssl_context: ssl.SSLContext | None,
-) -> None:
-    async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                LOGGER.error(
-                    "accept returned %s (%s); retrying in %s seconds",
-                    errno.errorcode[exc.errno],
-                    os.strerror(exc.errno),
-                    ACCEPT_RETRY_SLEEP,
-                )
-                await trio.sleep(ACCEPT_RETRY_SLEEP)
-            else:
-                handler_nursery.start_soon(_run_connection, stream, hooks, ssl_context)
 
 
 def _address(sock: Any, peer: bool) -> tuple[str, int]:
@@ -220,11 +224,7 @@ async def _run_connection(
         if ssl_context is not None:
             tls = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
             stream = tls
-            handshake_done = False
-            with trio.move_on_after(hooks.limits.handshake_timeout):
-                await tls.do_handshake()
-                handshake_done = True
-            if not handshake_done:
+            if not await server_handshake(tls, hooks.limits.handshake_timeout):
                 return
         conn = HttpConnection(
             hooks,

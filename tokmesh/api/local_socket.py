@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import trio
 
+from tokmesh.api.accept import accept_loop
 from tokmesh.api.http_request_id import new_request_id
 from tokmesh.domain.errors import E, TokMeshError
 
@@ -58,7 +59,7 @@ def peer_of(sock: trio.socket.SocketType) -> Peer:
     pid, uid, _gid = struct.unpack("3i", raw)
     try:
         user: str | None = pwd.getpwuid(uid).pw_name
-    except KeyError:
+    except (KeyError, OSError):  # unknown uid, or the directory service is unreachable
         user = None
     return Peer(pid=pid, uid=uid, user=user)
 
@@ -131,15 +132,18 @@ class LocalSocketServer:
         return sock
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Accept connections until cancelled; removes the socket file at exit."""
+        """Accept connections until cancelled; removes the socket file at exit.
+
+        Out of descriptors, accepting pauses and retries like every listener's (the
+        caller waits in the backlog and is answered once one is free); this socket is
+        not counted against ``server.max_connections``, so the cap keeps it usable.
+        """
         sock = self.bind()
         listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_loop, listener, nursery, self._handle)
                 task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._handle, stream)
         finally:
             # Unlink first: aclose() is a checkpoint that raises Cancelled at shutdown.
             with contextlib.suppress(FileNotFoundError):

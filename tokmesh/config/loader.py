@@ -13,8 +13,9 @@ them all and exit 1. Warnings never contain a value from the environment.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,58 @@ def default_search_paths(cwd: Path, env: Mapping[str, str]) -> list[Path]:
 # ============================================================================ coercion
 
 
+def _as_written(raw: Any) -> Any:
+    """A value that failed to coerce, for an error message.
+
+    Numbers are shown as written, not formatted as the key's unit (``7200`` given for a
+    duration is not 2h, and ``.nan`` has no duration form); lists and mappings are elided,
+    since YAML aliases can make a small file print as gigabytes.
+    """
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return str(raw)
+    if isinstance(raw, list):
+        return "[...]"
+    if isinstance(raw, dict):
+        return "{...}"
+    return raw
+
+
 def _issue(spec: KeySpec, key: str, err: ConfigValueError, raw: Any, label: str) -> ConfigIssue:
-    return issue_for_key(key, err.code, err.problem, err.expected, value=raw, file_label=label)
+    return issue_for_key(
+        key, err.code, err.problem, err.expected, value=_as_written(raw), file_label=label
+    )
+
+
+#: Go's ``time.ParseDuration`` refuses what int64 nanoseconds cannot hold (~292 years).
+_MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+
+
+def _checked(spec: KeySpec, value: Any) -> Any:
+    """``value`` if the rest of TokMesh can use it, else :class:`ConfigValueError`.
+
+    Numbers must be finite, durations within Go's range (so every duration can be shown
+    in its unit), and text must hold no NUL character (no path, address or name can).
+    """
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise _type_error("a number")
+        if math.isinf(value) or (spec.kind is Kind.DURATION and abs(value) > _MAX_DURATION_SECONDS):
+            raise ConfigValueError(E.CFG_RANGE, "number out of range", spec.range_text)
+    texts = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(text, str) and "\x00" in text for text in texts):
+        raise ConfigValueError(
+            E.CFG_TYPE, "text contains a NUL character", "text without NUL characters"
+        )
+    return value
+
+
+def _numeric(parse: Callable[[Any], int], raw: Any) -> int:
+    """``parse(raw)`` for a size or rate; a number too long for a float (hundreds of
+    digits) is out of range, not an ``OverflowError``."""
+    try:
+        return parse(raw)
+    except OverflowError:
+        raise ConfigValueError(E.CFG_RANGE, "number out of range", "a smaller number") from None
 
 
 def _type_error(expected: str) -> ConfigValueError:
@@ -181,9 +232,9 @@ def _coerce_scalar_file(spec: KeySpec, raw: Any) -> Any:
             )
         return parse_duration(raw)
     if kind is Kind.SIZE:
-        return parse_size(raw)
+        return _numeric(parse_size, raw)
     if kind is Kind.RATE:
-        return parse_rate(raw)
+        return _numeric(parse_rate, raw)
     # String-like kinds: str, enum, path, secret, url, addr.
     if not isinstance(raw, str):
         raise _type_error("a string (quote the value)")
@@ -202,7 +253,7 @@ def _coerce_file(
                     E.CFG_TYPE,
                     "expected a YAML list",
                     "a list such as [a, b]",
-                    value=raw,
+                    value=_as_written(raw),
                     file_label=label,
                 )
             )
@@ -217,16 +268,22 @@ def _coerce_file(
                         E.CFG_TYPE,
                         "list item must be a string",
                         spec.range_text or "a string",
-                        value=item,
+                        value=_as_written(item),
                         file_label=label,
                     )
                 )
                 ok = False
             else:
                 items.append(item.strip())
-        return (True, tuple(items)) if ok else (False, None)
+        if not ok:
+            return False, None
+        try:
+            return True, _checked(spec, tuple(items))
+        except ConfigValueError as err:
+            errors.append(_issue(spec, spec.name, err, raw, label))
+            return False, None
     try:
-        return True, _coerce_scalar_file(spec, raw)
+        return True, _checked(spec, _coerce_scalar_file(spec, raw))
     except ConfigValueError as err:
         errors.append(_issue(spec, spec.name, err, raw, label))
         return False, None
@@ -234,6 +291,10 @@ def _coerce_file(
 
 def _coerce_text(spec: KeySpec, text: str) -> Any:
     """Parse env/flag text by the key's type (05 §2.4); raise :class:`ConfigValueError`."""
+    return _checked(spec, _parse_text(spec, text))
+
+
+def _parse_text(spec: KeySpec, text: str) -> Any:
     kind = spec.kind
     if kind is Kind.BOOL:
         return parse_bool_text(text)
@@ -244,9 +305,9 @@ def _coerce_text(spec: KeySpec, text: str) -> Any:
     if kind is Kind.DURATION:
         return parse_duration(text)
     if kind is Kind.SIZE:
-        return parse_size(text)
+        return _numeric(parse_size, text)
     if kind is Kind.RATE:
-        return parse_rate(text)
+        return _numeric(parse_rate, text)
     if kind in (Kind.STR_LIST, Kind.ADDR_LIST):
         return tuple(parse_list_text(text))
     if kind is Kind.ENUM:
@@ -320,6 +381,14 @@ def _parse_yaml(text: str, label: str, errors: list[ConfigIssue]) -> Mapping[str
         return None
     except yaml.YAMLError:
         errors.append(_file_issue(label, E.CFG_TYPE, "YAML syntax error"))
+        return None
+    except ValueError:
+        # PyYAML's constructors raise it for a value of the right shape that cannot
+        # exist, such as the date 2001-02-30 or "!!int abc".
+        errors.append(_file_issue(label, E.CFG_TYPE, "YAML value cannot be converted"))
+        return None
+    except RecursionError:
+        errors.append(_file_issue(label, E.CFG_TYPE, "YAML nested too deeply"))
         return None
     if tree is None:
         return {}  # an empty file is an empty mapping

@@ -218,6 +218,18 @@ class HttpConfig:
         choices=("native", "hypercorn"),
         addition=True,
     )
+    header_timeout: float = _key(
+        "10s",
+        Kind.DURATION,
+        "Time a client has to send a request head, on HTTP and HTTPS: a new connection "
+        "that sends nothing this long is closed, and a started head must be complete this "
+        "long after its first byte (else 408). Keep-alive waits between requests stay "
+        "75 s. Native engine only (Hypercorn closes silent connections after its own 5 s). "
+        "TokMesh addition.",
+        minimum="1s",
+        maximum="300s",
+        addition=True,
+    )
 
 
 @attrs.frozen
@@ -242,6 +254,16 @@ class RedisConfig:
     )
     address: str = _key(
         "127.0.0.1:6379", Kind.ADDR, "Listen address of the plaintext RESP listener."
+    )
+    login_timeout: float = _key(
+        "10s",
+        Kind.DURATION,
+        "On the plaintext and the TLS RESP listener: a connection that has not "
+        "authenticated (AUTH, or HELLO with AUTH) this long after it opened is closed. "
+        "Once authenticated, idle clients are kept as Redis keeps them. TokMesh addition.",
+        minimum="1s",
+        maximum="300s",
+        addition=True,
     )
 
 
@@ -295,6 +317,18 @@ class LocalConfig:
 class ServerConfig:
     """``server.*``: listeners and process lifetime."""
 
+    max_connections: int = _key(
+        0,
+        Kind.INT,
+        "Cap on open TCP connections across the HTTP, HTTPS and RESP listeners; beyond it "
+        "a new connection is answered at once (HTTP 503, RESP `-ERR max number of clients "
+        "reached`, TLS: closed) and closed. 0 = the descriptor limit (RLIMIT_NOFILE) at "
+        "start minus 64 for files, WAL segments, snapshots and the local admin socket (at "
+        "least 16). A value above that limit WARNs at start. TokMesh addition.",
+        minimum=0,
+        maximum=1_000_000,
+        addition=True,
+    )
     http: HttpConfig = attrs.field(factory=HttpConfig)
     https: HttpsConfig = attrs.field(factory=HttpsConfig)
     redis: RedisConfig = attrs.field(factory=RedisConfig)

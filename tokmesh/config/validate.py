@@ -30,6 +30,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tokmesh.config.descriptors import above_limit_warning, descriptor_limit
 from tokmesh.config.issues import ConfigIssue, issue_for_key
 from tokmesh.config.loader import LoadResult, load_config, load_yaml_text
 from tokmesh.config.schema import KEYS, Config, KeySpec, Kind, config_to_flat
@@ -202,12 +203,18 @@ def _check_key(ctx: _Ctx, spec: KeySpec) -> None:
         if value and not _HEX64.fullmatch(value):
             ctx.error(spec.name, E.CFG_TYPE, "must be empty or exactly 64 hex characters")
     elif kind is Kind.URL:
-        if value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                ctx.error(spec.name, E.CFG_TYPE, "not an http(s) URL")
+        if value and not _is_http_url(value):
+            ctx.error(spec.name, E.CFG_TYPE, "not an http(s) URL")
     elif kind is Kind.STR and spec.name == "cluster.node_id" and value:
         _check_node_id(ctx, spec, value)
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unbalanced IPv6 bracket, for one
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _check_node_id(ctx: _Ctx, spec: KeySpec, value: str) -> None:
@@ -464,12 +471,18 @@ def _check_dir(ctx: _Ctx, key: str) -> None:
         ctx.error(key, E.CFG_TYPE, "directory path is empty", "a directory path")
         return
     path = Path(value)
-    if path.exists():
+    try:
+        exists = path.exists()
+        ancestor = path if exists else _nearest_existing(path)
+    except OSError as exc:
+        # A name longer than the file system allows, a loop of symlinks...
+        ctx.error(key, E.CFG_TYPE, f"unusable path: {exc.strerror or 'error'}", "a directory path")
+        return
+    if exists:
         if not path.is_dir():
             ctx.error(key, E.CFG_TYPE, "not a directory", "a directory")
             return
     else:
-        ancestor = _nearest_existing(path)
         if not ancestor.is_dir():
             ctx.error(
                 key,
@@ -571,6 +584,9 @@ def _startup_warnings(ctx: _Ctx) -> None:
         ctx.warnings.append(
             "telemetry.logging.dump_config is true: the full sanitized configuration is logged"
         )
+    cap_warning = above_limit_warning(f["server.max_connections"], descriptor_limit())
+    if cap_warning is not None:
+        ctx.warnings.append(cap_warning)
 
 
 def _is_ip(host: str) -> bool:

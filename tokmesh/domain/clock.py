@@ -1,4 +1,11 @@
-"""Wall-clock source in Unix milliseconds, injectable so tests can step time."""
+"""Wall-clock source in Unix milliseconds, injectable so tests can step time.
+
+Everything that compares with an absolute time (session expiry, API-key validity, audit
+timestamps) reads the wall clock through one :class:`Clock` object that the composition
+root passes down. Durations and timeouts (the sweeper's tick, read deadlines, the
+snapshot interval) use Trio's monotonic clock instead, so a wall clock that jumps moves
+expiries and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +41,20 @@ class ManualClock(Clock):
     def advance(self, ms: int) -> None:
         """Move forward (or backward with a negative value) by ``ms``."""
         self._now += ms
+
+
+class OffsetClock(Clock):
+    """The system wall clock shifted by an offset that may change while it is in use
+    (fault tests of a real server process: :mod:`tokmesh.clock_hook`)."""
+
+    __slots__ = ("offset_ms",)
+
+    def __init__(self, offset_ms: int = 0) -> None:
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        """System time plus the current offset, in Unix milliseconds."""
+        return time.time_ns() // 1_000_000 + self.offset_ms
 
 
 SYSTEM_CLOCK = Clock()

@@ -26,13 +26,30 @@ SESSION_ID_RE = re.compile(rf"tmss-{_ULID_BODY}")
 KEY_ID_RE = re.compile(rf"tmak-{_ULID_BODY}")
 
 
+# Every pair of Crockford characters (10 bits), so that encoding takes one table lookup
+# per two characters instead of a loop step per character (~0.9 µs instead of ~3 µs).
+_PAIRS = tuple(a + b for a in CROCKFORD for b in CROCKFORD)
+
+
 def encode_ulid(value: int) -> str:
     """Encode a 128-bit integer as 26 lowercase Crockford Base32 characters."""
-    chars = [""] * 26
-    for i in range(25, -1, -1):
-        chars[i] = CROCKFORD[value & 31]
-        value >>= 5
-    return "".join(chars)
+    p = _PAIRS
+    return (
+        CROCKFORD[(value >> 125) & 31]
+        + p[(value >> 115) & 1023]
+        + p[(value >> 105) & 1023]
+        + p[(value >> 95) & 1023]
+        + p[(value >> 85) & 1023]
+        + p[(value >> 75) & 1023]
+        + p[(value >> 65) & 1023]
+        + p[(value >> 55) & 1023]
+        + p[(value >> 45) & 1023]
+        + p[(value >> 35) & 1023]
+        + p[(value >> 25) & 1023]
+        + p[(value >> 15) & 1023]
+        + p[(value >> 5) & 1023]
+        + CROCKFORD[value & 31]
+    )
 
 
 def decode_ulid(body: str) -> int:
@@ -87,6 +104,58 @@ class UlidGenerator:
 
 
 _GENERATOR = UlidGenerator()
+
+
+class CountingUlids:
+    """Monotonic ULIDs for high-rate records whose ids need to be unique, not secret.
+
+    One random 80-bit base is drawn when the generator is made; every id adds one to it,
+    so the random part is a counter (the ULID rule for ids made within one millisecond,
+    here applied across milliseconds too). Ids of one generator are strictly increasing
+    and never repeat; two processes start from unrelated random bases. The time part is
+    the caller's timestamp (it has one already: no second clock read), kept from going
+    backwards. Text is cached per millisecond and per high half of the counter, so an id
+    costs a few table lookups. Not thread-safe: one generator per thread (the audit log
+    uses its own on the Trio thread).
+    """
+
+    __slots__ = ("_count", "_high", "_high_text", "_ms", "_ms_text")
+
+    def __init__(self) -> None:
+        # Half the range as headroom: 2**79 ids from any base never overflow 80 bits.
+        self._count = int.from_bytes(os.urandom(10), "big") >> 1
+        self._high = -1
+        self._high_text = ""
+        self._ms = -1
+        self._ms_text = ""
+
+    def new(self, ms: int) -> str:
+        """The next ULID body for a record made at Unix time ``ms``."""
+        p = _PAIRS
+        if ms > self._ms:
+            self._ms = ms
+            self._ms_text = (
+                p[(ms >> 40) & 1023]
+                + p[(ms >> 30) & 1023]
+                + p[(ms >> 20) & 1023]
+                + p[(ms >> 10) & 1023]
+                + p[ms & 1023]
+            )
+        count = self._count = self._count + 1
+        high = count >> 40
+        if high != self._high:
+            self._high = high
+            self._high_text = (
+                p[(high >> 30) & 1023] + p[(high >> 20) & 1023] + p[(high >> 10) & 1023]
+            ) + p[high & 1023]
+        return (
+            self._ms_text
+            + self._high_text
+            + p[(count >> 30) & 1023]
+            + p[(count >> 20) & 1023]
+            + p[(count >> 10) & 1023]
+            + p[count & 1023]
+        )
 
 
 def new_ulid() -> str:

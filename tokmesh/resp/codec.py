@@ -24,6 +24,7 @@ stream does not depend on how it was split into reads.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Final, TypeAlias
@@ -171,6 +172,22 @@ _INT_MAX: Final = (1 << 63) - 1
 _INT_MIN: Final = -(1 << 63)
 # '-' and 19 digits, then "\r\n": a longer header can never become valid.
 _MAX_HEADER: Final = 22
+
+
+@functools.lru_cache(maxsize=4)
+def _big_aggregate(digits: int) -> re.Pattern[bytes]:
+    """Aggregate headers (arrays, and RESP3 maps, sets, pushes and attributes) whose count
+    has ``digits`` digits or more, at the start of a line; ``digits`` is the length of the
+    element limit, so every count above the limit has that many.
+
+    hiredis makes room for an aggregate's elements as soon as it reads its header, before
+    the parser sees it: ``*3000000000\r\n`` alone costs seconds of CPU and gigabytes of
+    address space, a larger count raises ``MemoryError``, and nested headers multiply it.
+    So bytes that may hold such a header never reach hiredis; the Python parser, which
+    checks every count before it keeps anything, decides them. A count with fewer digits
+    than the limit is below it, and the few slots hiredis makes for it are harmless.
+    """
+    return re.compile(rb"\n[*%%~>|][0-9]{%d}" % digits)
 
 
 def parse_integer(raw: bytes) -> int | None:
@@ -388,8 +405,9 @@ class RespParser:
     """
 
     __slots__ = (
+        "_big",
+        "_big_digits",
         "_chunks",
-        "_force",
         "_frame",
         "_frame_cmd",
         "_limits",
@@ -397,6 +415,7 @@ class RespParser:
         "_parsed",
         "_pending",
         "_py_need",
+        "_py_only",
         "_pybuf",
         "_reader",
         "error",
@@ -404,6 +423,8 @@ class RespParser:
 
     def __init__(self, limits: RespLimits | None = None) -> None:
         self._limits = limits or RespLimits()
+        self._big_digits = len(str(self._limits.max_elements))
+        self._big = _big_aggregate(self._big_digits)
         self._reader = _new_reader()
         #: Bytes fed to hiredis since its last command boundary (the partial tail first).
         self._chunks: list[bytes] = []
@@ -417,8 +438,9 @@ class RespParser:
         self._pybuf = bytearray()
         #: Length ``_pybuf`` must reach before the forced multibulk parse is retried.
         self._py_need = 0
-        #: Parse the next ``*`` command in Python (after hiredis gave up on it).
-        self._force = False
+        #: Leading bytes of ``_pybuf`` whose ``*`` commands the Python parser decides
+        #: (hiredis gave up on one, or they may hold a header hiredis must not see).
+        self._py_only = 0
         #: The fault that ended this connection's stream, if any.
         self.error: ProtocolError | None = None
         #: The bytes of one command that last arrived as a whole read of identical
@@ -479,11 +501,15 @@ class RespParser:
         limits = self._limits
         max_elements = limits.max_elements
         max_bulk = limits.max_bulk
+        max_command = limits.max_command_bytes
         while data:
             if not self._chunks and data[0] != _STAR:
                 # A command boundary that starts an inline command.
                 self._pybuf = bytearray(data)
                 data = self._run_python(out)
+                continue
+            if self._big_aggregate_in(data):
+                data = self._to_python(data, out)
                 continue
             reader = self._reader
             reader.feed(data)
@@ -509,6 +535,11 @@ class RespParser:
                 if reply.__class__ is list:
                     if len(reply) > max_elements:
                         raise ProtocolLimitError("too many elements")
+                    if self._pending > max_command:
+                        # hiredis does not say how long the command was: let the Python
+                        # parser measure it, so that the limit does not depend on reads.
+                        data = self._resync(out)
+                        break
                     for arg in reply:
                         if arg.__class__ is not bytes:
                             break
@@ -554,7 +585,43 @@ class RespParser:
         self._reset_hiredis()
         self._pybuf = bytearray(tail)
         self._py_need = 0
-        self._force = True
+        self._py_only = 1
+        return self._run_python(out)
+
+    def _big_aggregate_in(self, data: bytes) -> bool:
+        """Whether ``data`` may hold an aggregate header hiredis must not see (see
+        :func:`_big_aggregate`), counting one cut between the previous read and this."""
+        big = self._big
+        if big.search(data) is not None:
+            return True
+        chunks = self._chunks
+        if not chunks:
+            # A command boundary: ``data`` starts with the command's own header.
+            digits = self._big_digits
+            count = data[1 : 1 + digits]
+            return len(count) == digits and count.isdigit()
+        # Inside a command: a header may have been cut by the end of the previous read.
+        parts: list[bytes] = []
+        size = 0
+        for chunk in reversed(chunks):
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_HEADER:
+                break
+        else:
+            parts.append(b"\n")  # the command itself starts a line
+        before = b"".join(reversed(parts))[-_MAX_HEADER:]
+        return big.search(before + data[:_MAX_HEADER]) is not None
+
+    def _to_python(self, data: bytes, out: list[list[bytes]]) -> bytes:
+        """Decide every command of hiredis' unfinished tail and of ``data`` in Python;
+        return what follows them for hiredis."""
+        tail = self._tail() if self._chunks else b""
+        self._reset_hiredis()
+        self._pybuf = bytearray(tail)
+        self._pybuf += data
+        self._py_need = 0
+        self._py_only = len(self._pybuf)
         return self._run_python(out)
 
     def _check_tail(self, out: list[list[bytes]]) -> bytes:
@@ -571,7 +638,7 @@ class RespParser:
         if not isinstance(r, int):  # pragma: no cover - defensive: let Python decide
             self._reset_hiredis()
             self._pybuf = bytearray(tail)
-            self._force = True
+            self._py_only = 1
             return self._run_python(out)
         self._chunks = [tail]
         self._pending = len(tail)
@@ -594,7 +661,7 @@ class RespParser:
         try:
             while pos < end:
                 if buf[pos] == _STAR:
-                    if not self._force:
+                    if pos >= self._py_only:
                         rest = bytes(buf[pos:])
                         pos = end
                         return rest
@@ -606,8 +673,12 @@ class RespParser:
                             raise ProtocolLimitError("command too long")
                         self._py_need = r - pos
                         break
-                    argv, pos = r
-                    self._force = False
+                    argv, next_pos = r
+                    if next_pos - pos > limits.max_command_bytes:
+                        # Complete commands too, so that the outcome does not depend on
+                        # how the stream was cut into reads.
+                        raise ProtocolLimitError("command too long")
+                    pos = next_pos
                     self._py_need = 0
                     out.append(argv)
                     continue
@@ -627,3 +698,4 @@ class RespParser:
             return b""
         finally:
             del buf[:pos]
+            self._py_only = max(self._py_only - pos, 0)

@@ -1,7 +1,8 @@
 """The RESP listener: a Trio stream handler around the sans-IO codec.
 
-One loop per connection: read (under the idle timeout between commands, the command
-timeout once a command has started), parse every command the read completed, run each
+One loop per connection: read (under the idle timeout between commands, or the login
+timeout until the connection has authenticated, the command timeout once a command has
+started), parse every command the read completed, run each
 through the :class:`~tokmesh.resp.commands.Dispatcher` in order (reads inline, mutations
 awaited one after the other, so replies keep the order of the commands), and answer all
 of them with ONE ``send_all`` under the write timeout. A framing fault answers the
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import trio
 
+from tokmesh.api.tls_handshake import server_handshake
 from tokmesh.resp.codec import RespParser
 from tokmesh.resp.commands import Dispatcher
 from tokmesh.resp.connection import Connection, RespStats, format_addr
@@ -106,12 +108,11 @@ async def serve_resp_connection(
     stats.total += 1
     conn = open_connection(dispatcher, _socket_of(stream), peer)
     try:
-        if isinstance(stream, trio.SSLStream):
-            with trio.move_on_after(limits.handshake_timeout) as cs:
-                await stream.do_handshake()
-            if cs.cancelled_caught:
-                stats.timeouts += 1
-                return
+        if isinstance(stream, trio.SSLStream) and not await server_handshake(
+            stream, limits.handshake_timeout
+        ):
+            stats.timeouts += 1
+            return
         await _serve(stream, dispatcher, limits, conn, stats)
     except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
         # The peer went away or spoke something that is not TLS: nothing to answer.
@@ -144,6 +145,8 @@ async def _serve(
     slack = min(1.0, idle_timeout / 100)
     current_time = trio.current_time
     command_deadline = 0.0
+    # Until the connection has authenticated, the idle wait ends at the login deadline.
+    login_deadline = current_time() + limits.login_timeout
     # When the idle deadline was last armed (-inf: another deadline is in force).
     idle_armed = -math.inf
     # One cancel scope for the connection's whole life; its deadline moves only when
@@ -161,7 +164,13 @@ async def _serve(
                 command_deadline = 0.0
                 now = current_time()
                 if now - idle_armed > slack:
-                    scope.deadline = now + idle_timeout + slack
+                    deadline = now + idle_timeout + slack
+                    if login_deadline < deadline:
+                        if conn.principal is None:
+                            deadline = login_deadline
+                        else:
+                            login_deadline = math.inf
+                    scope.deadline = deadline
                     idle_armed = now
                     # CLIENT LIST's idle time, refreshed as seldom as the deadline.
                     conn.idle_since = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 
@@ -26,6 +28,10 @@ class RespLimits:
     max_command_bytes: int = 16 * 1024 * 1024
     #: Seconds a connection may stay silent between commands.
     idle_timeout: float = 300.0
+    #: Seconds after opening by which a connection must have authenticated, or it is
+    #: closed (once authenticated, only ``idle_timeout`` applies, as in Redis). The
+    #: server sets it from ``server.redis.login_timeout``; unlimited here.
+    login_timeout: float = math.inf
     #: Seconds allowed to finish receiving a command once its first byte arrived.
     command_timeout: float = 30.0
     #: Seconds allowed for one reply write (one ``send_all``).

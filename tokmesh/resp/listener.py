@@ -2,7 +2,9 @@
 
 Plain TCP connections are served by the :class:`~tokmesh.resp.mux.RespMux` (one task
 for all of them); TLS connections, and any stream that is not a plain socket, by the
-per-connection loop of :func:`~tokmesh.resp.handler.serve_resp_connection`.
+per-connection loop of :func:`~tokmesh.resp.handler.serve_resp_connection`. Accepting is
+the shared loop of :mod:`tokmesh.api.accept` (resource exhaustion waited out and logged
+once per episode, the ``server.max_connections`` cap).
 """
 
 from __future__ import annotations
@@ -12,11 +14,20 @@ import ssl
 
 import trio
 
+from tokmesh.api.accept import ConnectionGate, accept_loop
 from tokmesh.resp.commands import Dispatcher
 from tokmesh.resp.connection import RespStats
 from tokmesh.resp.handler import peer_ip_of, serve_resp_connection, stdlib_socket
 from tokmesh.resp.limits import RespLimits
 from tokmesh.resp.mux import RespMux
+
+#: What Redis answers a connection beyond ``maxclients`` before closing it; client
+#: libraries recognise the text (redis-py raises its ConnectionError for it).
+MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+
+
+def _max_clients_reply() -> bytes:
+    return MAX_CLIENTS_REPLY
 
 
 async def serve_resp(
@@ -27,6 +38,7 @@ async def serve_resp(
     *,
     stats: RespStats | None = None,
     handler_nursery: trio.Nursery | None = None,
+    gate: ConnectionGate | None = None,
     task_status: trio.TaskStatus[list[trio.abc.Listener[trio.abc.Stream]]] = (
         trio.TASK_STATUS_IGNORED
     ),
@@ -34,9 +46,11 @@ async def serve_resp(
     """Accept RESP connections on ``listeners`` (plain, or TLS with ``ssl_context``).
 
     Runs until cancelled. ``task_status.started`` reports the (possibly TLS-wrapped)
-    listeners once they accept. Accept errors such as EMFILE are handled by
-    ``trio.serve_listeners`` (it pauses instead of crashing), so a connection flood
-    slows accepting but never stops the server.
+    listeners once they accept. Accept errors such as EMFILE pause accepting instead
+    of crashing, so a connection flood slows accepting but never stops the server. A
+    ``gate`` caps the open connections (shared with other listeners); beyond it a plain
+    connection gets ``-ERR max number of clients reached`` and is closed, a TLS one is
+    closed.
     """
     limits = limits or RespLimits()
     stats = stats if stats is not None else dispatcher.stats
@@ -62,9 +76,18 @@ async def serve_resp(
                 return
             await serve_resp_connection(stream, dispatcher, limits, peer, stats)
 
-        started = await nursery.start(
-            functools.partial(
-                trio.serve_listeners, handle, wrapped, handler_nursery=handler_nursery
+        handlers = handler_nursery if handler_nursery is not None else nursery
+        name = "redis_tls" if ssl_context is not None else "redis"
+        for each in wrapped:
+            nursery.start_soon(
+                functools.partial(
+                    accept_loop,
+                    each,
+                    handlers,
+                    handle,
+                    gate=gate,
+                    name=name,
+                    refusal=_max_clients_reply,
+                )
             )
-        )
-        task_status.started(started)
+        task_status.started(wrapped)

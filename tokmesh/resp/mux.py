@@ -18,8 +18,8 @@ Division of work:
   for anything that must wait: a mutation to await through the store actors, a reply the
   kernel did not take at once, or the end of the connection. It does that work under the
   write timeout, then hands the socket back. It alone closes the socket.
-* **The sweeper** (:meth:`RespMux._sweep`) enforces the idle and command timeouts
-  without a clock read on the fast path: the mux only marks a connection
+* **The sweeper** (:meth:`RespMux._sweep`) enforces the idle, command and login
+  timeouts without a clock read on the fast path: the mux only marks a connection
   active; the sweeper stamps times on its ticks (granularity: a tenth of the shortest
   timeout, at most one second, so a timeout fires between its value and value + tick).
 
@@ -64,6 +64,7 @@ class _MuxConn:
         "fd",
         "idle_since",
         "index",
+        "login_deadline",
         "out",
         "parser",
         "partial_seq",
@@ -89,6 +90,8 @@ class _MuxConn:
         self.done = 0
         self.partial_seq = -1
         self.partial_since = 0.0
+        #: When the connection must have authenticated (inf once checked and bound).
+        self.login_deadline = math.inf
         #: Hand-over to the connection's task.
         self.wake = trio.Event()
         self.work = _WORK_CLOSE
@@ -113,7 +116,7 @@ class RespMux:
         self._epoll = select.epoll()
         self._conns: dict[int, _MuxConn] = {}
         self._ready: list[_MuxConn] = []
-        shortest = min(limits.idle_timeout, limits.command_timeout)
+        shortest = min(limits.idle_timeout, limits.command_timeout, limits.login_timeout)
         self._tick = min(1.0, max(shortest / 10, 0.001))
 
     # -- the connection's task ------------------------------------------------------------
@@ -126,6 +129,7 @@ class RespMux:
         raw = stdlib_socket(stream)
         assert raw is not None  # the listener sends only plain sockets here
         mc = _MuxConn(raw, open_connection(self._dispatcher, raw, peer), self._limits)
+        mc.login_deadline = trio.current_time() + self._limits.login_timeout
         try:
             self._register(mc)
             while True:
@@ -292,6 +296,13 @@ class RespMux:
             wall = time.monotonic()  # CLIENT LIST's clock (Trio's may be a test clock)
             expired: list[_MuxConn] = []
             for mc in self._conns.values():
+                if now >= mc.login_deadline:
+                    # Checked once: a connection that has not authenticated by now is an
+                    # idle-connection flood's, not a client's (clients AUTH or HELLO at once).
+                    if mc.conn.principal is None:
+                        expired.append(mc)
+                        continue
+                    mc.login_deadline = math.inf
                 if mc.active:
                     mc.active = False
                     mc.idle_since = now

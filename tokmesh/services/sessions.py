@@ -19,6 +19,7 @@ import attrs
 from tokmesh.actors import messages as m
 from tokmesh.actors.reply import Reply
 from tokmesh.actors.session_store import SessionStore
+from tokmesh.actors.sweeper import purge_due
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import new_session_id, normalize_session_id
@@ -484,28 +485,9 @@ class SessionService:
         return ListResult(out[start : start + q.size], len(out), q.page, q.size)
 
     async def gc(self) -> int:
-        """Purge every expired session and expired tombstone now (01 §4.11)."""
-        now = self.clock.now_ms()
-        by_user: dict[str, list[str]] = {}
-        for s in list(self.state.sessions.values()):
-            if (s.is_deleted and s.expires_at and now > s.expires_at) or (
-                not s.is_deleted and s.is_expired(now)
-            ):
-                by_user.setdefault(s.user_id, []).append(s.id)
-        return await purge(self.store, by_user, now)
-
-
-async def purge(store: SessionStore, by_user: dict[str, list[str]], now_ms: int) -> int:
-    """Send one :class:`~tokmesh.actors.messages.Purge` per shard and sum the results."""
-    per_shard: dict[int, list[str]] = {}
-    for user_id, sids in by_user.items():
-        per_shard.setdefault(store.shard_for(user_id).index, []).extend(sids)
-    total = 0
-    for index, sids in per_shard.items():
-        reply: Reply[int] = Reply()
-        await store.shards[index].send(m.Purge(sids=tuple(sids), now_ms=now_ms, reply=reply))
-        total += await reply.wait()
-    return total
+        """Purge every expired session and expired tombstone now (01 §4.11), in the
+        sweeper's bounded passes, so a large purge does not hold the event loop."""
+        return await purge_due(self.store, self.clock)
 
 
 def _ip_in(text: str, net: Any) -> bool:

@@ -255,7 +255,12 @@ def verify_trailer(buf: bytes) -> bytes:
 
 
 def decode_header(buf: bytes) -> SnapshotHeader:
-    """Only the header of a (possibly partial) snapshot buffer; no checksum check."""
+    """Only the header of a (possibly partial) snapshot buffer; no checksum check.
+
+    Every problem is :class:`SnapshotCorrupt`: without the checksum, a header that claims
+    a plaintext snapshot or an unknown algorithm cannot be told from a damaged one, and
+    only a verified read (:func:`iter_snapshot`) may call the file fatal.
+    """
     if buf[: len(MAGIC)] != MAGIC:
         raise SnapshotCorrupt("bad snapshot magic")
     pos = _take(buf, len(MAGIC), 4, len(buf), "header length")
@@ -263,7 +268,10 @@ def decode_header(buf: bytes) -> SnapshotHeader:
     if hlen > MAX_HEADER_LEN:
         raise SnapshotCorrupt("impossible snapshot header length")
     end = _take(buf, pos, hlen, len(buf), "header")
-    return _parse_header(buf[pos:end])
+    try:
+        return _parse_header(buf[pos:end])
+    except StorageFatalError as exc:
+        raise SnapshotCorrupt(exc.message) from None
 
 
 def iter_snapshot(

@@ -265,7 +265,10 @@ def decode_record(rtype: int, payload: bytes, cipher: Cipher) -> WalRecord:
     ts = _int(obj, "ts")
     if kind is RecordType.KEY_PUT:
         kid = _str(obj, "kid")
-        return WalRecord(kind, ts, kid, _int(obj, "ver", 0), _dec(obj, "enc_key", cipher))
+        version = _int(obj, "ver", 0)
+        return WalRecord(
+            kind, ts, kid, version, _owned(obj, "enc_key", "key_id", kid, version, cipher)
+        )
     sid = _str(obj, "sid")
     if kind is RecordType.DELETE:
         return WalRecord(kind, ts, sid, 0, None)
@@ -274,9 +277,18 @@ def decode_record(rtype: int, payload: bytes, cipher: Cipher) -> WalRecord:
         if "session" in obj:
             raise DecryptError("plaintext session record where encryption is mandatory")
         raise WalCorruptError("CREATE/UPDATE record without session state")
-    body = _dec(obj, "enc_session", cipher)
-    # Without associated data a valid blob could be moved between records; the body names
-    # its own id and version, so a mismatch can only mean tampering.
-    if body.get("id") != sid or body.get("version", version) != version:
-        raise DecryptError("encrypted session state does not match its record")
-    return WalRecord(kind, ts, sid, version, body)
+    return WalRecord(kind, ts, sid, version, _owned(obj, "enc_session", "id", sid, version, cipher))
+
+
+def _owned(
+    obj: dict[str, Any], field: str, id_key: str, entity_id: str, version: int, cipher: Cipher
+) -> dict[str, Any]:
+    """The decrypted state in ``obj[field]``, checked to be the record's own.
+
+    Without associated data a valid blob could be moved between records; the state names
+    its own id and version, so a mismatch can only mean tampering (fatal for readers).
+    """
+    body = _dec(obj, field, cipher)
+    if body.get(id_key) != entity_id or body.get("version", version) != version:
+        raise DecryptError("encrypted state does not match its record")
+    return body

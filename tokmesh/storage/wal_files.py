@@ -596,6 +596,14 @@ def read_wal(
                         f"WAL {where} {path.name}: {kind} ({scan.detail}) at offset "
                         f"{scan.stop_offset}; rest of segment dropped"
                     )
+            elif not sealed and seg_id != newest:
+                # Only the active segment has no trailer: the writer seals a segment before
+                # it starts the next one. An older segment without one was cut short, and
+                # whatever followed its last whole record is gone.
+                stats.warn(
+                    f"WAL segment {path.name} ends at offset {scan.stop_offset} without its "
+                    "trailer although later segments exist: records after that offset are lost"
+                )
 
 
 # ---- compaction -----------------------------------------------------------------------

@@ -212,6 +212,40 @@ AUDIT_DROPPED: Final = Counter(
     registry=REGISTRY,
 )
 
+# Overload (issue 15): descriptor exhaustion, the connection cap and periodic actors are
+# answered by waiting, refusing or retrying; these make each of those visible.
+
+CONNECTIONS_OPEN: Final = Gauge(
+    "tokmesh_connections_open",
+    "TCP connections open on the HTTP and RESP listeners (what server.max_connections caps).",
+    registry=REGISTRY,
+)
+CONNECTIONS_MAX: Final = Gauge(
+    "tokmesh_connections_max",
+    "The connection cap in force (server.max_connections, or derived from RLIMIT_NOFILE).",
+    registry=REGISTRY,
+)
+CONNECTIONS_REFUSED: Final = Counter(
+    "tokmesh_connections_refused_total",
+    "Connections closed at once because the cap was reached, by listener "
+    "(http|https|redis|redis_tls).",
+    ["listener"],
+    registry=REGISTRY,
+)
+ACCEPT_ERRORS: Final = Counter(
+    "tokmesh_accept_errors_total",
+    "accept() calls that failed for lack of resources, by errno "
+    "(EMFILE|ENFILE|ENOBUFS|ENOMEM); each is followed by a 100 ms pause and a retry.",
+    ["errno"],
+    registry=REGISTRY,
+)
+ACTOR_ERRORS: Final = Counter(
+    "tokmesh_actor_errors_total",
+    "Runs of a periodic actor that failed and are retried on its next tick, by actor.",
+    ["actor"],
+    registry=REGISTRY,
+)
+
 # --------------------------------------------------------------------------- pre-bound children
 # Bound once here so that hot paths never pay for ``labels()``; binding also makes the
 # series exist at 0 from the start, which rate()-based alerts need.
@@ -388,6 +422,7 @@ _GAUGES: Final[dict[str, Gauge]] = {
         REPLICATION_LAG,
         AUTH_CACHE_HIT_RATE,
         CLUSTER_UNDER_REPLICATED_SHARDS,
+        CONNECTIONS_OPEN,
     )
 }
 _value_providers: dict[tuple[str, tuple[tuple[str, str], ...]], Callable[[], float]] = {}
@@ -605,4 +640,9 @@ METRIC_NAMES: Final[dict[str, str]] = {
 # Metrics of ours that the spec does not name.
 EXTRA_METRIC_NAMES: Final[dict[str, str]] = {
     "tokmesh_audit_dropped_total": "counter",
+    "tokmesh_connections_open": "gauge",
+    "tokmesh_connections_max": "gauge",
+    "tokmesh_connections_refused_total": "counter",
+    "tokmesh_accept_errors_total": "counter",
+    "tokmesh_actor_errors_total": "counter",
 }
