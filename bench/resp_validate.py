@@ -17,12 +17,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _server import free_port, start_node
+from _server import free_port, redis_server, start_node
 
 
 def rps(output: str) -> float:
@@ -87,77 +86,57 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; redis-benchmark -c {a.c} -n {a.n}")
 
     # Redis reference: no persistence, one 300-byte key.
-    rport = free_port()
-    rdir = tempfile.mkdtemp(prefix="tm-redis-")
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(rport),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            rdir,
-            "--bind",
-            "127.0.0.1",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    tport = free_port()
-    node = start_node(
-        {"server": {"redis": {"enabled": True, "address": f"127.0.0.1:{tport}"}}}, name="resp"
-    )
-    try:
-        time.sleep(0.5)
-        subprocess.run(
-            ["redis-cli", "-p", str(rport), "SET", "bench:key", "x" * 300],
-            check=True,
-            capture_output=True,
+    with redis_server() as rport:
+        tport = free_port()
+        node = start_node(
+            {"server": {"redis": {"enabled": True, "address": f"127.0.0.1:{tport}"}}}, name="resp"
         )
-        issuer = node.create_key("issuer", rate_limit=1_000_000)
-        validator = node.create_key("validator", rate_limit=1_000_000)
-        with node.client(issuer) as c:
-            token = c.post("/sessions", json={"user_id": "bench"}).json()["data"]["token"]
-        kid, secret = validator.split(":", 1)
-        auth = ["-p", str(tport), "--user", kid, "-a", secret]
-        results: dict[tuple[int, int], tuple[float, float]] = {}
-        for p in (1, 16):
-            for proto in protos:
-                flag = ("-3",) if proto == 3 else ()
-                r = bench(["-p", str(rport)], ["GET", "bench:key"], a.n, a.c, p, flag)
-                t = bench(auth, ["TM.VALIDATE", token], a.n, a.c, p, flag)
-                results[p, proto] = (t, r)
-                print(
-                    f"-P {p:2d} RESP{proto}: tokmesh TM.VALIDATE {t:10,.0f}/s   "
-                    f"redis GET {r:10,.0f}/s   ratio {t / r:.2f}"
-                )
-        ok = all(t / r >= 0.6 for t, r in results.values())
-        print(f"target ≥ 0.6× Redis at -P 1 and -P 16: {'PASS' if ok else 'FAIL'}")
-        if len(protos) == 2:
-            for p in (1, 16):
-                two, three = results[p, 2][0], results[p, 3][0]
-                print(f"-P {p:2d}: tokmesh RESP3 / RESP2 = {three / two:.2f}")
-        # For information: a pipeline of distinct tokens cannot be coalesced.
-        with node.client(issuer) as c:
-            for i in range(DISTINCT_KEYS):
-                tok = f"{DISTINCT_PREFIX}{i:012d}{DISTINCT_SUFFIX}"
-                made = c.post("/sessions", json={"user_id": f"d{i}", "token": tok})
-                assert made.status_code == 201, made.text
-        template = f"{DISTINCT_PREFIX}__rand_int__{DISTINCT_SUFFIX}"
-        for proto in protos:
-            extra = ("-r", str(DISTINCT_KEYS), *(("-3",) if proto == 3 else ()))
-            d = bench(auth, ["TM.VALIDATE", template], a.n, a.c, 16, extra)
-            print(
-                f"-P 16 RESP{proto}, {DISTINCT_KEYS} distinct tokens (information): "
-                f"{d:10,.0f}/s   ratio to redis GET {d / results[16, proto][1]:.2f}"
+        try:
+            time.sleep(0.5)
+            subprocess.run(
+                ["redis-cli", "-p", str(rport), "SET", "bench:key", "x" * 300],
+                check=True,
+                capture_output=True,
             )
-    finally:
-        node.stop()
-        redis.terminate()
-        redis.wait(10)
-        shutil.rmtree(rdir, ignore_errors=True)
+            issuer = node.create_key("issuer", rate_limit=1_000_000)
+            validator = node.create_key("validator", rate_limit=1_000_000)
+            with node.client(issuer) as c:
+                token = c.post("/sessions", json={"user_id": "bench"}).json()["data"]["token"]
+            kid, secret = validator.split(":", 1)
+            auth = ["-p", str(tport), "--user", kid, "-a", secret]
+            results: dict[tuple[int, int], tuple[float, float]] = {}
+            for p in (1, 16):
+                for proto in protos:
+                    flag = ("-3",) if proto == 3 else ()
+                    r = bench(["-p", str(rport)], ["GET", "bench:key"], a.n, a.c, p, flag)
+                    t = bench(auth, ["TM.VALIDATE", token], a.n, a.c, p, flag)
+                    results[p, proto] = (t, r)
+                    print(
+                        f"-P {p:2d} RESP{proto}: tokmesh TM.VALIDATE {t:10,.0f}/s   "
+                        f"redis GET {r:10,.0f}/s   ratio {t / r:.2f}"
+                    )
+            ok = all(t / r >= 0.6 for t, r in results.values())
+            print(f"target ≥ 0.6× Redis at -P 1 and -P 16: {'PASS' if ok else 'FAIL'}")
+            if len(protos) == 2:
+                for p in (1, 16):
+                    two, three = results[p, 2][0], results[p, 3][0]
+                    print(f"-P {p:2d}: tokmesh RESP3 / RESP2 = {three / two:.2f}")
+            # For information: a pipeline of distinct tokens cannot be coalesced.
+            with node.client(issuer) as c:
+                for i in range(DISTINCT_KEYS):
+                    tok = f"{DISTINCT_PREFIX}{i:012d}{DISTINCT_SUFFIX}"
+                    made = c.post("/sessions", json={"user_id": f"d{i}", "token": tok})
+                    assert made.status_code == 201, made.text
+            template = f"{DISTINCT_PREFIX}__rand_int__{DISTINCT_SUFFIX}"
+            for proto in protos:
+                extra = ("-r", str(DISTINCT_KEYS), *(("-3",) if proto == 3 else ()))
+                d = bench(auth, ["TM.VALIDATE", template], a.n, a.c, 16, extra)
+                print(
+                    f"-P 16 RESP{proto}, {DISTINCT_KEYS} distinct tokens (information): "
+                    f"{d:10,.0f}/s   ratio to redis GET {d / results[16, proto][1]:.2f}"
+                )
+        finally:
+            node.stop()
 
 
 if __name__ == "__main__":
