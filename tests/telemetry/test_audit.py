@@ -102,6 +102,27 @@ async def test_append_write_query_newest_first(tmp_path: Path) -> None:
     assert [orjson.loads(line)["id"] for line in lines] == ids
 
 
+async def test_query_sees_records_appended_just_before(tmp_path: Path) -> None:
+    """Read-your-writes: a query right after an append finds it, with no flush() between.
+
+    The writer batches records for up to one write interval; an operator who acts and
+    then reads the log at once must still see the action.
+    """
+    log = AuditLog(tmp_path / "audit", retention_days=90, clock=ManualClock(T0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        for i in range(20):
+            first = rec(T0 + 2 * i, operator_id=LOCAL_ADMIN)
+            assert log.append(first) is True
+            await trio.sleep(0)  # the writer takes this one as a batch of its own...
+            second = rec(T0 + 2 * i + 1, operator_id=LOCAL_ADMIN)
+            assert log.append(second) is True  # ...so this one waits out the interval
+            items, total = await log.query(size=1)
+            assert total == 2 * i + 2
+            assert items[0]["id"] == second.id
+        nursery.cancel_scope.cancel()
+
+
 async def test_filters_paging_and_validation(tmp_path: Path) -> None:
     log = AuditLog(tmp_path, clock=ManualClock(T0 + 3 * DAY_MS))
     ops = ["tmak-a", "tmak-b"]

@@ -107,6 +107,8 @@ _FILE_RE: Final = re.compile(r"audit-(\d{8})\.jsonl")
 #: that a process killed outright loses up to this much of the log still in memory; a
 #: power loss already loses up to a second (lines are fsynced once a second, below).
 WRITE_INTERVAL_S: Final = 0.05
+# The longest an audit query waits for buffered records to reach the files first.
+QUERY_FLUSH_WAIT_S: Final = 2.0
 _FSYNC_INTERVAL_S: Final = 1.0
 _DROP_LOG_INTERVAL_S: Final = 10.0
 
@@ -335,6 +337,7 @@ class AuditLog:
         self._fh: Any = None
         self._fh_day = ""
         self._last_fsync = 0.0
+        self._writing = False  # run() is active: flush() can make progress
 
     # ------------------------------------------------------------------ producer side
 
@@ -458,12 +461,14 @@ class AuditLog:
         """Create the directory, purge old files, then write queued records until closed."""
         await trio.to_thread.run_sync(self._prepare)
         task_status.started()
+        self._writing = True
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._purge_loop)
                 await self._write_loop()
                 nursery.cancel_scope.cancel()
         finally:
+            self._writing = False
             with trio.CancelScope(shield=True), trio.move_on_after(self._close_grace_s):
                 await self._drain_remaining()
             with self._io_lock:
@@ -630,6 +635,13 @@ class AuditLog:
                 "page must be >= 1 and size between 1 and 100",
                 details={"max_size": MAX_PAGE_SIZE},
             )
+        if self._writing and self._buffered:
+            # Records wait up to one write interval in memory; an operator who reads the
+            # log right after acting must see that action. A stuck disk delays the answer
+            # by a bounded wait, never indefinitely.
+            self._wakeup.set()
+            with trio.move_on_after(QUERY_FLUSH_WAIT_S):
+                await self.flush()
         return await trio.to_thread.run_sync(
             self._query_sync, start_time, end_time, operator_id, action, page, size
         )
