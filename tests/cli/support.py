@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.server import free_port
 
 _EXE = Path(sys.executable).with_name("tokmesh-cli")
 EXE = str(_EXE) if _EXE.exists() else "tokmesh-cli"
@@ -77,9 +78,7 @@ class Cli:
 
 def closed_port() -> int:
     """A port on 127.0.0.1 with nothing listening."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -196,3 +198,16 @@ def test_int_float_list_text() -> None:
     assert parse_list_text("a:5343, b:5343") == ["a:5343", "b:5343"]
     assert parse_list_text("") == []
     assert parse_list_text(" , x ,, ") == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [(parse_size, "9" * 400 + "GB"), (parse_size, "9" * 400), (parse_rate, "9" * 400 + "Mbps")],
+)
+def test_numbers_too_long_for_a_float_are_out_of_range(
+    parse: Callable[[str], int], text: str
+) -> None:
+    """Hundreds of digits are an out-of-range value (1002), not an OverflowError."""
+    with pytest.raises(ConfigValueError) as info:
+        parse(text)
+    assert info.value.code.code == "TM-CFG-1002"

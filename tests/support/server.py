@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,12 +16,31 @@ from typing import Any
 import httpx
 import yaml
 
+# Ports are drawn below the kernel's ephemeral range (32768-60999 by default): a port the
+# kernel handed out (bind to 0) is free only until the kernel hands it out again, to an
+# outgoing connection of this or a parallel test run, before the server under test binds
+# it. Below that range only explicit binds compete, and each process starts at its own
+# random offset and never hands a port out twice.
+_PORT_LOW, _PORT_HIGH = 20_000, 32_000
+_handed_out: set[int] = set()
+_next_port = [random.Random(os.getpid() ^ time.monotonic_ns()).randrange(_PORT_LOW, _PORT_HIGH)]
+
 
 def free_port() -> int:
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now and not handed out before by this process."""
+    for _ in range(_PORT_HIGH - _PORT_LOW):
+        port = _next_port[0]
+        _next_port[0] = _PORT_LOW + (port + 1 - _PORT_LOW) % (_PORT_HIGH - _PORT_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port left in 20000-32000")
 
 
 def short_socket_path(tag: str) -> Path:
@@ -76,16 +96,16 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                r = httpx.get(self.base_url + "/ready", timeout=1)
-                if r.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        with httpx.Client(base_url=self.base_url, timeout=1) as client:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.get("/ready").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
         raise TimeoutError(f"server not ready:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 4000) -> str:

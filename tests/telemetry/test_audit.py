@@ -299,23 +299,24 @@ async def test_write_error_is_logged_counted_never_raised(
     (tmp_path / day_name(T0)).mkdir()
     log = AuditLog(tmp_path, clock=ManualClock(T0))
     before = dropped("write_error")
-    with caplog.at_level(logging.ERROR, logger="tokmesh.audit"):
+    with caplog.at_level(logging.INFO, logger="tokmesh.audit"):
         async with trio.open_nursery() as nursery:
             await nursery.start(log.run)
-            assert log.append(rec(T0)) is True
-            assert log.append(rec(T0 + 1)) is True
-            await log.flush()
+            # Three batches fail, one after the other: one ERROR for the whole run.
+            for i in range(3):
+                assert log.append(rec(T0 + 2 * i)) is True
+                assert log.append(rec(T0 + 2 * i + 1)) is True
+                await log.flush()
             # The next day writes fine: one bad file does not stop the log.
             assert log.append(rec(T0 + DAY_MS)) is True
             await log.flush()
             items, total = await log.query()
             nursery.cancel_scope.cancel()
-    assert dropped("write_error") - before == 2
+    assert dropped("write_error") - before == 6
     assert total == 1 and items[0]["timestamp"] == T0 + DAY_MS
-    assert any(
-        r.levelno == logging.ERROR and "audit write failed" in r.getMessage()
-        for r in caplog.records
-    )
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "audit write failed" in errors[0].getMessage()
+    assert any("audit writes work again after 3" in r.getMessage() for r in caplog.records)
 
 
 async def test_aclose_writes_everything_then_rejects(tmp_path: Path) -> None:

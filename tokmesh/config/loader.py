@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,15 +193,6 @@ def _checked(spec: KeySpec, value: Any) -> Any:
     return value
 
 
-def _numeric(parse: Callable[[Any], int], raw: Any) -> int:
-    """``parse(raw)`` for a size or rate; a number too long for a float (hundreds of
-    digits) is out of range, not an ``OverflowError``."""
-    try:
-        return parse(raw)
-    except OverflowError:
-        raise ConfigValueError(E.CFG_RANGE, "number out of range", "a smaller number") from None
-
-
 def _type_error(expected: str) -> ConfigValueError:
     return ConfigValueError(E.CFG_TYPE, f"expected {expected}", expected)
 
@@ -232,9 +223,9 @@ def _coerce_scalar_file(spec: KeySpec, raw: Any) -> Any:
             )
         return parse_duration(raw)
     if kind is Kind.SIZE:
-        return _numeric(parse_size, raw)
+        return parse_size(raw)
     if kind is Kind.RATE:
-        return _numeric(parse_rate, raw)
+        return parse_rate(raw)
     # String-like kinds: str, enum, path, secret, url, addr.
     if not isinstance(raw, str):
         raise _type_error("a string (quote the value)")
@@ -305,9 +296,9 @@ def _parse_text(spec: KeySpec, text: str) -> Any:
     if kind is Kind.DURATION:
         return parse_duration(text)
     if kind is Kind.SIZE:
-        return _numeric(parse_size, text)
+        return parse_size(text)
     if kind is Kind.RATE:
-        return _numeric(parse_rate, text)
+        return parse_rate(text)
     if kind in (Kind.STR_LIST, Kind.ADDR_LIST):
         return tuple(parse_list_text(text))
     if kind is Kind.ENUM:

@@ -171,7 +171,7 @@ def parse_size(value: str | int) -> int:
     if m is None:
         raise ConfigValueError(E.CFG_TYPE, "invalid size", _SIZE_EXPECTED)
     unit = (m.group(2) or "").upper()
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    return _whole(float(m.group(1)) * _SIZE_UNITS[unit], "a smaller size")
 
 
 def format_size(nbytes: int) -> str:
@@ -208,8 +208,16 @@ def parse_rate(value: str) -> int:
     number = float(m.group(1))
     prefix = m.group(2).lower()
     if m.group(3) == "b":
-        return int(number * _RATE_BIT[prefix])
-    return int(number * _RATE_BYTE[prefix] * 8)
+        return _whole(number * _RATE_BIT[prefix], "a smaller rate")
+    return _whole(number * _RATE_BYTE[prefix] * 8, "a smaller rate")
+
+
+def _whole(number: float, expected: str) -> int:
+    """``int(number)``; a number written with hundreds of digits is infinite as a float,
+    and that is a value out of range rather than an ``OverflowError``."""
+    if not math.isfinite(number):
+        raise ConfigValueError(E.CFG_RANGE, "number out of range", expected)
+    return int(number)
 
 
 def format_rate(bits: int) -> str:

@@ -44,6 +44,7 @@ from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import CountingUlids, new_ulid
 from tokmesh.telemetry import metrics
+from tokmesh.telemetry.episodes import Episode
 from tokmesh.telemetry.redact import redact
 
 __all__ = [
@@ -338,6 +339,17 @@ class AuditLog:
         self._fh_day = ""
         self._last_fsync = 0.0
         self._writing = False  # run() is active: flush() can make progress
+        # A full or broken disk fails every batch for as long as it lasts: one ERROR when
+        # that starts and one INFO when writes work again, not an ERROR per batch; the
+        # lost records are counted by tokmesh_audit_dropped_total{reason="write_error"}.
+        self._write_errors = Episode(
+            _log,
+            "audit_write_failed",
+            start="audit write failed, records lost: {detail}; later records are retried",
+            end="audit writes work again",
+            unit="failed_writes",
+            level=logging.ERROR,
+        )
 
     # ------------------------------------------------------------------ producer side
 
@@ -513,10 +525,9 @@ class AuditLog:
             self._progress = trio.Event()
         if lost:
             metrics.AUDIT_DROPPED_WRITE_ERROR.inc(lost)
-            _log.error(
-                "audit write failed, records lost",
-                extra={"lost": lost, "error": error, "directory": str(self.directory)},
-            )
+            self._write_errors.failed(error, lost=lost, error=error, directory=str(self.directory))
+        else:
+            self._write_errors.succeeded()
 
     def _write_sync(self, batch: dict[str, list[bytes]]) -> tuple[int, str]:
         """Append each day's lines to its file; returns (records lost, last error text)."""

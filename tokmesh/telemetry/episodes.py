@@ -45,6 +45,7 @@ class Episode:
         "_extra",
         "_last_failure",
         "_last_warn",
+        "_level",
         "_log",
         "_quiet",
         "_reported",
@@ -69,9 +70,12 @@ class Episode:
         settle: float = 0.0,
         quiet: float = DEFAULT_QUIET,
         clock: Callable[[], float] = time.monotonic,
+        level: int = logging.WARNING,
     ) -> None:
         """``start`` is the WARN text (``{detail}`` is replaced by :meth:`failed`'s
-        argument); ``end`` begins the INFO text, which goes on ``after N <unit> in X s``."""
+        argument); ``end`` begins the INFO text, which goes on ``after N <unit> in X s``.
+        ``level`` is the start line's level, for failures that lose data (ERROR)."""
+        self._level = level
         self._settle = settle
         self._last_failure = 0.0
         self._log = logger
@@ -119,7 +123,7 @@ class Episode:
                 fields["unlogged_" + self._unit] = self._unlogged_failures
                 self._unlogged_episodes = 0
                 self._unlogged_failures = 0
-            self._log.warning(message, extra=fields)
+            self._log.log(self._level, message, extra=fields)
 
     def succeeded(self) -> None:
         """The operation worked: an episode in progress ends (its INFO, if its WARN was
