@@ -108,6 +108,16 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "session.touch_min_interval": 0.0,
     "security.anti_replay.required": False,
     "security.tls.ciphers": "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20",
+    # The control plane is etcd (ruling R9).
+    "cluster.etcd.endpoints": (),
+    "cluster.etcd.prefix": "/tokmesh/",
+    "cluster.etcd.username": "",
+    "cluster.etcd.password": "",
+    "cluster.etcd.lease_ttl": 10.0,
+    "cluster.etcd.request_timeout": 5.0,
+    "cluster.etcd.tls.ca_file": "",
+    "cluster.etcd.tls.cert_file": "",
+    "cluster.etcd.tls.key_file": "",
 }
 
 HOT = {

@@ -91,6 +91,7 @@ def test_cluster_listener_takes_part_in_clash_check(load: Any, codes: Any, certs
     _, report = load(
         "cluster:\n  enabled: true\n  listen_address: 0.0.0.0:5080\n"
         "  advertise_address: 10.0.0.1:5080\n"
+        "  etcd: {endpoints: ['http://127.0.0.1:2379']}\n"
         f"  tls: {{cert_file: {certs.cert}, key_file: {certs.key}, client_ca_file: {certs.ca}}}\n"
     )
     assert codes(report) == [("cluster.listen_address", "TM-CFG-1005")]
@@ -211,6 +212,7 @@ def test_cluster_without_advertise_and_ca_is_two_errors(load: Any, codes: Any, c
     """05 §17 check 18: one report with Error 1/2 and Error 2/2."""
     _, report = load(
         f"cluster:\n  enabled: true\n  tls: {{cert_file: {certs.cert}, key_file: {certs.key}}}\n"
+        "  etcd: {endpoints: ['http://127.0.0.1:2379']}\n"
     )
     assert codes(report) == [
         ("cluster.advertise_address", "TM-CFG-1006"),
@@ -226,9 +228,39 @@ def test_cluster_advertise_wildcard_is_1002(load: Any, codes: Any, certs: Any) -
     _, report = load(
         "cluster:\n  enabled: true\n  listen_address: 10.0.0.1:5343\n"
         "  advertise_address: 0.0.0.0:5343\n"
+        "  etcd: {endpoints: ['http://127.0.0.1:2379']}\n"
         f"  tls: {{cert_file: {certs.cert}, key_file: {certs.key}, client_ca_file: {certs.ca}}}\n"
     )
     assert codes(report) == [("cluster.advertise_address", "TM-CFG-1002")]
+
+
+def test_cluster_etcd_settings(load: Any, codes: Any, certs: Any) -> None:
+    """The cluster needs at least one well-formed etcd URL, a /-delimited prefix, and the
+    etcd TLS files and credentials in pairs; none of it is checked with the cluster off."""
+    base = (
+        "cluster:\n  enabled: true\n  listen_address: 10.0.0.1:5343\n"
+        "  advertise_address: 10.0.0.1:5343\n"
+        f"  tls: {{cert_file: {certs.cert}, key_file: {certs.key}, client_ca_file: {certs.ca}}}\n"
+    )
+    _, report = load(base)
+    assert codes(report) == [("cluster.etcd.endpoints", "TM-CFG-1006")]
+    bad = (
+        "  etcd:\n    endpoints: ['http://10.0.0.5:2379', '10.0.0.6:2379', 'ftp://x:1']\n"
+        "    prefix: /tokmesh\n    tls: {cert_file: " + str(certs.cert) + "}\n"
+        "    username: root\n"
+    )
+    _, report = load(base + bad)
+    assert codes(report) == [
+        ("cluster.etcd.endpoints[1]", "TM-CFG-1001"),
+        ("cluster.etcd.endpoints[2]", "TM-CFG-1001"),
+        ("cluster.etcd.prefix", "TM-CFG-1001"),
+        ("cluster.etcd.tls.key_file", "TM-CFG-1006"),
+        ("cluster.etcd.password", "TM-CFG-1006"),
+    ]
+    _, report = load(base + "  etcd: {endpoints: ['https://[::1]:2379'], prefix: /a/b/}\n")
+    assert report.errors == []
+    _, report = load("cluster:\n  etcd: {endpoints: ['nonsense'], prefix: x}\n")
+    assert report.errors == []
 
 
 def test_cluster_ranges_only_when_enabled(load: Any, codes: Any) -> None:

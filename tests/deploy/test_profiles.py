@@ -167,7 +167,7 @@ def test_https_public_profile_matches_spec() -> None:
 @pytest.mark.parametrize("profile", ["cluster-minimal", "cluster-full"])
 def test_cluster_profiles_match_spec(profile: str) -> None:
     doc = load(PROFILES / profile / "config.yaml")
-    seeds = ["10.0.0.10:5343", "10.0.0.11:5343", "10.0.0.12:5343"]
+    etcd = ["http://10.0.0.5:2379", "http://10.0.0.6:2379", "http://10.0.0.7:2379"]
     expected: dict[str, Any] = {
         "server.http.address": "127.0.0.1:5080",
         "server.https.enabled": False,
@@ -177,7 +177,7 @@ def test_cluster_profiles_match_spec(profile: str) -> None:
         "cluster.tls.cert_file": "./certs/node.crt",
         "cluster.tls.key_file": "./certs/node.key",
         "cluster.tls.client_ca_file": "./certs/ca.crt",
-        "cluster.discovery.seeds": seeds,
+        "cluster.etcd.endpoints": etcd,
         "cluster.bootstrap.expect_nodes": 3,
         "cluster.data.replication_factor": 2,
     }
@@ -189,9 +189,12 @@ def test_cluster_profiles_match_spec(profile: str) -> None:
             "cluster.rebalance.min_ttl": "60s",
             "cluster.shutdown.timeout": "60s",
             "cluster.shutdown.force_leave": False,
+            "cluster.etcd.prefix": "/tokmesh/",
+            "cluster.etcd.lease_ttl": "10s",
         }
     assert {k: get(doc, k) for k in expected} == expected
-    assert "node_id" not in doc["cluster"]
+    # With etcd as the control plane, seeds are not needed (and would only be ignored).
+    assert "node_id" not in doc["cluster"] and "discovery" not in doc["cluster"]
 
 
 def test_packaged_config_is_minimal_with_absolute_storage(tmp_path: Path) -> None:

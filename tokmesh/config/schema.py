@@ -348,7 +348,8 @@ class DiscoveryConfig:
         [],
         Kind.ADDR_LIST,
         "Seed node addresses. Setting seeds while cluster.enabled is false is an error "
-        "(1006); [] with the cluster on = single-node cluster.",
+        "(1006). With etcd as the control plane the seeds are not needed: they are "
+        "accepted and ignored (an INFO line says so).",
     )
 
 
@@ -422,6 +423,55 @@ class ClusterShutdownConfig:
 
 
 @attrs.frozen
+class EtcdTlsConfig:
+    """TLS towards etcd's client port (all empty = plain HTTP, for a loopback etcd)."""
+
+    ca_file: str = _key(
+        "", Kind.PATH, "PEM CA that signs etcd's server certificate (https endpoints)."
+    )
+    cert_file: str = _key(
+        "", Kind.PATH, "PEM client certificate, when etcd requires client certificates."
+    )
+    key_file: str = _key("", Kind.PATH, "PEM private key of cluster.etcd.tls.cert_file.")
+
+
+@attrs.frozen
+class EtcdConfig:
+    """The control plane: an etcd v3 cluster, spoken to over its HTTP/JSON gateway."""
+
+    endpoints: tuple[str, ...] = _key(
+        [],
+        Kind.STR_LIST,
+        "etcd client URLs (http://host:port or https://host:port). Required when the cluster "
+        "is on (1006); a node fails over between them.",
+        example="http://10.0.0.5:2379,http://10.0.0.6:2379,http://10.0.0.7:2379",
+    )
+    prefix: str = _key(
+        "/tokmesh/",
+        Kind.STR,
+        "Key prefix of this cluster's records in etcd (one etcd can hold several clusters).",
+    )
+    username: str = _key("", Kind.STR, "etcd user, when etcd authentication is on.")
+    password: str = _key("", Kind.SECRET, "Password of cluster.etcd.username.")
+    lease_ttl: float = _key(
+        "10s",
+        Kind.DURATION,
+        "TTL of this node's membership lease (kept alive every third of it): a node whose "
+        "lease expires is dead for the cluster.",
+        minimum="2s",
+        maximum="60s",
+    )
+    request_timeout: float = _key(
+        "5s",
+        Kind.DURATION,
+        "Deadline of one etcd request (a watch is kept open longer).",
+        minimum="100ms",
+        maximum="60s",
+    )
+    tls: EtcdTlsConfig = attrs.field(factory=EtcdTlsConfig)
+
+
+@attrs.frozen
 class ClusterConfig:
     """``cluster.*``: ranges are checked only when ``cluster.enabled`` is true."""
 
@@ -446,6 +496,7 @@ class ClusterConfig:
         example="10.0.0.10:5343",
     )
     tls: TlsConfig = attrs.field(factory=TlsConfig)
+    etcd: EtcdConfig = attrs.field(factory=EtcdConfig)
     discovery: DiscoveryConfig = attrs.field(factory=DiscoveryConfig)
     bootstrap: BootstrapConfig = attrs.field(factory=BootstrapConfig)
     data: ClusterDataConfig = attrs.field(factory=ClusterDataConfig)

@@ -198,9 +198,12 @@ def _check_key(ctx: _Ctx, spec: KeySpec) -> None:
             except ConfigValueError as err:
                 ctx.error(f"{spec.name}[{i}]", err.code, err.problem, err.expected)
     elif kind is Kind.STR_LIST:
-        _check_networks(ctx, spec, value)
+        # The etcd URLs have rules of their own (checked with the cluster's settings).
+        if spec.name != "cluster.etcd.endpoints":
+            _check_networks(ctx, spec, value)
     elif kind is Kind.SECRET:
-        if value and not _HEX64.fullmatch(value):
+        # The at-rest key is 64 hex characters; a password is whatever etcd accepts.
+        if value and spec.name != "cluster.etcd.password" and not _HEX64.fullmatch(value):
             ctx.error(spec.name, E.CFG_TYPE, "must be empty or exactly 64 hex characters")
     elif kind is Kind.URL:
         if value and not _is_http_url(value):
@@ -315,6 +318,56 @@ def _check_ports(ctx: _Ctx) -> None:
                 )
                 break
         bound.append((key, host, port))
+
+
+def _check_etcd(ctx: _Ctx) -> None:
+    """The control plane's settings, when the cluster is on: at least one well-formed
+    endpoint, a prefix that cannot run into another cluster's keys, TLS files in pairs."""
+    f = ctx.flat
+    endpoints = f["cluster.etcd.endpoints"]
+    expected = "http://host:port or https://host:port"
+    if not endpoints:
+        ctx.error(
+            "cluster.etcd.endpoints",
+            E.CFG_DEPENDENCY,
+            "cluster is enabled but no etcd endpoint is set",
+            expected,
+            solution="list the client URLs of your etcd cluster, e.g. http://10.0.0.5:2379",
+        )
+    for i, url in enumerate(endpoints):
+        scheme, sep, rest = url.partition("://")
+        if scheme not in ("http", "https") or not sep or _check_addr_quiet(rest) is None:
+            ctx.error(
+                f"cluster.etcd.endpoints[{i}]", E.CFG_TYPE, "not an etcd client URL", expected
+            )
+    prefix = f["cluster.etcd.prefix"]
+    if not (prefix.startswith("/") and prefix.endswith("/") and len(prefix) > 1):
+        # Without the closing slash "/tokmesh" would also match "/tokmesh-staging/...".
+        ctx.error(
+            "cluster.etcd.prefix", E.CFG_TYPE, "prefix must start and end with /", "/tokmesh/"
+        )
+    if bool(f["cluster.etcd.tls.cert_file"]) != bool(f["cluster.etcd.tls.key_file"]):
+        ctx.error(
+            "cluster.etcd.tls.key_file",
+            E.CFG_DEPENDENCY,
+            "cluster.etcd.tls.cert_file and key_file go together",
+            "both set, or neither",
+        )
+    for key in (
+        "cluster.etcd.tls.ca_file",
+        "cluster.etcd.tls.cert_file",
+        "cluster.etcd.tls.key_file",
+    ):
+        if f[key]:
+            _check_readable_file(ctx, key)
+    if bool(f["cluster.etcd.username"]) != bool(f["cluster.etcd.password"]):
+        ctx.error(
+            "cluster.etcd.password",
+            E.CFG_DEPENDENCY,
+            "cluster.etcd.username and password go together",
+            "both set, or neither",
+            show_value=False,
+        )
 
 
 # ============================================================================ files
@@ -639,6 +692,8 @@ def validate_config(
         if ctx.on(flag):
             _check_tls(ctx, prefix, ca_required)
     _check_ciphers(ctx)
+    if ctx.on("cluster.enabled"):
+        _check_etcd(ctx)
     _check_dir(ctx, "storage.wal.dir")
     _check_dir(ctx, "storage.snapshot.dir")
     _startup_warnings(ctx)
