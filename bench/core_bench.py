@@ -28,7 +28,7 @@ import trio
 
 from tokmesh.actors.engine import EngineSettings, StorageEngine
 from tokmesh.actors.wal_writer import WalSettings
-from tokmesh.services.sessions import RequestContext, SessionSettings
+from tokmesh.services.sessions import RequestContext, SessionSettings, local_sessions
 
 CTX = RequestContext(
     key_id="tmak-01jf8xzm7e3xqh5p8n4r6s2w0t", client_ip="10.1.2.3", user_agent="bench/1.0"
@@ -59,7 +59,7 @@ async def bench_wal(mode: str, writers: int = 64, seconds: float = 3.0) -> float
         engine = StorageEngine(settings(root, mode))
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
-            svc = engine.sessions
+            svc = local_sessions(engine)
             assert svc is not None
             done = 0
             deadline = trio.current_time() + seconds
@@ -153,7 +153,7 @@ async def bench_validate(n: int = 200_000) -> None:
         engine = StorageEngine(settings(root, "batch"))
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
-            svc = engine.sessions
+            svc = local_sessions(engine)
             assert svc is not None
             tokens = [(await svc.create(CTX, f"u{i % 100}")).token for i in range(1000)]
             validate = svc.validate
@@ -174,7 +174,7 @@ async def bench_scale(n: int) -> None:
         engine = StorageEngine(settings(root, "batch", batch_count=1000))
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
-            svc = engine.sessions
+            svc = local_sessions(engine)
             assert svc is not None
             t0 = time.perf_counter()
             tokens: list[str] = []

@@ -25,7 +25,7 @@ from tokmesh.actors import memory
 from tokmesh.actors.engine import EngineSettings, StorageEngine
 from tokmesh.actors.wal_writer import WalSettings
 from tokmesh.domain.clock import ManualClock
-from tokmesh.services.sessions import RequestContext, SessionSettings
+from tokmesh.services.sessions import RequestContext, SessionSettings, local_sessions
 
 CTX = RequestContext(
     key_id="tmak-01jf8xzm7e3xqh5p8n4r6s2w0t", client_ip="10.1.2.3", user_agent="bench/1.0"
@@ -49,10 +49,10 @@ async def run(n: int, trim: bool) -> None:
     engine = StorageEngine(settings, clock=clock)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        assert engine.sessions is not None and engine.sweeper is not None
+        assert engine.sweeper is not None
         if not trim:
             engine.sweeper.memory = memory.MemoryReturn(trim=None)
-        service = engine.sessions
+        service = local_sessions(engine)
 
         async def fill(tag: str) -> None:
             async def caller(first: int) -> None:

@@ -476,7 +476,7 @@ def fill_node(config_path: str, n: int) -> None:
         server = TokMeshServer(cfg, config_file=result.source.file)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            svc = server.engine.sessions
+            svc = server.deps.sessions
             assert svc is not None
             t0 = time.perf_counter()
 
@@ -512,6 +512,17 @@ def wait_ready(node: ServerProcess, timeout: float) -> float:
     raise TimeoutError(node.log_tail())
 
 
+def tail_mb(root: Path) -> float:
+    """MB of WAL after the newest snapshot's position (all of it without a snapshot)."""
+    from tokmesh.storage.snapshot_files import list_snapshots, peek_snapshot_info
+    from tokmesh.storage.wal_files import wal_bytes_after
+
+    data = root / "data"
+    newest = list_snapshots(data / "snapshots")[:1]
+    position = peek_snapshot_info(newest[0]).wal_last_offset if newest else 0
+    return wal_bytes_after(data / "wal", position) / 1e6
+
+
 def run_restart(sessions: int, how: str) -> None:
     """Fill a node with ``sessions`` creates, stop it (SIGTERM or kill -9), time the restart."""
     header(f"ready after {how} of a node with {sessions:,} sessions created since its start")
@@ -538,6 +549,7 @@ def run_restart(sessions: int, how: str) -> None:
         wal_mb = sum(f.stat().st_size for f in (root / "data" / "wal").glob("*")) / 1e6
         snaps = sorted(p.name for p in (root / "data" / "snapshots").glob("*.snap"))
         print(f"before the stop: WAL {wal_mb:,.0f} MB, snapshots {snaps or 'none'}")
+        print(f"WAL after the newest snapshot (what a crash replays): {tail_mb(root):,.0f} MB")
         t0 = time.perf_counter()
         if how == "SIGTERM":
             filler.terminate()
@@ -547,6 +559,7 @@ def run_restart(sessions: int, how: str) -> None:
         stop_s = time.perf_counter() - t0
         snaps = sorted(p.name for p in (root / "data" / "snapshots").glob("*.snap"))
         print(f"stopped in {stop_s:.1f} s (exit {code}); snapshots now {snaps or 'none'}")
+        print(f"WAL after the newest snapshot, to replay: {tail_mb(root):,.0f} MB")
         node.start(wait_ready=False)
         ready_s = wait_ready(node, 600)
         for line in node.log_tail(200_000).splitlines():

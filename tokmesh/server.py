@@ -16,13 +16,14 @@ import signal
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from tokmesh import __version__
 from tokmesh.actors.auth_cache import AuthCache
-from tokmesh.actors.engine import EngineSettings, Phase, StorageEngine
+from tokmesh.actors.commit_stream import Commit, CommitKind
+from tokmesh.actors.engine import EngineSettings, StorageEngine
 from tokmesh.actors.periodic import keep_running
 from tokmesh.actors.snapshotter import SnapshotSettings
 from tokmesh.actors.wal_writer import WalSettings
@@ -47,14 +48,18 @@ from tokmesh.config.node_id import data_dir_of, resolve_node_id
 from tokmesh.config.schema import Config
 from tokmesh.config.types import parse_addr
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.domain.session import Session
+from tokmesh.domain.session_settings import SessionSettings
+from tokmesh.readiness import Phase
 from tokmesh.services.auth import Authenticator, AuthHooks, AuthSettings
 from tokmesh.services.keys import KeyService
-from tokmesh.services.sessions import SessionSettings
-from tokmesh.storage.wal_codec import RecordType
 from tokmesh.telemetry import audit as audit_mod
 from tokmesh.telemetry import metrics
 from tokmesh.telemetry.logging import set_level
+
+if TYPE_CHECKING:
+    from tokmesh.cluster.key_sync import KeyWatcher
+    from tokmesh.cluster.node import ClusterNode
+    from tokmesh.services.session_ops import SessionOperations
 
 log = logging.getLogger("tokmesh.server")
 
@@ -139,6 +144,12 @@ def auth_settings(cfg: Config) -> AuthSettings:
     )
 
 
+def _count_commit(commit: Commit) -> None:
+    """Commit-stream subscriber of the session metrics."""
+    if commit.kind is CommitKind.CREATE:
+        metrics.SESSION_CREATE.inc()
+
+
 class TokMeshServer:
     """One TokMesh node."""
 
@@ -154,13 +165,11 @@ class TokMeshServer:
         self.flags = dict(flags or {})
         self.node_id = resolve_node_id(cfg)
         self.data_dir = data_dir_of(cfg)
-        metrics_hook = self._on_change
         # One wall clock for everything that compares with an absolute time (a test hook
         # can shift it; see tokmesh/clock_hook.py).
         self.clock = wall_clock(os.environ)
-        self.engine = StorageEngine(
-            engine_settings(cfg, self.node_id), clock=self.clock, on_change=metrics_hook
-        )
+        self.engine = StorageEngine(engine_settings(cfg, self.node_id), clock=self.clock)
+        self.engine.commits.subscribe(_count_commit)
         a = auth_settings(cfg)
         self.audit = audit_mod.AuditLog(
             self.data_dir / "audit", retention_days=cfg.telemetry.audit.retention_days
@@ -176,7 +185,33 @@ class TokMeshServer:
         self.engine.restore_hooks.append(
             lambda key_ids: [self.auth_cache.invalidate(k) for k in key_ids]
         )
-        repo = EngineKeyRepository(self.engine)
+        repo: Any = EngineKeyRepository(self.engine)
+        # A cluster node: sessions are routed to their shard's owner over the cluster
+        # port, API keys live in etcd (applied to every node through its own WAL).
+        self.cluster: ClusterNode | None = None
+        self.key_watcher: KeyWatcher | None = None
+        if cfg.cluster.enabled:
+            from tokmesh.cluster import cluster_metrics
+            from tokmesh.cluster.key_sync import EtcdKeyRepository, KeyWatcher
+            from tokmesh.cluster.node import ClusterNode, ClusterSettings
+
+            self.cluster = ClusterNode(
+                ClusterSettings.from_config(cfg, self.node_id, self.data_dir, __version__),
+                on_refused=self._refused,
+            )
+            cluster_metrics.register(self.cluster)
+            if cfg.cluster.discovery.seeds:
+                log.info(
+                    "cluster.discovery.seeds is ignored: nodes find each other through etcd "
+                    "(cluster.etcd.endpoints)"
+                )
+            self.engine.readiness.add_check("cluster", self.cluster.readiness_check)
+            self.key_watcher = KeyWatcher(
+                self.cluster.etcd, repo, self.auth_cache.invalidate, cfg.cluster.etcd.prefix
+            )
+            repo = EtcdKeyRepository(
+                self.cluster.etcd, self.key_watcher, timeout=cfg.cluster.etcd.request_timeout
+            )
         self.keys = KeyService(
             repo, a.key_settings(), self.clock, self.auth_cache, self.auth_cache.invalidate
         )
@@ -202,6 +237,7 @@ class TokMeshServer:
             audit=self.audit,
             config=cfg,
             server=self,
+            make_sessions=self._cluster_sessions if self.cluster is not None else None,
         )
         self.api = build_api(self.deps)
         # One cap for every TCP listener (HTTP, HTTPS, RESP, RESP TLS).
@@ -216,9 +252,25 @@ class TokMeshServer:
         self.socket_path: Path | None = None
         self._shutdown = trio.Event()
         self._grace: float | None = None
+        self._exit_code = 0
         self._register_gauges()
         for warning in a.startup_warnings():
             log.warning(warning)
+
+    def _refused(self, reason: str) -> None:
+        """The cluster refused this node: stop, and exit 1 (a supervisor restarting it
+        would only be refused again; the log line says what to fix)."""
+        self._exit_code = 1
+        self.request_shutdown()
+
+    def _cluster_sessions(self, engine: StorageEngine) -> SessionOperations:
+        """The fronts' session operations on a cluster node: each request goes to the
+        owner of its shard, this node's own shards run on its store."""
+        from tokmesh.services.sessions import SessionService
+
+        assert self.cluster is not None and engine.store is not None
+        local = SessionService(engine.store, engine.settings.sessions, engine.clock, cluster=True)
+        return self.cluster.attach(local)
 
     # -- telemetry hooks ---------------------------------------------------------------------
 
@@ -234,10 +286,6 @@ class TokMeshServer:
         gate = self.gate
         metrics.register_gauge_provider("tokmesh_connections_open", lambda: float(gate.open))
         metrics.CONNECTIONS_MAX.set(gate.limit)
-
-    def _on_change(self, rtype: RecordType, sid: str, new: Session | None, pos: int) -> None:
-        if rtype is RecordType.CREATE:
-            metrics.SESSION_CREATE.inc()
 
     def _audit_auth(self, action: str, **fields: Any) -> None:
         self.audit.append(audit_mod.AuditRecord.new(action, **fields))
@@ -279,6 +327,10 @@ class TokMeshServer:
             await nursery.start(functools.partial(keep_running, "audit_log", self.audit.run))
             await nursery.start(self.auth_cache.run)
             nursery.start_soon(self._signals)
+            if self.cluster is not None:
+                # The cluster port opens now; joining through etcd goes on in the
+                # background (/ready says "connecting" meanwhile).
+                await nursery.start(self.cluster.run)
             await self._start_local_socket(nursery)
             quart_app = create_quart_app(self.api, cfg.server.http.max_body_size)
             bridge = AsgiBridge(quart_app)
@@ -298,6 +350,13 @@ class TokMeshServer:
                     nursery.start_soon(run_engine)
                     await engine_started.wait()
                     if not engine_done.is_set():
+                        if self.cluster is not None:
+                            # Making the operations attaches them to the cluster port:
+                            # peers' forwarded calls are served from now on, even before
+                            # a request reaches this node's own listeners.
+                            self.deps.sessions  # noqa: B018
+                        if self.key_watcher is not None:
+                            nursery.start_soon(self.key_watcher.run)
                         nursery.start_soon(keep_running, "key_last_used", self.keys.run)
                         await nursery.start(backup_service(self.deps).run)
                         await self._start_resp(listeners)
@@ -327,18 +386,21 @@ class TokMeshServer:
         from tokmesh.resp.listener import serve_resp
 
         cfg = self.cfg
-        sessions = self.engine.sessions
+        # The very session operations the HTTP routes call.
+        sessions = self.deps.sessions
         if sessions is None or not (cfg.server.redis.enabled or cfg.server.redis_tls.enabled):
             return
         readiness = self.engine.readiness
         backend = ServiceBackend(
             self.auth,
             sessions,
+            self.engine.state,
             in_maintenance=lambda: readiness.phase is Phase.RESTORING,
             node_id=self.node_id,
             started_at=self.deps.started_at,
+            max_clients=self.gate.limit,
         )
-        dispatcher = Dispatcher(backend)
+        dispatcher = Dispatcher(backend, audit=self.audit)
         self.resp_stats = dispatcher.stats
         if cfg.server.redis.enabled:
             log.warning("plaintext RESP listener enabled (server.redis.enabled): dev use only")
@@ -426,7 +488,7 @@ class TokMeshServer:
 
     async def _stop_storage(self, deadline: float, engine_done: trio.Event) -> int:
         """Phase 4: flush, fsync and seal the WAL, close the audit log."""
-        exit_code = 0
+        exit_code = self._exit_code  # 1 when the cluster refused this node
         with trio.move_on_at(deadline) as scope:
             await self.engine.stop()
             await engine_done.wait()

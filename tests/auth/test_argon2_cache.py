@@ -10,11 +10,11 @@ import trio
 
 from tokmesh.actors.auth_cache import AuthCache
 from tokmesh.domain.apikey import ApiKey
+from tokmesh.domain.argon2_hash import Argon2Params, make_password_hasher, verify_any_blocking
 from tokmesh.domain.clock import ManualClock
 from tokmesh.domain.errors import TokMeshError
+from tokmesh.domain.grants import credential_digest
 from tokmesh.domain.ids import new_key_id
-from tokmesh.services.auth_argon2 import Argon2Params, make_password_hasher, verify_any_blocking
-from tokmesh.services.auth_grants import credential_digest
 
 from .conftest import IP_DOC, Env
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.services.auth_ip import (
+from tokmesh.domain.ip_rules import (
     Networks,
     ip_allowed,
     parse_ip,

@@ -249,7 +249,7 @@ def test_yaml_status_and_aliases(cli: Cli, admin: tuple[str, str]) -> None:
     r = cli.run("session", "list", "--help")
     assert r.code == 0 and "Aliases: session, sess" in r.out
     assert "Global Flags:" in r.out and "Flags:" in r.out
-    assert cli.run("cluster", "status").code == 64
+    assert cli.run("clusters", "status").code == 64  # an unknown command
     assert cli.run("config").code == 64
 
 

@@ -83,7 +83,8 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "storage.wal.batch_size": MB,
     "storage.snapshot.dir": "./data/snapshots",
     "storage.snapshot.interval": 3600.0,
-    "storage.snapshot.threshold": 1024 * MB,
+    # 1GB in the spec; issue 17 chose 100MB from a restart measurement (docs/decisions.md).
+    "storage.snapshot.threshold": 100 * MB,
     "storage.snapshot.retention_count": 5,
     "storage.snapshot.retention_days": 7,
     "storage.badger.gc_interval": 300.0,

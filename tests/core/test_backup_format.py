@@ -13,10 +13,11 @@ import trio
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tokmesh.actors.engine import Phase, StorageEngine
+from tokmesh.actors.engine import StorageEngine
 from tokmesh.api.backups import MultipartError, MultipartParser
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
+from tokmesh.readiness import Phase
 from tokmesh.services.backups import (
     BAK_MAGIC,
     STATUS_FAILED,
@@ -36,6 +37,7 @@ from tokmesh.services.backups import (
     snapshot_id_for,
     verify_snapshot_file,
 )
+from tokmesh.services.sessions import local_sessions
 from tokmesh.storage import snapshot_files
 from tokmesh.storage.cipher import Cipher
 
@@ -325,7 +327,7 @@ async def test_upload_file_strips_magic_and_refuses_a_bad_one(tmp_path: Path) ->
 
 
 async def _fill(engine: StorageEngine, n: int, prefix: str) -> dict[str, Any]:
-    svc = engine.sessions
+    svc = local_sessions(engine)
     assert svc is not None
     out = {}
     for i in range(n):

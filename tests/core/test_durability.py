@@ -11,20 +11,20 @@ import pytest
 import trio
 
 from tokmesh.actors import wal_writer
-from tokmesh.actors.engine import Phase, StorageEngine
+from tokmesh.actors.engine import StorageEngine
 from tokmesh.actors.snapshotter import SnapshotSettings
 from tokmesh.actors.wal_writer import WalSettings
 from tokmesh.domain.clock import ManualClock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
-from tokmesh.services.sessions import SessionService, SessionSettings
+from tokmesh.readiness import Phase
+from tokmesh.services.sessions import SessionService, SessionSettings, local_sessions
 
 from .conftest import CTX, EngineRunner, engine_settings
 
 
 def svc(engine: StorageEngine) -> SessionService:
-    assert engine.sessions is not None
-    return engine.sessions
+    return local_sessions(engine)
 
 
 def snapshot_of(engine: StorageEngine) -> dict[str, Session]:
@@ -126,8 +126,7 @@ async def test_wrong_key_refuses_to_start(
     k2 = "22" * 32
     eng = StorageEngine(engine_settings(tmp_path, encryption_key_hex=k1), clock=clock)
     await nursery.start(eng.run)
-    assert eng.sessions is not None
-    await eng.sessions.create(CTX, "U1")
+    await local_sessions(eng).create(CTX, "U1")
     await eng.stop()
     await eng.wait_stopped()
     bad = StorageEngine(engine_settings(tmp_path, encryption_key_hex=k2), clock=clock)
@@ -142,7 +141,7 @@ async def test_wrong_key_refuses_to_start(
     assert isinstance(err, TokMeshError) and err.code == "TM-SYS-5001"
     assert "wrong encryption key" in err.message
     assert bad.readiness.phase is Phase.FAILED
-    assert bad.sessions is None  # nothing served
+    assert bad.store is None  # nothing served
 
 
 async def test_generated_key_file(runner: EngineRunner, tmp_path: Path) -> None:
@@ -184,9 +183,8 @@ async def test_readiness_during_recovery(
 ) -> None:
     eng = StorageEngine(engine_settings(tmp_path), clock=clock)
     await nursery.start(eng.run)
-    assert eng.sessions is not None
     for i in range(3000):
-        await eng.sessions.create(CTX, f"u{i}")
+        await local_sessions(eng).create(CTX, f"u{i}")
     await eng.stop()
     await eng.wait_stopped()
     eng2 = StorageEngine(engine_settings(tmp_path), clock=clock)

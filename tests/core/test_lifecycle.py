@@ -13,7 +13,13 @@ from tokmesh.domain.clock import ManualClock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import new_key_id, new_session_id
 from tokmesh.domain.tokens import generate_token, is_valid_token, token_hash
-from tokmesh.services.sessions import ListQuery, RequestContext, SessionService, SessionSettings
+from tokmesh.services.sessions import (
+    ListQuery,
+    RequestContext,
+    SessionService,
+    SessionSettings,
+    local_sessions,
+)
 
 from .conftest import CTX, EngineRunner, wal_bytes
 
@@ -21,8 +27,7 @@ CTX_B = RequestContext(key_id=CTX.key_id, role="issuer", client_ip="10.0.0.2", u
 
 
 def svc(engine: StorageEngine) -> SessionService:
-    assert engine.sessions is not None
-    return engine.sessions
+    return local_sessions(engine)
 
 
 async def expect(code: object, coro: object) -> TokMeshError:

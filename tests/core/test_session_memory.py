@@ -7,6 +7,7 @@ from typing import Any
 from tokmesh.domain import session as session_mod
 from tokmesh.domain.session import Session, share_data
 from tokmesh.services import sessions as sessions_mod
+from tokmesh.services.sessions import local_sessions
 
 from .conftest import CTX, EngineRunner
 
@@ -44,7 +45,7 @@ def test_unkeyable_or_overflowing_maps_are_kept_as_they_are(monkeypatch: Any) ->
 async def test_created_records_share_their_durations(runner: EngineRunner) -> None:
     """ttl and idle timeout are one int object per distinct value, with the right values."""
     engine = await runner.start()
-    svc = engine.sessions
+    svc = local_sessions(engine)
     assert svc is not None
     # computed at run time: a constant would be one object anyway
     ttl_s, idle_s = int("86401"), int("601")

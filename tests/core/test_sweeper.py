@@ -30,6 +30,7 @@ from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import new_session_id
 from tokmesh.domain.session import Session
 from tokmesh.domain.tokens import generate_token, token_digest
+from tokmesh.services.sessions import local_sessions
 from tokmesh.storage.cipher import Cipher
 from tokmesh.storage.wal_codec import RecordType, WalRecord
 from tokmesh.storage.wal_files import SegmentWriter, read_wal
@@ -102,11 +103,10 @@ async def test_purged_sessions_leave_no_reference_behind(
     would keep its allocator arena, and the memory around it, from being given back):
     not the expired-session memory, not the state recovery built and the engine took
     over, not a rebuilt sampling array."""
-    assert engine.sessions is not None
     ids: list[str] = []
     digests: list[bytes] = []
     for i in range(3000):
-        res = await engine.sessions.create(CTX, f"user-{i}", ttl_seconds=1)
+        res = await local_sessions(engine).create(CTX, f"user-{i}", ttl_seconds=1)
         if i % 50 == 0:
             ids.append(res.session.id)
             digests.append(res.session.token_hash)
@@ -118,7 +118,7 @@ async def test_purged_sessions_leave_no_reference_behind(
     await trio.sleep(engine.settings.gc_interval * 3)  # a tick tidies the sampling array
     # The shards hold their last message and the WAL writer its last batch until the
     # next one comes: one more write and a barrier replace them.
-    await engine.sessions.create(CTX, "after", ttl_seconds=60)
+    await local_sessions(engine).create(CTX, "after", ttl_seconds=60)
     assert engine.store is not None
     await engine.store.barrier()
     assert all(i in engine.state.expired_ids for i in ids)
@@ -261,11 +261,11 @@ async def test_purges_are_submitted_as_runs(
 ) -> None:
     """Every purge DELETE reaches the WAL writer inside a run (one mailbox message per
     shard and pass), never through the one-record path."""
-    assert engine.sessions is not None and engine.wal is not None
+    assert engine.wal is not None
     for _ in range(40):
-        await engine.sessions.create(CTX, "one-user", ttl_seconds=1)
+        await local_sessions(engine).create(CTX, "one-user", ttl_seconds=1)
     for i in range(300):
-        await engine.sessions.create(CTX, f"user-{i}", ttl_seconds=1)
+        await local_sessions(engine).create(CTX, f"user-{i}", ttl_seconds=1)
     single: list[WalRecord] = []
     runs: list[int] = []
     wal = engine.wal
@@ -296,10 +296,9 @@ async def test_a_mass_expiry_is_worked_off_in_one_tick_of_bounded_passes(
 ) -> None:
     """Passes of at most PASS_LIMIT sessions follow each other inside one tick instead of
     waiting a gc_interval each."""
-    assert engine.sessions is not None
     n = 3 * PASS_LIMIT + 17
     for i in range(n):
-        await engine.sessions.create(CTX, f"user-{i}", ttl_seconds=1)
+        await local_sessions(engine).create(CTX, f"user-{i}", ttl_seconds=1)
     ticks = 0
     passes: list[tuple[int, int]] = []  # (tick, sessions in the pass)
     real_purge_due = sweeper_mod.purge_due
@@ -360,12 +359,11 @@ def test_tombstone_listed_again_at_its_original_expiry() -> None:
 async def test_manual_gc_purges_through_the_same_passes(
     engine: StorageEngine, clock: ManualClock
 ) -> None:
-    assert engine.sessions is not None
     for i in range(50):
-        await engine.sessions.create(CTX, f"user-{i}", ttl_seconds=1)
-    keep = await engine.sessions.create(CTX, "keeper", ttl_seconds=3600)
+        await local_sessions(engine).create(CTX, f"user-{i}", ttl_seconds=1)
+    keep = await local_sessions(engine).create(CTX, "keeper", ttl_seconds=3600)
     clock.advance(1500)
-    await engine.sessions.gc()  # the sweeper may have taken some of them first
+    await local_sessions(engine).gc()  # the sweeper may have taken some of them first
     assert list(engine.state.sessions) == [keep.session.id]
 
 
@@ -396,7 +394,7 @@ async def test_memory_return_is_rate_limited() -> None:
 async def test_sweeper_counts_purges_towards_the_memory_return(
     engine: StorageEngine, clock: ManualClock
 ) -> None:
-    assert engine.sessions is not None and engine.sweeper is not None
+    assert engine.sweeper is not None
     calls: list[int] = []
 
     def trim(pad: int) -> int:
@@ -405,7 +403,7 @@ async def test_sweeper_counts_purges_towards_the_memory_return(
 
     engine.sweeper.memory = MemoryReturn(min_freed=20, min_interval=0, trim=trim)
     for i in range(25):
-        await engine.sessions.create(CTX, f"user-{i}", ttl_seconds=1)
+        await local_sessions(engine).create(CTX, f"user-{i}", ttl_seconds=1)
     clock.advance(1500)
     with trio.fail_after(10):
         while not calls:
@@ -418,3 +416,46 @@ def test_malloc_trim_is_found_on_glibc() -> None:
         pytest.skip("not a glibc system")
     assert MALLOC_TRIM is not None
     assert MALLOC_TRIM(0) in (0, 1)
+
+
+class _FailingSweeper(sweeper_mod.TtlSweeper):
+    """A sweeper whose ticks fail with ``errors`` in turn, then succeed."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(SessionStore(StoreState(), None, 1), interval=0.01)  # type: ignore[arg-type]
+        self.errors_to_raise = errors
+
+    async def tick(self) -> int:
+        if self.errors_to_raise:
+            raise self.errors_to_raise.pop(0)
+        return 0
+
+
+async def test_failing_ticks_are_one_episode_not_a_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A WAL that refuses writes fails every tick: one WARN when it starts, one INFO when
+    ticks work again, no traceback; an unexpected error (a bug) logs its traceback once."""
+    from tokmesh.domain.errors import E, TokMeshError
+
+    failures: list[Exception] = [TokMeshError(E.SYS_STORAGE) for _ in range(30)]
+    failures += [OSError(errno.ENOSPC, "No space left on device")] * 5
+    sweeper = _FailingSweeper(failures)
+    with caplog.at_level("INFO"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sweeper.run)
+            with trio.fail_after(10):
+                while sweeper.errors_to_raise or sweeper.errors.failing:
+                    await trio.sleep(0.01)
+            sweeper.errors_to_raise = [ValueError("bug")] * 3
+            with trio.fail_after(10):
+                while sweeper.errors_to_raise or sweeper.errors.failing:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    lines = [r for r in caplog.records if "ttl_sweeper" in r.getMessage() or r.exc_info]
+    warns = [r for r in lines if r.levelname == "WARNING"]
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    # The second episode follows within a minute: counted, not logged (episodes.py).
+    assert len(warns) == 1, [r.getMessage() for r in lines]
+    assert len(tracebacks) == 1 and "bug" in str(tracebacks[0].exc_info[1])  # type: ignore[index]
+    assert sum("works again after 35 failures" in r.getMessage() for r in lines) == 1

@@ -137,7 +137,7 @@ def test_minimal_profile_matches_spec() -> None:
         "storage.wal.batch_size": "1MB",
         "storage.snapshot.dir": "./data/snapshots",
         "storage.snapshot.interval": "1h",
-        "storage.snapshot.threshold": "1GB",
+        "storage.snapshot.threshold": "100MB",
         "security.auth.allow_list": [],
     }
     assert {k: get(doc, k) for k in expected} == expected

@@ -31,7 +31,7 @@ from tokmesh.actors.sweeper import TtlSweeper
 from tokmesh.clock_hook import ENV_VAR
 from tokmesh.domain.clock import ManualClock
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.services.sessions import SessionService
+from tokmesh.services.sessions import SessionService, local_sessions
 
 pytestmark = pytest.mark.fault
 
@@ -54,8 +54,7 @@ async def runner(
 
 
 def svc(engine: StorageEngine) -> SessionService:
-    assert engine.sessions is not None
-    return engine.sessions
+    return local_sessions(engine)
 
 
 def expect_code(code: E, call: object) -> None:

@@ -161,11 +161,6 @@ def test_every_http_mutation_has_exactly_one_record(load: Load) -> None:
     assert len(set(ids)) == len(ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RESP mutations are not audited yet: the RESP front has no audit hook "
-    "(see docs/decisions.md, issue 17 audit). Remove this mark when it has one.",
-)
 def test_every_resp_mutation_has_exactly_one_record(load: Load) -> None:
     sids = set(load.resp_sessions)
     assert len(sids) == RESP_WORKERS * RESP_SESSIONS

@@ -75,7 +75,10 @@ def admin_requests(kid: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("POST", f"{P}/keys/{kid}/status", {"status": "active"}),
         ("POST", f"{P}/keys/{kid}/rotate", None),
         ("GET", f"{P}/audit/logs", None),
+        ("GET", f"{P}/cluster/status", None),
         ("GET", f"{P}/cluster/nodes", None),
+        ("POST", f"{P}/cluster/rebalance", None),
+        ("POST", f"{P}/cluster/leave", None),
         ("POST", f"{P}/cluster/nodes/tmnd-x/remove", None),
         ("POST", f"{P}/cluster/reset", {"force": True, "confirm": "RESET_CONFIRM"}),
     ]
@@ -443,13 +446,17 @@ def test_cluster_routes_not_implemented(
     A: httpx.Client, node: ServerProcess, issuer_key: str
 ) -> None:
     cluster = [
+        ("GET", f"{P}/cluster/status", None),
         ("GET", f"{P}/cluster/nodes", None),
+        ("POST", f"{P}/cluster/rebalance", None),
+        ("POST", f"{P}/cluster/leave", None),
         ("POST", f"{P}/cluster/nodes/tmnd-abc/remove", None),
         ("POST", f"{P}/cluster/reset", {"force": True, "confirm": "RESET_CONFIRM"}),
     ]
     with client(node, issuer_key) as i:
         for method, path, body in cluster:
-            assert_error(A.request(method, path, json=body), 501, "TM-SYS-5010")
+            doc = assert_error(A.request(method, path, json=body), 501, "TM-SYS-5010")
+            assert doc["message"] == "cluster mode is not enabled on this node"
             assert_error(i.request(method, path, json=body), 403, "TM-ADMIN-4030")
 
 

@@ -69,13 +69,14 @@ def test_no_trailing_slash_normalisation(admin: httpx.Client) -> None:
 
 
 def test_cli_doc_only_admin_routes_are_404(admin: httpx.Client) -> None:
-    """03 §4.8: ``GET keys/{id}``, ``GET cluster/status`` ... are not in the contract."""
+    """03 §4.8: ``GET keys/{id}`` is not in the contract. The cluster routes are (issue 12
+    wins over 03 there): a standalone node answers them 501."""
     kid = admin.headers["authorization"].split()[1].partition(":")[0]
     assert kid.startswith("tmak-")
     assert_error(admin.get(f"/admin/v1/keys/{kid}"), 404, "TM-SYS-4040")
-    assert_error(admin.get("/admin/v1/cluster/status"), 404, "TM-SYS-4040")
-    assert_error(admin.post("/admin/v1/cluster/rebalance"), 404, "TM-SYS-4040")
-    assert_error(admin.post("/admin/v1/cluster/leave"), 404, "TM-SYS-4040")
+    assert_error(admin.get("/admin/v1/cluster/status"), 501, "TM-SYS-5010")
+    assert_error(admin.post("/admin/v1/cluster/rebalance"), 501, "TM-SYS-5010")
+    assert_error(admin.post("/admin/v1/cluster/leave"), 501, "TM-SYS-5010")
 
 
 # --- check 2: 405 ----------------------------------------------------------------------------

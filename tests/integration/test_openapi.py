@@ -51,7 +51,10 @@ CONTRACT_ROUTES = {
     ("POST", "/admin/v1/keys/{key_id}/status"),
     ("POST", "/admin/v1/keys/{key_id}/rotate"),
     ("GET", "/admin/v1/audit/logs"),
+    ("GET", "/admin/v1/cluster/status"),
     ("GET", "/admin/v1/cluster/nodes"),
+    ("POST", "/admin/v1/cluster/rebalance"),
+    ("POST", "/admin/v1/cluster/leave"),
     ("POST", "/admin/v1/cluster/nodes/{node_id}/remove"),
     ("POST", "/admin/v1/cluster/reset"),
     ("GET", "/openapi.json"),
@@ -211,6 +214,8 @@ def test_route_specific_errors(document: dict[str, Any]) -> None:
     assert "TM-ADMIN-4041" in codes("post", "/admin/v1/keys/{key_id}/rotate")
     assert "TM-ADMIN-4291" in codes("post", "/admin/v1/gc/trigger")
     assert "TM-SYS-5010" in codes("get", "/admin/v1/cluster/nodes")
+    assert "TM-SYS-5010" in codes("get", "/admin/v1/cluster/status")
+    assert {"TM-SYS-5010", "TM-CLST-5040"} <= codes("post", "/admin/v1/cluster/leave")
     assert codes("get", "/health") == {"TM-SYS-5000", "TM-SYS-4050"}
     assert "TM-SYS-5030" in codes("get", "/ready")
     metrics = _error_codes(document, document["paths"]["/metrics"]["get"])
@@ -457,6 +462,8 @@ def test_real_responses_conform(node: ServerProcess, admin_schema: Any, issuer_k
     _call(sc, "GET", "/admin/v1/audit/logs", admin, 200, query={"action": "KEY_CREATED"})
     _call(sc, "GET", "/admin/v1/audit/logs", admin, 400, query={"size": 101})
     _call(sc, "GET", "/admin/v1/cluster/nodes", admin, 501)
+    _call(sc, "GET", "/admin/v1/cluster/status", admin, 501)
+    _call(sc, "POST", "/admin/v1/cluster/leave", admin, 501)
     _call(
         sc,
         "POST",

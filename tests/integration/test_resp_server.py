@@ -179,6 +179,9 @@ def test_redis_py_defaults_open_with_hello_3(node: ServerProcess) -> None:
     assert r.get(_sid()) is None  # RESP3 null
     assert r.select(0) is True and r.echo("hi") == b"hi"
     assert r.info("server")["redis_version"] == "7.2.0"
+    # The connection cap, as Redis reports its maxclients (tools size pools from it).
+    clients = r.info("clients")
+    assert clients["maxclients"] > 0 and clients["connected_clients"] >= 1
 
 
 async def _asyncio_scenario(port: int, issuer: str, validator: str) -> None:

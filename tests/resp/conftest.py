@@ -27,6 +27,7 @@ import trio
 from tokmesh.actors.auth_cache import AuthCache
 from tokmesh.actors.engine import EngineSettings, StorageEngine
 from tokmesh.actors.wal_writer import WalSettings
+from tokmesh.domain.argon2_hash import Argon2Params
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import normalize_session_id
@@ -39,9 +40,13 @@ from tokmesh.resp.deps import NodeFacts
 from tokmesh.resp.limits import RespLimits
 from tokmesh.resp.listener import serve_resp
 from tokmesh.services.auth import Authenticator, AuthSettings
-from tokmesh.services.auth_argon2 import Argon2Params
 from tokmesh.services.keys import KeyService
-from tokmesh.services.sessions import CreateResult, RequestContext, SessionSettings
+from tokmesh.services.sessions import (
+    CreateResult,
+    RequestContext,
+    SessionSettings,
+    local_sessions,
+)
 
 T = TypeVar("T")
 
@@ -73,7 +78,7 @@ class FakeKey:
 
 
 class FakeSessions:
-    """Dict-backed session operations with the SessionService signatures."""
+    """Dict-backed session operations with the ``SessionOperations`` signatures."""
 
     def __init__(self, clock: Clock) -> None:
         self.settings = SessionSettings()
@@ -154,7 +159,34 @@ class FakeSessions:
             changes["expires_at"] = self.clock.now_ms() + ttl_seconds * 1000
         return self._put(s.evolve(**changes))
 
-    async def revoke(self, ctx: RequestContext, session_id: str) -> bool:
+    async def put(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        token: str | None = None,
+        device_id: str | None = None,
+        data: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> bool:
+        try:
+            self.get(session_id)
+        except TokMeshError:
+            await self.create(
+                ctx,
+                user_id,
+                device_id=device_id,
+                data=data,
+                ttl_seconds=ttl_seconds,
+                token=token,
+                session_id=session_id,
+            )
+            return True
+        await self.update(ctx, session_id, device_id=device_id, data=data, ttl_seconds=ttl_seconds)
+        return False
+
+    async def revoke(self, ctx: RequestContext, session_id: str, *, sync: bool = False) -> bool:
         sid = normalize_session_id(session_id)
         s = self.store.get(sid) if sid else None
         await trio.lowlevel.checkpoint()
@@ -164,7 +196,12 @@ class FakeSessions:
         return True
 
     async def revoke_user(
-        self, ctx: RequestContext, user_id: str, except_session_id: str | None = None
+        self,
+        ctx: RequestContext,
+        user_id: str,
+        except_session_id: str | None = None,
+        *,
+        sync: bool = False,
     ) -> int:
         n = 0
         for s in list(self.store.values()):
@@ -369,11 +406,11 @@ async def real_stack(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Rea
         concurrency=2,
     )
     await nursery.start(cache.run)
-    assert engine.store is not None and engine.sessions is not None
+    assert engine.store is not None
     keys = KeyService(engine.store, settings.key_settings(), clock, cache, cache.invalidate)
     auth = Authenticator(settings, engine.store, cache, clock, on_used=keys.note_used)
     maintenance = [False]
-    backend = ServiceBackend(auth, engine.sessions, lambda: maintenance[0])
+    backend = ServiceBackend(auth, local_sessions(engine), engine.state, lambda: maintenance[0])
     server = await start_server(nursery, backend)
     yield RealStack(engine, keys, auth, server, maintenance)
     await engine.stop()

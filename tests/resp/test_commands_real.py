@@ -14,6 +14,7 @@ import redis
 import trio
 
 from tokmesh.domain.ids import new_session_id
+from tokmesh.services.sessions import local_sessions
 
 from .conftest import RealStack, in_thread
 
@@ -304,7 +305,7 @@ async def test_maintenance_and_rate_limit(real_stack: RealStack) -> None:
 async def test_pipeline_and_interop_with_http_service(real_stack: RealStack) -> None:
     kid, secret = await real_stack.new_key("issuer")
     c = real_stack.client_for(kid, secret)
-    sessions = real_stack.engine.sessions
+    sessions = local_sessions(real_stack.engine)
     assert sessions is not None
     # A session created through the service (as HTTP does) is readable over RESP.
     from tokmesh.services.sessions import RequestContext

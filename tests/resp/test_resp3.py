@@ -322,6 +322,7 @@ FACTS = InfoFacts(
     server_time_usec=1,
     uptime_seconds=90000,
     connected_clients=3,
+    max_clients=4000,
     resp3_clients=1,
     total_connections=9,
     total_commands=99,
@@ -340,7 +341,7 @@ def test_info_text_format_and_sections() -> None:
     assert wanted_sections([b"Server", b"nope"]) == {"server"}
     text = render_info(FACTS, wanted_sections([b"clients", b"keyspace"]))
     assert text == (
-        "# Clients\r\nconnected_clients:3\r\nblocked_clients:0\r\ntracking_clients:0\r\n"
+        "# Clients\r\nconnected_clients:3\r\nmaxclients:4000\r\nblocked_clients:0\r\ntracking_clients:0\r\n"
         "pubsub_clients:0\r\n\r\n# Keyspace\r\ndb0:keys=12,expires=12,avg_ttl=0\r\n"
     )
     assert render_info(FACTS, frozenset()) == ""

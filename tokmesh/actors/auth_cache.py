@@ -30,15 +30,15 @@ from argon2 import PasswordHasher
 
 from tokmesh.actors.reply import Reply
 from tokmesh.domain.apikey import ApiKey
-from tokmesh.domain.clock import Clock
-from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.services.auth_argon2 import (
+from tokmesh.domain.argon2_hash import (
     Argon2Params,
     hash_secret_blocking,
     make_password_hasher,
     verify_any_blocking,
 )
-from tokmesh.services.auth_grants import Grant, make_grant
+from tokmesh.domain.clock import Clock
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.grants import Grant, make_grant
 
 T = TypeVar("T")
 

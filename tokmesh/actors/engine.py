@@ -9,7 +9,6 @@ seals its segment.
 
 from __future__ import annotations
 
-import enum
 import gc
 import logging
 import time
@@ -20,16 +19,17 @@ from typing import Any
 import attrs
 import trio
 
+from tokmesh.actors.commit_stream import CommitStream
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.actors.snapshotter import SnapshotSettings, Snapshotter
 from tokmesh.actors.state import StoreState
-from tokmesh.actors.store import ChangeHook
 from tokmesh.actors.sweeper import TtlSweeper
 from tokmesh.actors.wal_writer import WalSettings, WalWriter, describe_failure
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
-from tokmesh.services.sessions import SessionService, SessionSettings
+from tokmesh.domain.session_settings import SessionSettings
+from tokmesh.readiness import Phase, Readiness
 from tokmesh.storage.cipher import Cipher, load_or_create_key
 from tokmesh.storage.recovery import recover
 from tokmesh.telemetry import metrics
@@ -40,72 +40,6 @@ log = logging.getLogger("tokmesh.engine")
 #: seconds between two freezes of surviving objects (see StorageEngine._freeze_survivors)
 FREEZE_INTERVAL = 30.0
 FIRST_FREEZE_DELAY = 2.0
-
-
-class Phase(enum.Enum):
-    """Lifecycle phases visible to ``/ready`` and the status routes."""
-
-    STARTING = "starting"
-    RECOVERING = "recovering"
-    READY = "ready"
-    RESTORING = "restoring"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-class Readiness:
-    """Observable readiness: ``/ready`` is 200 only in :attr:`Phase.READY`."""
-
-    def __init__(self) -> None:
-        self.phase = Phase.STARTING
-        self.reason = ""
-        self.changed = trio.Event()
-
-    def set(self, phase: Phase, reason: str = "") -> None:
-        """Move to ``phase`` and wake waiters."""
-        self.phase = phase
-        self.reason = reason
-        self.changed.set()
-        self.changed = trio.Event()
-
-    @property
-    def ready(self) -> bool:
-        """True when serving business traffic is allowed."""
-        return self.phase is Phase.READY
-
-    def checks(self) -> dict[str, str]:
-        """The ``checks`` object of ``/ready``; a failed node adds its reason
-        (``storage_reason``), so whoever reads the 503 sees why, e.g. a full disk."""
-        storage = {
-            Phase.READY: "ok",
-            Phase.RESTORING: "restoring",
-            Phase.RECOVERING: "recovering",
-            Phase.STARTING: "starting",
-            Phase.STOPPING: "stopping",
-            Phase.FAILED: "failed",
-        }[self.phase]
-        checks = {"storage": storage, "cluster": "ok"}
-        if self.phase is Phase.FAILED and self.reason:
-            checks["storage_reason"] = self.reason
-        return checks
-
-    def require_serving(self) -> None:
-        """Gate of business requests: 503 before recovery finished (``TM-SYS-5030``) and
-        during a restore (``TM-ADMIN-5031``). While stopping, requests already accepted
-        are still served (05 §15 phase 2); a failed WAL answers ``TM-SYS-5001`` itself."""
-        phase = self.phase
-        if phase is Phase.RESTORING:
-            raise TokMeshError(E.ADMIN_MAINTENANCE)
-        if phase is Phase.STARTING or phase is Phase.RECOVERING:
-            raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready", {"status": "not_ready"})
-
-    def require_ready(self) -> None:
-        """Raise the 503 the front ends answer while not ready (maintenance → 5031)."""
-        if self.phase is Phase.READY:
-            return
-        if self.phase is Phase.RESTORING:
-            raise TokMeshError(E.ADMIN_MAINTENANCE)
-        raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready", {"status": "not_ready"})
 
 
 @attrs.frozen
@@ -125,24 +59,28 @@ class EngineSettings:
 
 
 class StorageEngine:
-    """Owns the store actors for one node; :attr:`sessions` is the service facade."""
+    """Owns the store actors for one node.
+
+    The session operations on top of it live in ``tokmesh.services`` (built over
+    :attr:`store` once :meth:`run` has started it): the actors never call up into them.
+    """
 
     def __init__(
         self,
         settings: EngineSettings,
         clock: Clock = SYSTEM_CLOCK,
         readiness: Readiness | None = None,
-        on_change: ChangeHook | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.readiness = readiness or Readiness()
         self.state = StoreState()
-        self._on_change = on_change
+        #: Every committed change in WAL order (metrics, events and replication subscribe
+        #: here; subscribing before :meth:`run` misses nothing after recovery).
+        self.commits = CommitStream()
         self.cipher: Cipher | None = None
         self.wal: WalWriter | None = None
         self.store: SessionStore | None = None
-        self.sessions: SessionService | None = None
         self.sweeper: TtlSweeper | None = None
         self.snapshotter: Snapshotter | None = None
         self.recovery_info: dict[str, Any] = {}
@@ -206,9 +144,8 @@ class StorageEngine:
         )
         await wal.open(self.state.position)
         store = self.store = SessionStore(
-            self.state, wal, shard_count=s.shard_count, on_change=self._on_change
+            self.state, wal, shard_count=s.shard_count, commits=self.commits
         )
-        self.sessions = SessionService(store, s.sessions, self.clock)
         self.sweeper = TtlSweeper(store, s.gc_interval, s.sample_size, self.clock)
         self.snapshotter = Snapshotter(
             store, s.snapshot_dir, s.wal_dir, cipher, s.node_id, s.snapshot, self.clock
@@ -231,6 +168,9 @@ class StorageEngine:
             # Shutdown: periodic actors stop, shards commit their queue, the WAL drains.
             await store.close()
             await wal.close()
+            # Then a snapshot of the final state, so the next start loads it instead of
+            # replaying the WAL (bounded; a failure is logged and loses nothing).
+            await self.snapshotter.final()
         self._done.set()
 
     async def _freeze_survivors(

@@ -1,9 +1,11 @@
 """The session store: shards + shared committed state + the API-key repository.
 
 This is the object services talk to. Reads go straight to :class:`StoreState`; mutations
-are routed to the shard that owns the session's user (``hash(user_id) % shards``) and
-awaited through their :class:`Reply`. API keys are few and low-rate: they are logged as
-``KEY_PUT`` records straight through the WAL writer and applied on commit.
+are routed to the shard that owns the session's user and awaited through their
+:class:`Reply`. The shard is a murmur3 hash of the user id (``domain.shards.shard_of``), never
+Python's per-process randomised ``hash()``, so it is the same in every process. API keys
+are few and low-rate: they are logged as ``KEY_PUT`` records straight through the WAL
+writer and applied on commit.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from tokmesh.actors.commit_stream import Commit, CommitKind, CommitStream
 from tokmesh.actors.messages import Barrier, Message
 from tokmesh.actors.reply import Reply
 from tokmesh.actors.state import StoreState
-from tokmesh.actors.store import ChangeHook, SessionShard
+from tokmesh.actors.store import SessionShard
 from tokmesh.actors.wal_writer import WalWriter
 from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.shards import SHARDS, shard_of
 from tokmesh.storage.wal_codec import RecordType, WalRecord
 
 if TYPE_CHECKING:
@@ -32,11 +36,17 @@ class SessionStore:
         state: StoreState,
         wal: WalWriter,
         shard_count: int = 4,
-        on_change: ChangeHook | None = None,
+        commits: CommitStream | None = None,
     ) -> None:
+        if shard_count < 1 or SHARDS % shard_count:
+            raise ValueError(f"shard_count must divide {SHARDS}, got {shard_count}")
         self.state = state
         self.wal = wal
-        self.shards = [SessionShard(i, state, wal, on_change) for i in range(shard_count)]
+        #: Every committed change of sessions and API keys, in WAL order; it starts at the
+        #: recovered position.
+        self.commits = commits if commits is not None else CommitStream()
+        self.commits.position = state.position
+        self.shards = [SessionShard(i, state, wal, self.commits) for i in range(shard_count)]
         self._n = shard_count
 
     # -- actors ----------------------------------------------------------------------------
@@ -55,7 +65,10 @@ class SessionStore:
 
     def shard_for(self, user_id: str) -> SessionShard:
         """The shard that owns every session of ``user_id``."""
-        return self.shards[hash(user_id) % self._n]
+        # Keyed by user so a user's quota and revoke-by-user stay in one actor; murmur3 (as
+        # for the cluster's 256 shards) so the choice is the same in every process. It costs
+        # ~0.1 µs more than hash() per write, under 0.5% of a create.
+        return self.shards[shard_of(user_id) % self._n]
 
     async def call(self, user_id: str, msg: Message) -> Any:
         """Send ``msg`` to the owner of ``user_id`` and wait for its reply."""
@@ -80,14 +93,16 @@ class SessionStore:
         return list(self.state.keys.values())
 
     async def put_key(self, key: ApiKey) -> None:
-        """Durably upsert an API key (WAL ``KEY_PUT``), then apply it."""
+        """Durably upsert an API key (WAL ``KEY_PUT``), then apply and publish it."""
         reply: Reply[None] = Reply()
         keys = self.state.keys
         state = self.state
+        commits = self.commits
 
         def on_commit(position: int) -> None:
             keys[key.key_id] = key
             state.position = position
+            commits.publish(Commit(position, CommitKind.KEY_PUT, key.key_id, record, key=key))
             reply.set(None)
 
         record = WalRecord(

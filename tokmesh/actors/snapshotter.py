@@ -1,16 +1,22 @@
-"""The snapshotter actor (01 §9): consistent view, off-loop encoding, retention, compaction.
+"""The snapshotter actor: consistent view, off-loop encoding, retention, compaction.
 
 A snapshot takes the committed state in one synchronous step (a shallow copy of the
 record list: records are immutable) together with the WAL position it corresponds to;
 encoding, encryption and file I/O run in a worker thread while writes continue. One
 snapshot is in flight at a time; concurrent triggers join it.
+
+Snapshots bound the restart time. A graceful stop ends with one (:meth:`Snapshotter.final`),
+so the next start loads it and replays nothing; after a crash, the replay is at most the
+WAL written since the newest snapshot, which the size trigger keeps under
+``threshold_bytes`` (plus what arrives between two checks and while a snapshot is written).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import attrs
@@ -22,10 +28,21 @@ from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
 from tokmesh.storage import snapshot_files, wal_files
-from tokmesh.storage.cipher import Cipher
+from tokmesh.storage.cipher import Cipher, StorageFatalError
+from tokmesh.storage.snapshot_codec import SnapshotCorrupt
 from tokmesh.storage.snapshot_files import SnapshotInfo
 
 log = logging.getLogger("tokmesh.snapshot")
+
+#: 100 MiB of WAL (~135,000 records of ~770 bytes): what the prefetch worker decodes on
+#: the second core (~15 µs a record) while a million-session snapshot loads (~2.4 s) on
+#: a 2-core machine, so a crash costs the restart little more than applying them
+#: (docs/performance.md). It is also the smallest value the configuration allows.
+DEFAULT_THRESHOLD_BYTES = 100 << 20
+#: After a snapshot triggered by the WAL size fails, the next size-triggered attempt
+#: waits this long: each attempt encodes every session, and a disk that is full stays
+#: full for a while.
+FAILED_RETRY_SECONDS = 30.0
 
 
 @attrs.frozen
@@ -33,10 +50,21 @@ class SnapshotSettings:
     """The ``storage.snapshot.*`` settings."""
 
     interval: float = 3600.0
-    threshold_bytes: int = 1 << 30
+    #: WAL bytes after the newest snapshot that call for a new one; the same as the
+    #: ``storage.snapshot.threshold`` default (see docs/configuration.md for the choice).
+    threshold_bytes: int = DEFAULT_THRESHOLD_BYTES
     retention_count: int = 5
     retention_days: int = 7
-    check_every: float = 10.0
+    #: Seconds between two looks at the WAL size. A look is a directory listing in a
+    #: worker thread; at ~8 MB of WAL a second (10,000 creates/s) a second between looks
+    #: lets the tail overshoot the threshold by ~8 MB, not the ~80 MB of a 10 s period.
+    check_every: float = 1.0
+    #: Whether a graceful stop ends with a snapshot (off: the next start replays the
+    #: WAL, as after a crash; tests of the replay use that).
+    on_shutdown: bool = True
+    #: Longest a graceful stop spends on its snapshot (a million sessions take 1.5-3 s);
+    #: past it the snapshot is abandoned and the next start replays the WAL instead.
+    shutdown_budget: float = 10.0
 
 
 @attrs.frozen
@@ -98,12 +126,17 @@ class Snapshotter:
         """
         task_status.started()
         last = trio.current_time()
+        not_before = last
         while True:
             await trio.sleep(self.settings.check_every)
             try:
-                if await self._due(last):
+                reason = await self._due(last, not_before)
+                if reason:
                     try:
-                        await self.take("interval")
+                        await self.take(reason)
+                    except BaseException:
+                        not_before = trio.current_time() + FAILED_RETRY_SECONDS
+                        raise
                     finally:
                         last = trio.current_time()
             except (OSError, TokMeshError) as exc:
@@ -111,15 +144,41 @@ class Snapshotter:
             else:
                 self.errors.succeeded()
 
-    async def _due(self, last: float) -> bool:
-        """Whether the interval has passed since ``last`` or the WAL outgrew the threshold."""
-        if trio.current_time() - last >= self.settings.interval:
-            return True
-        size = await trio.to_thread.run_sync(wal_files.wal_size_bytes, self.wal_dir)
-        return size >= self.settings.threshold_bytes
+    async def _due(self, last: float, not_before: float) -> str:
+        """Why a snapshot is due (``""``: it is not): the interval has passed since
+        ``last``, or the WAL after the newest snapshot outgrew the threshold (not again
+        before ``not_before`` after a failure)."""
+        now = trio.current_time()
+        if now - last >= self.settings.interval:
+            return "interval"
+        if now < not_before:
+            return ""
+        size = await trio.to_thread.run_sync(self._wal_since_snapshot)
+        return "wal_threshold" if size >= self.settings.threshold_bytes else ""
 
-    async def take(self, reason: str = "manual") -> SnapshotInfo:
-        """Take a snapshot now (or join the one in flight) and compact the WAL after it."""
+    def _wal_since_snapshot(self) -> int:
+        """Bytes of WAL after the newest snapshot's position: what a restart would replay
+        (blocking). The total size comes first: it is one listing, and when it is below
+        the threshold so is every part of it."""
+        total = wal_files.wal_size_bytes(self.wal_dir)
+        if total < self.settings.threshold_bytes:
+            return total
+        return wal_files.wal_bytes_after(self.wal_dir, self._covered_position())
+
+    def _covered_position(self) -> int:
+        """The WAL position the newest snapshot on disk covers (0 without a readable one).
+
+        Read from the file, not remembered: a restore writes snapshots too."""
+        for path in snapshot_files.list_snapshots(self.snapshot_dir)[:1]:
+            try:
+                return snapshot_files.peek_snapshot_info(path).wal_last_offset
+            except (SnapshotCorrupt, StorageFatalError):
+                return 0
+        return 0
+
+    async def take(self, reason: str = "manual", *, compact: bool = True) -> SnapshotInfo:
+        """Take a snapshot now (or join the one in flight) and, with ``compact``, apply
+        retention and compact the WAL after it."""
         if self._inflight is not None:
             await self._inflight.wait()
             res = self._result
@@ -128,7 +187,7 @@ class Snapshotter:
             raise TokMeshError(E.SYS_BACKUP, "snapshot failed")
         self._inflight = trio.Event()
         try:
-            info = await self._take(reason)
+            info = await self._take(reason, compact)
             self._result = info
             return info
         except BaseException as exc:
@@ -138,10 +197,45 @@ class Snapshotter:
             self._inflight.set()
             self._inflight = None
 
-    async def _take(self, reason: str) -> SnapshotInfo:
+    async def final(self) -> SnapshotInfo | None:
+        """The snapshot of a graceful stop, taken once the shards and the WAL writer
+        are closed (nothing changes any more, everything is fsynced), so that the next
+        start loads it and replays nothing.
+
+        Never raises but for a cancellation: the WAL still holds everything, so a failed
+        snapshot costs the next start a longer replay, not data; it is logged. Skipped
+        when the WAL failed (the state may be ahead of what the log made durable) or
+        when the newest snapshot already covers the WAL. Bounded by
+        ``shutdown_budget``; retention and compaction are left to the next scheduled
+        snapshot, to keep the stop short.
+        """
+        wal = self.store.wal
+        if not self.settings.on_shutdown:
+            return None
+        if wal.failed is not None:
+            log.warning("no snapshot at shutdown: the write-ahead log failed")
+            return None
+        try:
+            covered = await trio.to_thread.run_sync(self._covered_position)
+            if covered == self.store.state.position:
+                log.info("no snapshot at shutdown: the newest snapshot covers the whole WAL")
+                return None
+            with trio.move_on_after(self.settings.shutdown_budget) as scope:
+                return await self.take("shutdown", compact=False)
+        except (OSError, TokMeshError) as exc:
+            log.error("snapshot at shutdown failed (the WAL still holds everything): %s", exc)
+            return None
+        if scope.cancelled_caught:
+            log.error(
+                "snapshot at shutdown abandoned after %.0f s (the WAL still holds everything)",
+                self.settings.shutdown_budget,
+            )
+        return None
+
+    async def _take(self, reason: str, compact: bool = True) -> SnapshotInfo:
         state = self.store.state
         # One synchronous step: records are immutable, so a list of references plus the
-        # committed WAL position is a consistent view (01 §9.2).
+        # committed WAL position is a consistent view.
         sessions = frozen_view(state.sessions.values())
         keys = [k.to_record() for k in state.keys.values()]
         position = state.position
@@ -151,9 +245,16 @@ class Snapshotter:
         await self.store.wal.sync_now()
         started = trio.current_time()
         try:
-            info = await trio.to_thread.run_sync(
-                lambda: snapshot_files.write_snapshot(
-                    self.snapshot_dir, sessions, keys, position, self.node_id, self.cipher, now
+            info = await _write_abandonable(
+                lambda abort: snapshot_files.write_snapshot(
+                    self.snapshot_dir,
+                    sessions,
+                    keys,
+                    position,
+                    self.node_id,
+                    self.cipher,
+                    now,
+                    abort=abort,
                 )
             )
         except TokMeshError:
@@ -171,7 +272,8 @@ class Snapshotter:
             },
         )
         self.last = info
-        await self._retain_and_compact()
+        if compact:
+            await self._retain_and_compact()
         return info
 
     async def _retain_and_compact(self) -> None:
@@ -190,3 +292,41 @@ class Snapshotter:
             return CompactionResult(list(removed), freed)
 
         self.last_compaction = await trio.to_thread.run_sync(work)
+
+
+async def _write_abandonable(
+    write: Callable[[threading.Event], SnapshotInfo],
+) -> SnapshotInfo:
+    """``write(abort)`` in a worker thread; a cancellation sets ``abort`` and waits (shielded)
+    only until the thread notices, between two chunks, instead of until it finishes.
+
+    A cancellation can also come before the thread has begun (or while it is being
+    started): the thread then sees ``abort`` set and does not write at all; the lock
+    makes "begun" and "told to stop" one decision, so nobody waits for a thread that
+    never runs.
+    """
+    abort = threading.Event()
+    finished = threading.Event()
+    lock = threading.Lock()
+    began = False
+
+    def work() -> SnapshotInfo:
+        nonlocal began
+        with lock:
+            if abort.is_set():
+                raise TokMeshError(E.SYS_BACKUP, "snapshot abandoned before it began")
+            began = True
+        try:
+            return write(abort)
+        finally:
+            finished.set()
+
+    try:
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    finally:
+        with lock:
+            abort.set()
+            wait = began and not finished.is_set()
+        if wait:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(finished.wait)

@@ -7,8 +7,9 @@ Each shard runs the recommended pipelined write path of 01 §7: it checks precon
 against its latest state (committed + in flight), hands the new full-state record to the
 WAL writer without waiting for the fsync, and moves on. When the WAL writer commits the
 batch it calls back synchronously; the shard then applies the record to the shared
-committed :class:`StoreState` and answers the caller (I1-I4). Reads never see
-uncommitted records.
+committed :class:`StoreState`, publishes it on the node's
+:class:`~tokmesh.actors.commit_stream.CommitStream` in the same step, and answers the
+caller (I1-I4). Reads never see uncommitted records.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import trio
 
+from tokmesh.actors.commit_stream import Commit, CommitKind, CommitStream
 from tokmesh.actors.messages import (
     Barrier,
     Create,
@@ -40,8 +42,9 @@ from tokmesh.telemetry import metrics
 
 log = logging.getLogger("tokmesh.store")
 
-#: Hook called after each committed session change: (record type, new state or None).
-ChangeHook = Callable[[RecordType, str, Session | None, int], None]
+#: The commit-stream kind of each logged record type (a DELETE is a REVOKE when it
+#: leaves a tombstone, an EXPIRE when it removes the session).
+_KIND_OF = {RecordType.CREATE: CommitKind.CREATE, RecordType.UPDATE: CommitKind.UPDATE}
 
 
 class SessionShard:
@@ -52,13 +55,14 @@ class SessionShard:
         index: int,
         state: StoreState,
         wal: WalWriter,
-        on_change: ChangeHook | None = None,
+        commits: CommitStream | None = None,
         mailbox_size: int = 4096,
     ) -> None:
         self.index = index
         self.state = state
         self.wal = wal
-        self._on_change = on_change
+        #: Where every committed change is published (shared by all shards of a store).
+        self.commits = commits if commits is not None else CommitStream()
         self._send, self._recv = trio.open_memory_channel[Message](mailbox_size)
         #: newest in-flight version per session id (``None`` = removal in flight)
         self._pending: dict[str, Session | None] = {}
@@ -134,13 +138,15 @@ class SessionShard:
             self._idle = trio.Event()
         if new is not None and not tombstone:
             version, body = new.version, new.to_record()
+            kind = _KIND_OF[rtype]
         else:
             version, body = 0, None
+            kind = CommitKind.REVOKE if tombstone else CommitKind.EXPIRE
         record = WalRecord(type=rtype, ts=now_ms, entity_id=sid, version=version, body=body)
-        flight = _InFlight(self, rtype, sid, new, done, failed)
+        flight = _InFlight(self, kind, record, new, done, failed)
         return Append(record, flight.commit, flight.fail)
 
-    def _settle(self, rtype: RecordType, sid: str, new: Session | None) -> None:
+    def _settle(self, kind: CommitKind, sid: str, new: Session | None) -> None:
         """Take a committed or failed record off the in-flight books."""
         n = self._inflight[sid] - 1
         if n:
@@ -148,7 +154,7 @@ class SessionShard:
         else:
             del self._inflight[sid]
             self._pending.pop(sid, None)
-        if new is not None and rtype is RecordType.CREATE:
+        if new is not None and kind is CommitKind.CREATE:
             self._pending_tokens.pop(new.token_hash, None)
             creates = self._pending_user_creates.get(new.user_id)
             if creates is not None:
@@ -159,18 +165,30 @@ class SessionShard:
         if self._outstanding == 0:
             self._idle.set()
 
-    def _apply(self, rtype: RecordType, sid: str, new: Session | None, position: int) -> None:
-        """Apply a committed record to the shared state."""
+    def _apply(
+        self, kind: CommitKind, record: WalRecord, new: Session | None, position: int
+    ) -> None:
+        """Apply a committed record to the shared state and publish it, in one step."""
         state = self.state
+        sid = record.entity_id
         if new is None:
-            old = state.remove(sid)
-            if old is not None and not old.is_deleted:
-                state.note_expired(old)
+            # A removal is published with the record it removed.
+            session = state.remove(sid)
+            if session is not None and not session.is_deleted:
+                state.note_expired(session)
         else:
+            session = new
             state.put(new)
         state.position = position
-        if self._on_change is not None:
-            self._on_change(rtype, sid, new, position)
+        self.commits.publish(Commit(position, kind, sid, record, session))
+
+    def _end_tombstone(self, tomb: Session) -> None:
+        """Drop a tombstone past its original expiry. No WAL record: recovery drops it by
+        the same rule. It is published all the same, at the position of the last logged
+        commit, so the stream holds every change to the state."""
+        self.state.remove(tomb.id)
+        commits = self.commits
+        commits.publish(Commit(commits.position, CommitKind.TOMBSTONE_END, tomb.id, None, tomb))
 
     async def _log(
         self,
@@ -402,8 +420,7 @@ class SessionShard:
                 continue
             if cur.is_deleted:
                 if cur.expires_at != 0 and now > cur.expires_at:
-                    # Tombstones end silently after the original expiry (01 §4.8).
-                    state.remove(sid)
+                    self._end_tombstone(cur)
                     removed += 1
                 continue
             if cur.is_expired(now):
@@ -446,34 +463,36 @@ class _InFlight:
     allocations of three closures and their cells; a bulk purge makes one per record.
     """
 
-    __slots__ = ("done", "failed", "new", "rtype", "shard", "sid")
+    __slots__ = ("done", "failed", "kind", "new", "record", "shard")
 
     def __init__(
         self,
         shard: SessionShard,
-        rtype: RecordType,
-        sid: str,
+        kind: CommitKind,
+        record: WalRecord,
         new: Session | None,
         done: Callable[[], None],
         failed: Callable[[TokMeshError], None],
     ) -> None:
         self.shard = shard
-        self.rtype = rtype
-        self.sid = sid
+        self.kind = kind
+        self.record = record
         self.new = new
         self.done = done
         self.failed = failed
 
     def commit(self, position: int) -> None:
-        """The record is durable at ``position``: apply it, then answer the caller."""
+        """The record is committed at ``position``: apply and publish it, then answer the
+        caller."""
         shard = self.shard
-        shard._settle(self.rtype, self.sid, self.new)
-        shard._apply(self.rtype, self.sid, self.new, position)
+        shard._settle(self.kind, self.record.entity_id, self.new)
+        shard._apply(self.kind, self.record, self.new, position)
         self.done()
 
     def fail(self, err: TokMeshError) -> None:
-        """The record was not written: nothing of it becomes visible; tell the caller."""
-        self.shard._settle(self.rtype, self.sid, self.new)
+        """The record was not written: nothing of it becomes visible or is published;
+        tell the caller."""
+        self.shard._settle(self.kind, self.record.entity_id, self.new)
         self.failed(err)
 
 

@@ -35,9 +35,11 @@ import trio
 
 from tokmesh.actors import messages as m
 from tokmesh.actors.memory import MemoryReturn
+from tokmesh.actors.periodic import ActorErrors
 from tokmesh.actors.reply import Reply
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
+from tokmesh.domain.errors import TokMeshError
 from tokmesh.domain.session import Session
 
 log = logging.getLogger("tokmesh.sweeper")
@@ -178,6 +180,7 @@ class TtlSweeper:
         self.clock = clock
         self.memory = memory if memory is not None else MemoryReturn()
         self.purged_total = 0
+        self.errors = ActorErrors("ttl_sweeper")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick forever (cancelled at shutdown)."""
@@ -186,8 +189,15 @@ class TtlSweeper:
             await trio.sleep(self.interval)
             try:
                 await self.tick()
-            except Exception:  # a failed WAL is reported by the writer; keep ticking
-                log.exception("sweeper tick failed")
+            except Exception as exc:
+                # Keep ticking. A failed WAL or a full disk fails every tick for as long as
+                # it lasts: one WARN per episode (the writer reports the WAL itself), not a
+                # traceback ten times a second. Anything else is a bug: its traceback once.
+                if not isinstance(exc, OSError | TokMeshError) and not self.errors.failing:
+                    log.exception("sweeper tick failed")
+                self.errors.failed(exc)
+            else:
+                self.errors.succeeded()
 
     async def tick(self) -> int:
         """One tick: purge what is due (in as many passes as it takes), tidy the sampling

@@ -7,7 +7,9 @@ The actor takes everything waiting in its channel (up to ``batch_count`` records
 ``batch_size`` bytes), encodes and encrypts the batch and writes it in a worker thread,
 fsyncs once (``sync`` mode) and only then calls every record's ``on_commit`` in WAL order,
 synchronously. So a store shard's committed state always equals a prefix of the WAL, and
-one fsync (~0.2 ms here) is shared by every writer of the batch.
+one fsync (~0.2 ms here) is shared by every writer of the batch. Those callbacks also
+publish each record on the commit stream (:mod:`tokmesh.actors.commit_stream`), which
+therefore carries what this writer committed, in its order, and nothing of a failed batch.
 
 ``batch`` mode writes each group to the OS at once and fsyncs every ``sync_interval``:
 a killed process loses nothing, an OS crash loses at most the interval (RPO < 1 s).

@@ -1,7 +1,9 @@
-"""Admin routes ``/admin/v1`` (03 §4.1, §4.2, §4.4): status, GC, API keys, audit.
+"""Admin routes ``/admin/v1``: status, GC, API keys, audit, cluster.
 
-Every admin call is audited by the pipeline; key changes also write their named action
-(``KEY_CREATED`` …) with the operator.
+Every admin call is audited by the pipeline; key changes and a node leaving the cluster
+also write their named action (``KEY_CREATED``, ``NODE_REMOVED`` …) with the operator.
+The cluster routes answer from the server's :class:`~tokmesh.cluster.node.ClusterNode`;
+a standalone node has none and answers them 501 ``TM-SYS-5010``.
 """
 
 from __future__ import annotations
@@ -9,17 +11,22 @@ from __future__ import annotations
 import gc
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from tokmesh.api.envelope import int_param, ok, parse_body
 from tokmesh.api.http_types import HttpResponse
 from tokmesh.api.routes import SCOPE_ADMIN, Call, Route
+from tokmesh.cluster.etcd_wire import EtcdError
 from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.readiness import OK, Phase, Readiness
 from tokmesh.services import keys as key_rules
 from tokmesh.telemetry import audit as audit_mod
 from tokmesh.telemetry.metrics import read_rss_bytes
+
+if TYPE_CHECKING:
+    from tokmesh.cluster.node import ClusterNode
 
 P = "/admin/v1"
 GC_TYPES = {
@@ -66,7 +73,8 @@ def status_data(deps: Any) -> dict[str, Any]:
         "version": deps.version,
         "build_time": deps.build_time,
         "node_id": deps.node_id,
-        "cluster_state": "healthy" if deps.readiness.ready else deps.readiness.phase.value,
+        "cluster_state": _state_word(deps.readiness),
+        **_cluster_summary(cluster_of(deps)),
         "total_sessions": active,
         "memory_usage_mb": mem_mb,
         "current_qps": qps,
@@ -78,6 +86,31 @@ def status_data(deps: Any) -> dict[str, Any]:
             "current_qps": qps,
             "goroutines": tasks,
         },
+    }
+
+
+def _state_word(readiness: Readiness) -> str:
+    """``cluster_state``: ``healthy`` when ``/ready`` would answer 200, else why not."""
+    if readiness.ready:
+        return "healthy"
+    if readiness.phase is not Phase.READY:
+        return str(readiness.phase.value)
+    # Storage serves, so a contributed check is failing: on a cluster node that is the
+    # cluster's own word ("connecting", "lost", "initializing").
+    for name, word in readiness.checks().items():
+        if name != "storage" and word != OK:
+            return str(word)
+    return str(readiness.phase.value)
+
+
+def _cluster_summary(cluster: ClusterNode | None) -> dict[str, Any]:
+    """``role`` and ``nodes`` of the summary, shown by ``system status``; none standalone."""
+    if cluster is None:
+        return {}
+    leader = cluster.coordinator.coordinator_id
+    return {
+        "role": "leader" if leader == cluster.node_id else "follower",
+        "nodes": len(cluster.members),
     }
 
 
@@ -212,9 +245,83 @@ async def audit_logs(call: Call) -> HttpResponse:
     return ok(call.rid, {"items": items, "total_items": total, "page": page, "size": size})
 
 
-async def not_implemented(call: Call) -> HttpResponse:
-    """Cluster routes while standalone (03 §4.5): 501 after admin auth."""
-    raise TokMeshError(E.SYS_NOT_IMPLEMENTED, "cluster mode is not enabled on this node")
+#: The answer of every cluster route on a node started without ``cluster.enabled``.
+STANDALONE = "cluster mode is not enabled on this node"
+
+
+def cluster_of(deps: Any) -> ClusterNode | None:
+    """The running server's cluster part, ``None`` on a standalone node (or without a
+    server, as in tests that build the routes alone)."""
+    node: ClusterNode | None = getattr(deps.server, "cluster", None)
+    return node
+
+
+def _cluster(call: Call) -> ClusterNode:
+    node = cluster_of(call.deps)
+    if node is None:
+        raise TokMeshError(E.SYS_NOT_IMPLEMENTED, STANDALONE)
+    return node
+
+
+async def cluster_status(call: Call) -> HttpResponse:
+    """``GET /admin/v1/cluster/status``: topology, health and shard map as this node sees
+    them."""
+    return ok(call.rid, _cluster(call).status())
+
+
+async def cluster_nodes(call: Call) -> HttpResponse:
+    """``GET /admin/v1/cluster/nodes``: every member or shard owner, with the cluster id
+    and the coordinator (the node that writes the shard map) as ``leader_id``."""
+    node = _cluster(call)
+    return ok(
+        call.rid,
+        {
+            "nodes": node.nodes(),
+            "cluster_id": node.membership.cluster_id,
+            "leader_id": node.coordinator.coordinator_id,
+        },
+    )
+
+
+async def cluster_rebalance(call: Call) -> HttpResponse:
+    """``POST /admin/v1/cluster/rebalance``: the node says what it did (today: nothing
+    moves while shards cannot move with their data)."""
+    node = _cluster(call)
+    parse_body(call.req.body, {})
+    return ok(call.rid, await node.rebalance())
+
+
+async def cluster_leave(call: Call) -> HttpResponse:
+    """``POST /admin/v1/cluster/leave``: this node leaves the cluster for good."""
+    node = _cluster(call)
+    parse_body(call.req.body, {})
+    try:
+        data = await node.leave()
+    except EtcdError as exc:
+        # The departure is recorded in etcd; not reaching it is a cluster operation that
+        # did not complete, and repeating the call is safe.
+        raise TokMeshError(
+            E.CLST_TIMEOUT, f"could not record the departure in etcd: {exc.message}"
+        ) from None
+    # No action of its own in the catalogue: a graceful leave removes this node, so it is
+    # audited as NODE_REMOVED with how it left.
+    _audit(call, audit_mod.NODE_REMOVED, node.node_id, mode="leave")
+    return ok(call.rid, data)
+
+
+async def remove_node(call: Call) -> HttpResponse:
+    """``POST /admin/v1/cluster/nodes/{node_id}/remove``: not provided yet (501)."""
+    _cluster(call)
+    raise TokMeshError(
+        E.SYS_NOT_IMPLEMENTED,
+        "removing another node is not provided yet; run 'cluster leave' on that node",
+    )
+
+
+async def reset_cluster(call: Call) -> HttpResponse:
+    """``POST /admin/v1/cluster/reset``: not provided yet (501)."""
+    _cluster(call)
+    raise TokMeshError(E.SYS_NOT_IMPLEMENTED, "resetting the cluster is not provided yet")
 
 
 def admin_routes() -> list[Route]:
@@ -234,16 +341,19 @@ def admin_routes() -> list[Route]:
         ),
         Route("POST", f"{P}/keys/{{key_id}}/rotate", rotate_key, a, summary="Rotate an API key"),
         Route("GET", f"{P}/audit/logs", audit_logs, a, summary="Query the audit log"),
-        Route("GET", f"{P}/cluster/nodes", not_implemented, a, summary="Cluster nodes"),
+        Route("GET", f"{P}/cluster/status", cluster_status, a, summary="Cluster status"),
+        Route("GET", f"{P}/cluster/nodes", cluster_nodes, a, summary="Cluster nodes"),
+        Route("POST", f"{P}/cluster/rebalance", cluster_rebalance, a, summary="Rebalance shards"),
+        Route("POST", f"{P}/cluster/leave", cluster_leave, a, summary="Leave the cluster"),
         Route(
             "POST",
             f"{P}/cluster/nodes/{{node_id}}/remove",
-            not_implemented,
+            remove_node,
             a,
             summary="Remove a node",
         ),
-        Route("POST", f"{P}/cluster/reset", not_implemented, a, summary="Reset the cluster"),
+        Route("POST", f"{P}/cluster/reset", reset_cluster, a, summary="Reset the cluster"),
     ]
 
 
-__all__ = ["admin_routes", "status_data"]
+__all__ = ["STANDALONE", "admin_routes", "cluster_of", "status_data"]

@@ -1,4 +1,4 @@
-"""Business routes (03 §3): thin adapters from HTTP to :class:`SessionService`.
+"""Business routes (03 §3): thin adapters from HTTP to the session operations.
 
 They parse and check the request shape (03 owns HTTP: strict bodies, the 1..max TTL
 range), call exactly one service function and render the envelope.
@@ -14,12 +14,13 @@ from tokmesh.api.routes import SCOPE_BUSINESS, Call, Route
 from tokmesh.domain import apikey as ak
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
-from tokmesh.services.sessions import ListQuery, SessionService, trim_fields
+from tokmesh.services.session_ops import ListQuery, SessionOperations
+from tokmesh.services.sessions import trim_fields
 
 TOUCH_FIELDS = ("id", "user_id", "expires_at", "last_active", "version")
 
 
-def _svc(call: Call) -> SessionService:
+def _svc(call: Call) -> SessionOperations:
     svc = call.deps.sessions
     if svc is None:
         raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready")
@@ -104,8 +105,8 @@ async def renew_session(call: Call) -> HttpResponse:
 
 async def revoke_session(call: Call) -> HttpResponse:
     """``POST /sessions/{id}/revoke``: idempotent ``{success: true}``."""
-    parse_body(call.req.body, {"sync": (bool, False)})
-    await _svc(call).revoke(call.context(), call.params["session_id"])
+    body = parse_body(call.req.body, {"sync": (bool, False)})
+    await _svc(call).revoke(call.context(), call.params["session_id"], sync=bool(body.get("sync")))
     return ok(call.rid, {"success": True})
 
 
@@ -113,7 +114,10 @@ async def revoke_user(call: Call) -> HttpResponse:
     """``POST /users/{user_id}/sessions/revoke`` → ``{revoked_count}``."""
     body = parse_body(call.req.body, {"sync": (bool, False), "except_session_id": (str, False)})
     n = await _svc(call).revoke_user(
-        call.context(), call.params["user_id"], body.get("except_session_id")
+        call.context(),
+        call.params["user_id"],
+        body.get("except_session_id"),
+        sync=bool(body.get("sync")),
     )
     return ok(call.rid, {"revoked_count": n})
 

@@ -6,15 +6,18 @@ Built once by the composition root (``tokmesh/server.py``) and handed to :class:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokmesh.actors.engine import Readiness, StorageEngine
+from tokmesh.actors.engine import StorageEngine
 from tokmesh.api.http_types import HttpRequest, HttpResponse
+from tokmesh.readiness import Readiness
 from tokmesh.services.auth import Authenticator
 from tokmesh.services.keys import KeyService
-from tokmesh.services.sessions import SessionService
+from tokmesh.services.session_ops import SessionOperations
+from tokmesh.services.sessions import local_sessions
 from tokmesh.telemetry import audit as audit_mod
 from tokmesh.telemetry import metrics
 
@@ -55,8 +58,12 @@ class ApiDeps:
         audit: audit_mod.AuditLog | None = None,
         config: Any = None,
         server: Any = None,
+        sessions: SessionOperations | None = None,
+        make_sessions: Callable[[StorageEngine], SessionOperations] | None = None,
     ) -> None:
         self.engine = engine
+        self._sessions = sessions
+        self._make_sessions = make_sessions or local_sessions
         self.auth = auth
         self.keys = keys
         self.readiness: Readiness = engine.readiness
@@ -72,9 +79,19 @@ class ApiDeps:
         self._qps_window: list[float] = [time.monotonic(), 0.0, 0.0]
 
     @property
-    def sessions(self) -> SessionService | None:
-        """The session service (``None`` until recovery finished)."""
-        return self.engine.sessions
+    def sessions(self) -> SessionOperations | None:
+        """The session operations the routes call (``None`` until recovery finished).
+
+        Unless the composition root gave others, made by ``make_sessions`` (default: the
+        local ones over the engine's store; a cluster node: forwarding ones) the first
+        time they are asked for once the store exists.
+        """
+        ops = self._sessions
+        if ops is None:
+            if self.engine.store is None:
+                return None
+            ops = self._sessions = self._make_sessions(self.engine)
+        return ops
 
     def current_qps(self) -> float:
         """Requests per second over the last completed window (cheap, approximate)."""

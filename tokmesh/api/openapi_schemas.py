@@ -277,7 +277,14 @@ def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[st
                 "version": _str(),
                 "build_time": _str(description="RFC 3339 build stamp"),
                 "node_id": _str(pattern=r"^tmnd-"),
-                "cluster_state": _str(description='"healthy" when OK'),
+                "cluster_state": _str(
+                    description='"healthy" when /ready would answer 200, else why not'
+                ),
+                "role": {
+                    "enum": ["leader", "follower"],
+                    "description": "Cluster mode only: this node's role",
+                },
+                "nodes": {**_COUNT, "description": "Cluster mode only: member count"},
                 "total_sessions": _COUNT,
                 "memory_usage_mb": {"type": "number", "minimum": 0},
                 "current_qps": {"type": "number", "minimum": 0},
@@ -422,13 +429,78 @@ def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[st
             "description": "One audit entry (03 §4.4); details are redacted",
         },
         "AuditList": page_of(ref("AuditRecord")),
+        "ClusterNode": _obj(
+            {
+                "node_id": _str(),
+                "address": {"type": ["string", "null"], "description": "Cluster port"},
+                "status": {"enum": ["active", "suspect", "down"]},
+                "role": {
+                    "enum": ["leader", "follower"],
+                    "description": "leader = the coordinator, which writes the shard map",
+                },
+                "version": {"type": ["string", "null"]},
+                "uptime_seconds": {"type": ["integer", "null"], "minimum": 0},
+                "metrics": _obj({"shards": _COUNT, "vnodes": _COUNT}, ["shards", "vnodes"]),
+            },
+            ["node_id", "address", "status", "role", "version", "uptime_seconds", "metrics"],
+            description="One member or shard owner as this node sees it",
+        ),
         "ClusterNodes": _obj(
             {
-                "nodes": {"type": "array", "items": {"type": "object"}},
-                "cluster_id": _str(),
-                "leader_id": _str(),
+                "nodes": {"type": "array", "items": ref("ClusterNode")},
+                "cluster_id": {"type": ["string", "null"]},
+                "leader_id": {"type": ["string", "null"]},
             },
-            ["nodes"],
+            ["nodes", "cluster_id", "leader_id"],
+        ),
+        "ClusterStatus": _obj(
+            {
+                "cluster_id": {"type": ["string", "null"], "description": "null before joining"},
+                "node_id": _str(description="This node"),
+                "leader_id": {"type": ["string", "null"], "description": "The coordinator"},
+                "state": _str(description='The cluster check of /ready; "ok" when serving'),
+                "membership": {"enum": ["connecting", "connected", "lost"]},
+                "nodes": _obj(
+                    {"total": _COUNT, "active": _COUNT, "suspect": _COUNT, "down": _COUNT},
+                    ["total", "active", "suspect", "down"],
+                ),
+                "parity": _obj(
+                    {"even": {"type": "boolean"}, "health": {"enum": ["OK", "DEGRADED"]}},
+                    ["even", "health"],
+                ),
+                "shard_map": {
+                    "anyOf": [
+                        {"type": "null"},
+                        _obj(
+                            {
+                                "version": {"type": "integer", "minimum": 1},
+                                "owners": {
+                                    "type": "object",
+                                    "additionalProperties": _COUNT,
+                                    "description": "node_id -> shards owned",
+                                },
+                            },
+                            ["version", "owners"],
+                        ),
+                    ],
+                    "description": "The map in force here; null until one was read",
+                },
+                "replication_factor": {"type": "integer", "minimum": 1},
+                "under_replicated_shards": {"type": "array", "items": {"type": "integer"}},
+            },
+            [
+                "cluster_id",
+                "node_id",
+                "leader_id",
+                "state",
+                "membership",
+                "nodes",
+                "parity",
+                "shard_map",
+                "replication_factor",
+                "under_replicated_shards",
+            ],
+            description="Topology, health and shard map as this node sees them",
         ),
         "ClusterResetRequest": _obj(
             {"force": {"const": True}, "confirm": {"const": "RESET_CONFIRM"}},
@@ -436,7 +508,14 @@ def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[st
         ),
         "ClusterActionResult": {
             "type": "object",
-            "properties": {"status": _str(), "message": _str(), "node_id": _str()},
+            "properties": {
+                "status": _str(description="left, not_started, removed, reset_initiated"),
+                "message": _str(),
+                "node_id": _str(),
+                "reason": _str(description="Why nothing was done"),
+                "data_moved": {"type": "boolean"},
+                "note": _str(),
+            },
             "required": ["status"],
         },
         "Snapshot": _obj(
@@ -649,6 +728,7 @@ _ISSUER: Final = ("issuer", "admin")
 _VALIDATOR: Final = ("validator", "issuer", "admin")
 _ADMIN: Final = ("admin",)
 P: Final = "/admin/v1"
+_STANDALONE: Final = "501 TM-SYS-5010 while the node runs standalone."
 
 OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
     ("POST", "/sessions"): OpDoc(
@@ -885,12 +965,46 @@ OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
         description="Newest first.",
         roles=_ADMIN,
     ),
+    ("GET", f"{P}/cluster/status"): OpDoc(
+        "getClusterStatus",
+        "Cluster",
+        data=ref("ClusterStatus"),
+        errors=(E.SYS_NOT_IMPLEMENTED,),
+        description=_STANDALONE,
+        roles=_ADMIN,
+    ),
     ("GET", f"{P}/cluster/nodes"): OpDoc(
         "listClusterNodes",
         "Cluster",
         data=ref("ClusterNodes"),
         errors=(E.SYS_NOT_IMPLEMENTED,),
-        description="501 TM-SYS-5010 while the node runs standalone.",
+        description=_STANDALONE,
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/cluster/rebalance"): OpDoc(
+        "rebalanceCluster",
+        "Cluster",
+        data=ref("ClusterActionResult"),
+        body=ref("EmptyRequest"),
+        errors=(E.SYS_NOT_IMPLEMENTED,),
+        description=(
+            "Answers what was done: status not_started with a reason while live shards "
+            "cannot move with their data. " + _STANDALONE
+        ),
+        roles=_ADMIN,
+    ),
+    ("POST", f"{P}/cluster/leave"): OpDoc(
+        "leaveCluster",
+        "Cluster",
+        data=ref("ClusterActionResult"),
+        body=ref("EmptyRequest"),
+        errors=(E.SYS_NOT_IMPLEMENTED, E.CLST_TIMEOUT),
+        description=(
+            "This node leaves for good: its departure is recorded and its member key "
+            "removed; the coordinator gives its shards to the others (without their "
+            "sessions: data_moved false). 504 TM-CLST-5040 when etcd cannot be reached; "
+            "repeating the call is safe. Audited as NODE_REMOVED. " + _STANDALONE
+        ),
         roles=_ADMIN,
     ),
     ("POST", f"{P}/cluster/nodes/{{node_id}}/remove"): OpDoc(
@@ -899,7 +1013,7 @@ OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
         data=ref("ClusterActionResult"),
         body=ref("EmptyRequest"),
         errors=(E.SYS_NOT_IMPLEMENTED, E.ADMIN_NOT_FOUND),
-        description="501 TM-SYS-5010 while the node runs standalone.",
+        description="501 TM-SYS-5010: not provided yet (run cluster leave on that node).",
         roles=_ADMIN,
     ),
     ("POST", f"{P}/cluster/reset"): OpDoc(
@@ -908,7 +1022,7 @@ OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
         data=ref("ClusterActionResult"),
         body=ref("ClusterResetRequest"),
         errors=(E.SYS_NOT_IMPLEMENTED, E.ARG_INVALID, E.ARG_MISSING),
-        description="501 TM-SYS-5010 while the node runs standalone.",
+        description="501 TM-SYS-5010: not provided yet.",
         roles=_ADMIN,
     ),
     ("POST", f"{P}/backups/snapshots"): OpDoc(

@@ -29,7 +29,7 @@ from tokmesh.api.http_request_id import request_id_for
 from tokmesh.api.http_types import HttpRequest, HttpResponse
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.services.auth import SCOPE_ADMIN, SCOPE_BUSINESS, SCOPE_METRICS, Principal
-from tokmesh.services.sessions import RequestContext
+from tokmesh.services.session_ops import NotLocal, RequestContext, run_fetching
 
 if TYPE_CHECKING:
     from tokmesh.api.deps import ApiDeps
@@ -294,7 +294,7 @@ class Api:
         route = call.route
         headers = self._before_auth(call)
         if headers is None:
-            return await route.run(call)
+            return await run_fetching(lambda: route.run(call))
         req = call.req
         call.principal = await self.deps.auth.authorize_http(
             req.method,
@@ -305,7 +305,7 @@ class Api:
             tcp_remote_ip=req.peer_ip,
         )
         self._after_auth(call)
-        resp = await route.run(call)
+        resp = await run_fetching(lambda: route.run(call))
         self._audit(call, resp)
         return resp
 
@@ -328,7 +328,10 @@ class Api:
             return None
         call.principal = principal
         self._after_auth(call)
-        resp = now(call)
+        try:
+            resp = now(call)
+        except NotLocal:
+            return None  # the data is on another node: handle() fetches it, awaiting
         self._audit(call, resp)
         return resp
 
@@ -340,8 +343,7 @@ class Api:
             return None
         if scope == SCOPE_METRICS and not deps.auth.metrics_auth_required:
             return None
-        readiness = deps.readiness
-        if not readiness.ready and readiness.phase.value in ("starting", "recovering"):
+        if deps.readiness.loading:
             # Keys are not loaded yet: answer 503 rather than a misleading 401.
             raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready", {"status": "not_ready"})
         headers = auth_headers(call.req)

@@ -85,24 +85,33 @@ class CertReloader:
         try:
             server_context(self.cert_file, self.key_file, self.client_ca_file)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self.failures += 1
-            metrics.TLS_RELOAD_FAILURES.inc()
-            log.error(
-                "TLS reload of %s rejected, keeping the previous certificate",
-                self.name,
-                extra={
-                    "event": "config_reloaded",
-                    "component": "tls_manager",
-                    "listener": self.name,
-                    "changes": [self.cert_file, self.key_file],
-                    "status": "failed",
-                    "error": str(exc),
-                },
-            )
+            self.rejected(exc)
             return False
         self.ctx.load_cert_chain(self.cert_file, self.key_file)
         if self.client_ca_file:
             self.ctx.load_verify_locations(self.client_ca_file)
+        self.applied()
+        return True
+
+    def rejected(self, exc: Exception) -> None:
+        """Count and log a reload that failed; the previous certificate keeps serving."""
+        self.failures += 1
+        metrics.TLS_RELOAD_FAILURES.inc()
+        log.error(
+            "TLS reload of %s rejected, keeping the previous certificate",
+            self.name,
+            extra={
+                "event": "config_reloaded",
+                "component": "tls_manager",
+                "listener": self.name,
+                "changes": [self.cert_file, self.key_file],
+                "status": "failed",
+                "error": str(exc),
+            },
+        )
+
+    def applied(self) -> None:
+        """Count and log a reload that took effect."""
         self.reloads += 1
         log.info(
             "TLS certificate of %s reloaded",
@@ -115,7 +124,6 @@ class CertReloader:
                 "status": "success",
             },
         )
-        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll the files; reload within ``interval`` seconds of a change (target ≤ 5 s)."""

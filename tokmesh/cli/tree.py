@@ -63,6 +63,7 @@ def build_root() -> TmGroup:
         from tokmesh.cli import (
             cmd_apikey,
             cmd_backup,
+            cmd_cluster,
             cmd_config,
             cmd_local,
             cmd_session,
@@ -75,5 +76,6 @@ def build_root() -> TmGroup:
         cmd_config.register(root)
         cmd_system.register(root)
         cmd_backup.register(root)
+        cmd_cluster.register(root)
         _ROOT = root
     return _ROOT

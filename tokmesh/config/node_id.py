@@ -28,7 +28,9 @@ def data_dir_of(cfg: Config) -> Path:
     return Path(cfg.storage.wal.dir).parent
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small state file (mode 0600): write, fsync, rename, fsync the directory,
+    so after a crash it holds the old text or the new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -76,5 +78,5 @@ def resolve_node_id(cfg: Config, data_dir: Path | None = None) -> str:
         return stored
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     node_id = new_node_id()
-    _write_atomic(path, node_id + "\n")
+    write_atomic(path, node_id + "\n")
     return node_id

@@ -745,9 +745,12 @@ class SnapshotConfig:
         "1h", Kind.DURATION, "Periodic snapshot trigger.", minimum="1h", maximum="168h"
     )
     threshold: int = _key(
-        "1GB",
+        "100MB",
         Kind.SIZE,
-        "WAL growth that triggers a snapshot (whichever of this and interval comes first).",
+        "WAL written since the newest snapshot that triggers a new one (whichever of this "
+        "and interval comes first). It bounds what a restart after a crash replays: 100MB "
+        "is decoded on a second core while a million-session snapshot loads "
+        "(docs/performance.md).",
         minimum="100MB",
         maximum="10GB",
     )

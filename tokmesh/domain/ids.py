@@ -12,6 +12,8 @@ import re
 import threading
 import time
 
+from tokmesh.domain.shards import first_in_shard
+
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _DECODE = {c: i for i, c in enumerate(CROCKFORD)}
 _RAND_BITS = 80
@@ -102,6 +104,39 @@ class UlidGenerator:
                 self._last_rand = int.from_bytes(os.urandom(10), "big")
             return encode_ulid((self._last_ms << _RAND_BITS) | self._last_rand)
 
+    def new_in_shard(self, prefix: str, shard: int) -> str:
+        """``prefix`` + a new ULID body such that the whole id is in ``shard``.
+
+        The cluster keeps all sessions of a user in the user's shard, and a session's
+        shard is a hash of its id: so the id is searched for. The next free block of 1,024
+        random values (its low 10 bits clear) shares every character but the last two;
+        the first value of the block whose id hashes into ``shard`` is taken (about 256
+        tries, ~15 µs), and ids stay strictly increasing. A block without a match (about
+        2 % of them) is skipped for the next one.
+        """
+        with self._lock:
+            while True:
+                now = time.time_ns() // 1_000_000
+                if now > self._last_ms:
+                    self._last_ms = now
+                    self._last_rand = int.from_bytes(os.urandom(10), "big")
+                block = (self._last_rand | 1023) + 1
+                if block + 1023 > _RAND_MAX:
+                    # The random part would overflow within this millisecond: wait for
+                    # the next one, as new() does.
+                    while now <= self._last_ms:
+                        time.sleep(0.0001)
+                        now = time.time_ns() // 1_000_000
+                    self._last_ms = now
+                    self._last_rand = int.from_bytes(os.urandom(10), "big")
+                    continue
+                head = prefix + encode_ulid((self._last_ms << _RAND_BITS) | block)[:-2]
+                low = first_in_shard(head, _PAIRS, shard)
+                if low >= 0:
+                    self._last_rand = block + low
+                    return head + _PAIRS[low]
+                self._last_rand = block + 1023
+
 
 _GENERATOR = UlidGenerator()
 
@@ -166,6 +201,11 @@ def new_ulid() -> str:
 def new_session_id() -> str:
     """A new ``tmss-`` session ID (31 chars)."""
     return SESSION_PREFIX + _GENERATOR.new()
+
+
+def new_session_id_in_shard(shard: int) -> str:
+    """A new ``tmss-`` session ID whose shard (murmur3 of the id, mod 256) is ``shard``."""
+    return _GENERATOR.new_in_shard(SESSION_PREFIX, shard)
 
 
 def new_key_id() -> str:

@@ -21,9 +21,30 @@ _HASH_RE = re.compile(r"tmth_[0-9a-f]{64}")
 _sha256 = hashlib.sha256
 
 
-def generate_token() -> str:
-    """A new token: ``tmtk_`` + Base64 RawURL of 32 CSPRNG bytes (48 chars)."""
-    return TOKEN_PREFIX + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode("ascii")
+def generate_token(shard: int | None = None) -> str:
+    """A new token: ``tmtk_`` + Base64 RawURL of 32 CSPRNG bytes (48 chars).
+
+    With ``shard`` (a cluster node issuing it), the first byte is the shard of the
+    session and the other 31 are random (248 bits, still far beyond guessing): any node
+    can then send the token's validation straight to the owner, see :func:`token_shard`.
+    """
+    raw = os.urandom(32) if shard is None else bytes((shard,)) + os.urandom(31)
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+_B64URL = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+
+
+def token_shard(token: str) -> int:
+    """The first byte of a well-formed token's 32 bytes (its first two characters).
+
+    For a token a cluster node issued, the shard of its session; for a token the client
+    chose, a shard like any other, whose owner knows where the session really is. Call it
+    on a token that passed :func:`is_valid_token` only.
+    """
+    return (_B64URL[token[5]] << 2) | (_B64URL[token[6]] >> 4)
 
 
 def is_valid_token(token: str) -> bool:

@@ -2,7 +2,7 @@
 
 :class:`ServiceBackend` binds the RESP command layer to the Authenticator (scope
 ``redis``: 02 §6.1 steps 2-7 on AUTH, then ``recheck`` / ``check_rate`` per command) and
-to the SessionService. :class:`SortedIdScanner` pages ``SCAN`` over the committed
+to the session operations. :class:`SortedIdScanner` pages ``SCAN`` over the committed
 sessions of this node.
 """
 
@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tokmesh.actors.state import StoreState
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.ids import SESSION_PREFIX, decode_ulid, encode_ulid
 from tokmesh.domain.session import Session
-from tokmesh.resp.deps import NodeFacts, RespPrincipal, SessionOps, SessionScanner
+from tokmesh.resp.deps import NodeFacts, RespPrincipal, SessionScanner
 from tokmesh.services.auth import SCOPE_REDIS, Authenticator
-from tokmesh.services.sessions import SessionService
+from tokmesh.services.session_ops import SessionOperations
 
 # A cursor is ``(t << 16) | k``: continue at the k-th id (in sorted order) among the ids
 # whose ULID time is the millisecond ``t``. Ids sort by time first, so the millisecond
@@ -89,7 +90,10 @@ class SortedIdScanner:
 
 
 class ServiceBackend:
-    """RESP backend over the Authenticator and the SessionService.
+    """RESP backend over the Authenticator and the session operations.
+
+    ``state`` is this node's committed store state: ``SCAN`` pages and INFO counts the
+    sessions held here.
 
     The per-command checks are the Authenticator's own bound methods (no adapter hop
     on the hot path): ``check_principal`` = ``recheck`` (03 §5.2 step 3, no Argon2),
@@ -99,10 +103,12 @@ class ServiceBackend:
     __slots__ = (
         "_auth",
         "_maintenance",
+        "_max_clients",
         "_node_id",
         "_scanner",
         "_sessions",
         "_started_at",
+        "_state",
         "check_principal",
         "rate_limit",
         "take_rate",
@@ -111,19 +117,23 @@ class ServiceBackend:
     def __init__(
         self,
         authenticator: Authenticator,
-        sessions: SessionService,
+        sessions: SessionOperations,
+        state: StoreState,
         in_maintenance: Callable[[], bool] | None = None,
         scanner: SessionScanner | None = None,
         *,
         node_id: str = "",
         started_at: float | None = None,
+        max_clients: int = 0,
     ) -> None:
         self._auth = authenticator
         self._node_id = node_id
+        self._max_clients = max_clients
         self._started_at = time.time() if started_at is None else started_at
         self._sessions = sessions
+        self._state = state
         self._maintenance = in_maintenance
-        self._scanner = scanner or SortedIdScanner(sessions.state.sessions, sessions.clock)
+        self._scanner = scanner or SortedIdScanner(state.sessions, sessions.clock)
         # The principals handed to these are always the Authenticator's own (they come
         # from authenticate() below), so its methods take them as they are.
         self.check_principal: Callable[[Any], RespPrincipal] = authenticator.recheck
@@ -131,8 +141,8 @@ class ServiceBackend:
         self.take_rate: Callable[[Any, int], bool] = authenticator.take_rate
 
     @property
-    def sessions(self) -> SessionOps:
-        """The SessionService (the same instance the HTTP routes use)."""
+    def sessions(self) -> SessionOperations:
+        """The session operations (the same object the HTTP routes call)."""
         return self._sessions
 
     @property
@@ -149,5 +159,7 @@ class ServiceBackend:
         return self._maintenance is not None and self._maintenance()
 
     def node_facts(self) -> NodeFacts:
-        """Node id, start time and the store's count of non-revoked sessions."""
-        return NodeFacts(self._node_id, self._started_at, self._sessions.state.live_count())
+        """Node id, start time, the store's count of non-revoked sessions, the client cap."""
+        return NodeFacts(
+            self._node_id, self._started_at, self._state.live_count(), self._max_clients
+        )

@@ -5,7 +5,8 @@ arity in the Redis convention, who may run it, the handler as a bound method).
 :meth:`Dispatcher.dispatch` runs the pipeline for one command and returns either the
 reply bytes (reads and errors: answered inline, no ``await``) or an awaitable of them
 (mutations, which go through the store actors). The session commands are here and call
-the same service functions as the HTTP routes; the connection and server commands
+the same session operations as the HTTP routes; each mutation that changed a session
+writes one audit record, as an HTTP business write does. The connection and server commands
 (HELLO, CLIENT, SELECT, ECHO, RESET, COMMAND, INFO) are in
 :mod:`tokmesh.resp.server_commands` and go through the same pipeline.
 
@@ -56,7 +57,9 @@ from tokmesh.resp.codec import (
 from tokmesh.resp.connection import ClientRegistry, Connection, RespStats
 from tokmesh.resp.deps import RespBackend
 from tokmesh.resp.server_commands import ServerCommands
-from tokmesh.resp.table import CommandSpec, HandlerResult, pure
+from tokmesh.resp.table import CommandSpec, Handler, HandlerResult, pure
+from tokmesh.services.session_ops import NotLocal, run_fetching
+from tokmesh.telemetry.audit import AuditLog
 
 log = logging.getLogger("tokmesh.resp")
 
@@ -77,13 +80,6 @@ ERR_BAD_JSON: Final = encode_error(f"ERR {E.SYS_BAD_REQUEST.code} invalid JSON v
 ERR_TTL_RANGE: Final = encode_error(
     f"ERR {E.ARG_INVALID.code} ttl must be positive and not exceed session.ttl.max"
 )
-ERR_SET_TOKEN_REQUIRED: Final = encode_error(
-    f"ERR {E.ARG_MISSING.code} token is required when creating new session with SET"
-)
-ERR_SET_TOKEN_ROTATION: Final = encode_error(
-    f"ERR {E.ARG_INVALID.code} token rotation via SET not supported, recreate session instead"
-)
-ERR_USER_ID_IMMUTABLE: Final = encode_error(f"ERR {E.ARG_INVALID.code} user_id cannot be changed")
 ERR_DEL_TOO_MANY: Final = encode_error(
     f"ERR {E.SESS_QUOTA.code} maximum {BATCH_REVOKE_LIMIT} keys per DEL command"
 )
@@ -240,8 +236,11 @@ class Dispatcher:
         *,
         scan_count_max: int = 10_000,
         stats: RespStats | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.backend = backend
+        #: Where mutations are audited (None: not audited, for protocol-layer tests).
+        self.audit = audit
         self.scan_count_max = scan_count_max
         #: The listeners' counters (INFO reads them; the listeners default to these).
         self.stats = stats if stats is not None else RespStats()
@@ -328,7 +327,21 @@ class Dispatcher:
             return spec.denied
         if not spec.min_argc <= len(argv) <= spec.max_argc:
             return spec.wrong_arity
-        return spec.handler(conn, argv)
+        handler = spec.handler
+        try:
+            return handler(conn, argv)
+        except NotLocal:
+            return self._elsewhere(handler, conn, argv)
+
+    async def _elsewhere(self, handler: Handler, conn: Connection, argv: list[bytes]) -> bytes:
+        """The reply of a read whose data is on another node: the handler runs again,
+        awaiting, and each read that raised fetches its answer first."""
+
+        async def again() -> bytes:
+            result = handler(conn, argv)
+            return result if result.__class__ is bytes else await result  # type: ignore[misc]
+
+        return await run_fetching(again)
 
     def _check_run(self, conn: Connection, data: bool) -> bytes | None:
         """Re-check the bound key, then (for a data command) maintenance, once per
@@ -452,6 +465,8 @@ class Dispatcher:
             return spec.repeat(conn, argv, count)
         except TokMeshError as exc:
             return render_error(exc)
+        except NotLocal:
+            return None  # on another node: the copies go one by one, each fetched
 
     async def execute(self, conn: Connection, argv: list[bytes]) -> bytes:
         """:meth:`dispatch`, awaited and with every error rendered as a reply."""
@@ -466,6 +481,28 @@ class Dispatcher:
         except Exception:
             log.exception("RESP command failed", extra={"command": _echo_name(argv[0])})
             return ERR_INTERNAL
+
+    def _audited(self, conn: Connection, command: str, resource: str) -> None:
+        """One audit record for a mutation that changed something: the command, the
+        session (or user) it changed, the bound key and the peer. The record carries no
+        argument beyond that, so no token or secret reaches the audit log."""
+        audit = self.audit
+        if audit is None:
+            return
+        ctx = conn.ctx
+        audit.append_write(
+            command,
+            resource=resource,
+            operator_id=ctx.key_id or None,
+            operator_role=ctx.role or None,
+            ip_address=conn.peer_ip,
+            tcp_remote_ip=conn.peer_ip,
+            user_agent=None,
+            request_id=None,
+            method=None,
+            route=None,
+            status=None,
+        )
 
     # -- reads (inline, no await) ----------------------------------------------------------
 
@@ -594,6 +631,7 @@ class Dispatcher:
             if exc.error is E.SESS_EXPIRED:
                 return ERR_SESSION_EXPIRED
             raise
+        self._audited(conn, "TM.TOUCH", sid)
         return encode_integer(session.last_active)
 
     def cmd_expire(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
@@ -613,6 +651,7 @@ class Dispatcher:
             if exc.error in _GONE:
                 return ZERO
             raise
+        self._audited(conn, "EXPIRE", sid)
         return ONE
 
     def cmd_del(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
@@ -627,6 +666,8 @@ class Dispatcher:
         for raw in argv[1:]:
             sid = _session_id(raw)
             if sid is not None and await revoke(conn.ctx, sid):
+                # One record per session revoked: each is a mutation of its own.
+                self._audited(conn, "DEL", sid)
                 count += 1
         return encode_integer(count)
 
@@ -639,7 +680,10 @@ class Dispatcher:
         return self._revoke_user(conn, user_id)
 
     async def _revoke_user(self, conn: Connection, user_id: str) -> bytes:
-        return encode_integer(await self.backend.sessions.revoke_user(conn.ctx, user_id))
+        count = await self.backend.sessions.revoke_user(conn.ctx, user_id)
+        if count:
+            self._audited(conn, "TM.REVOKE_USER", "user:" + user_id)
+        return encode_integer(count)
 
     def cmd_set(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
         """``SET key json [EX s]``: create (absent/expired key) or update (live key)."""
@@ -660,44 +704,16 @@ class Dispatcher:
     async def _set(
         self, conn: Connection, sid: str, fields: dict[str, Any], ttl: int | None
     ) -> bytes:
-        user_id = _opt_str(fields, "user_id")
-        token = _opt_str(fields, "token")
-        device_id = _opt_str(fields, "device_id")
-        data = _opt_data(fields)
-        sessions = self.backend.sessions
-        try:
-            current: Session | None = sessions.get(sid)
-        except TokMeshError as exc:
-            if exc.error not in _GONE:
-                raise
-            current = None
-        if current is not None:
-            if token is not None:
-                return ERR_SET_TOKEN_ROTATION
-            if user_id is not None and user_id != current.user_id:
-                return ERR_USER_ID_IMMUTABLE
-            try:
-                await sessions.update(
-                    conn.ctx, sid, user_id=user_id, device_id=device_id, data=data, ttl_seconds=ttl
-                )
-                return OK
-            except TokMeshError as exc:
-                # Expired or revoked between the read and the update: expired = absent,
-                # so SET creates it (D-29).
-                if exc.error not in _GONE:
-                    raise
-        if not token:
-            return ERR_SET_TOKEN_REQUIRED
-        await sessions.create(
+        await self.backend.sessions.put(
             conn.ctx,
-            user_id,
-            device_id=device_id,
-            data=data,
+            sid,
+            user_id=_opt_str(fields, "user_id"),
+            token=_opt_str(fields, "token"),
+            device_id=_opt_str(fields, "device_id"),
+            data=_opt_data(fields),
             ttl_seconds=ttl,
-            token=token,
-            session_id=sid,
-            require_token=True,
         )
+        self._audited(conn, "SET", sid)
         return OK
 
     def cmd_tm_create(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
@@ -730,6 +746,7 @@ class Dispatcher:
             if exc.error is E.SESS_EXISTS:
                 return ERR_SESSION_CONFLICT
             raise
+        self._audited(conn, "TM.CREATE", result.session.id)
         body = {
             "session_id": result.session.id,
             "token": result.token,

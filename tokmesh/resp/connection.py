@@ -17,7 +17,7 @@ from typing import Final
 
 from tokmesh.resp.deps import RespPrincipal
 from tokmesh.resp.replies import RESP2, Protocol
-from tokmesh.services.sessions import RequestContext
+from tokmesh.services.session_ops import RequestContext
 
 # Client ids are unique for the life of the process, as in Redis (never reused).
 _ids: Final = itertools.count(1)

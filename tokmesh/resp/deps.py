@@ -2,8 +2,9 @@
 
 The command layer (:mod:`tokmesh.resp.commands`) depends only on these. The real server
 satisfies them with :class:`tokmesh.resp.backend.ServiceBackend` (the Authenticator and
-the SessionService of ``tokmesh.services``), so RESP commands run the very functions the
-HTTP routes run; tests of the protocol layer may pass a small in-memory implementation.
+the :class:`~tokmesh.services.session_ops.SessionOperations` the HTTP routes call too),
+so RESP commands run the very functions the HTTP routes run; tests of the protocol layer
+may pass a small in-memory implementation.
 
 Every method raises :class:`~tokmesh.domain.errors.TokMeshError` with a catalogue code on
 failure; the RESP layer renders it as ``-ERR <code> <message>``.
@@ -15,9 +16,7 @@ from typing import Protocol
 
 import attrs
 
-from tokmesh.domain.clock import Clock
-from tokmesh.domain.session import Session
-from tokmesh.services.sessions import CreateResult, RequestContext, SessionSettings
+from tokmesh.services.session_ops import SessionOperations
 
 
 class RespPrincipal(Protocol):
@@ -31,91 +30,6 @@ class RespPrincipal(Protocol):
     @property
     def role(self) -> str:
         """``metrics`` / ``validator`` / ``issuer`` / ``admin``."""
-        ...
-
-
-class SessionOps(Protocol):
-    """The session operations RESP commands call (the SessionService signatures, 01 §4).
-
-    Synchronous methods are pure reads served inline (no ``await``, DESIGN §3).
-    """
-
-    @property
-    def settings(self) -> SessionSettings:
-        """``session.*`` settings (``ttl_max_ms`` bounds ``EX`` / ``EXPIRE`` / ``TTL``)."""
-        ...
-
-    @property
-    def clock(self) -> Clock:
-        """The clock every operation reads (``TTL`` computes remaining seconds with it)."""
-        ...
-
-    def get(self, session_id: str) -> Session:
-        """Live session or ``TM-SESS-4040`` (absent/invalid/revoked) / ``TM-SESS-4041``."""
-        ...
-
-    def validate(self, token: str, count: int = 1) -> Session:
-        """Validate without touch; token errors ``TM-TOKN-4000/4010/4011/4012``.
-
-        ``count``: identical validations this one answers (they all count in metrics)."""
-        ...
-
-    async def validate_touch(self, ctx: RequestContext, token: str) -> Session:
-        """Validate and touch (``last_active``, ``last_access_ip`` = ``ctx.client_ip``)."""
-        ...
-
-    async def touch(self, ctx: RequestContext, session_id: str) -> Session:
-        """Monotonic ``last_active``; ``TM-SESS-4040`` / ``TM-SESS-4041``."""
-        ...
-
-    async def renew(
-        self,
-        ctx: RequestContext,
-        session_id: str,
-        ttl_seconds: int | None,
-        expected_version: int | None = None,
-    ) -> Session:
-        """``expires_at = now + ttl``; ``TM-SESS-4040`` / ``4041`` / ``4091``."""
-        ...
-
-    async def update(
-        self,
-        ctx: RequestContext,
-        session_id: str,
-        *,
-        user_id: str | None = None,
-        device_id: str | None = None,
-        data: dict[str, str] | None = None,
-        ttl_seconds: int | None = None,
-        expected_version: int | None = None,
-    ) -> Session:
-        """Redis ``SET`` on a live key (01 §4.7)."""
-        ...
-
-    async def revoke(self, ctx: RequestContext, session_id: str) -> bool:
-        """Idempotent revoke; True when a live session was revoked."""
-        ...
-
-    async def revoke_user(
-        self, ctx: RequestContext, user_id: str, except_session_id: str | None = None
-    ) -> int:
-        """Revoke every live session of a user; > 1000 -> ``TM-SESS-4002``."""
-        ...
-
-    async def create(
-        self,
-        ctx: RequestContext,
-        user_id: str | None,
-        *,
-        device_id: str | None = None,
-        data: dict[str, str] | None = None,
-        ttl_seconds: int | None = None,
-        token: str | None = None,
-        idle_timeout_seconds: int | None = None,
-        session_id: str | None = None,
-        require_token: bool = False,
-    ) -> CreateResult:
-        """Create (01 §4.1/§4.2): ``session_id`` given = ``SET``/``TM.CREATE`` paths."""
         ...
 
 
@@ -143,14 +57,17 @@ class NodeFacts:
     #: Stored sessions that are not revoked (expired ones the sweeper has not purged yet
     #: included): a count kept by the store, so reading it costs nothing.
     sessions: int
+    #: The cap on open client connections of every listener (``server.max_connections``,
+    #: derived from the descriptor limit when 0); 0 when unknown.
+    max_clients: int = 0
 
 
 class RespBackend(Protocol):
     """Everything the RESP command layer calls."""
 
     @property
-    def sessions(self) -> SessionOps:
-        """The session service."""
+    def sessions(self) -> SessionOperations:
+        """The session operations (the same object the HTTP routes call)."""
         ...
 
     @property

@@ -41,6 +41,7 @@ class InfoFacts:
     server_time_usec: int
     uptime_seconds: int
     connected_clients: int
+    max_clients: int
     resp3_clients: int
     total_connections: int
     total_commands: int
@@ -87,6 +88,7 @@ def _server(f: InfoFacts) -> list[str]:
 def _clients(f: InfoFacts) -> list[str]:
     return [
         f"connected_clients:{f.connected_clients}",
+        f"maxclients:{f.max_clients}",
         "blocked_clients:0",
         "tracking_clients:0",
         "pubsub_clients:0",

@@ -14,8 +14,9 @@ class RespLimits:
     The first three are the contract of 03 §5.1 (exceeding one answers
     ``-ERR protocol limit exceeded`` and closes). ``max_command_bytes`` is our own guard:
     1,024 elements of 512 KiB would let one command hold 512 MiB, and no TokMesh command
-    has a use for more than a few hundred KiB, so one partial command may not buffer more
-    than this (same reply and close).
+    has a use for more than a few hundred KiB, so no command may be longer than this,
+    whether it is still arriving or already complete (same reply and close; complete
+    ones too, so the outcome does not depend on how the stream was cut into reads).
     """
 
     #: Elements of one multibulk command (``*N``).
@@ -24,7 +25,7 @@ class RespLimits:
     max_bulk: int = 512 * 1024
     #: Bytes of one inline command line, excluding the line terminator.
     max_inline: int = 4 * 1024
-    #: Bytes a single unfinished command may buffer.
+    #: Bytes of one command, unfinished or complete.
     max_command_bytes: int = 16 * 1024 * 1024
     #: Seconds a connection may stay silent between commands.
     idle_timeout: float = 300.0

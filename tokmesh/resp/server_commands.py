@@ -447,6 +447,7 @@ class ServerCommands:
             server_time_usec=time.time_ns() // 1000,
             uptime_seconds=max(0, int(time.time() - node.started_at)),
             connected_clients=len(clients),
+            max_clients=node.max_clients,
             resp3_clients=sum(1 for c in clients if c.proto.resp3),
             total_connections=stats.total,
             total_commands=stats.commands,

@@ -36,24 +36,24 @@ from tokmesh.domain.apikey import (
     is_presentable_secret,
     role_allows,
 )
+from tokmesh.domain.argon2_hash import Argon2Params
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.errors import E, ErrorCode, TokMeshError
-from tokmesh.domain.ids import normalize_key_id
-from tokmesh.services.auth_argon2 import Argon2Params
-from tokmesh.services.auth_grants import (
-    CredentialCache,
+from tokmesh.domain.grants import (
     Grant,
     credential_digest,
     grant_still_matches,
     hash_fingerprint,
 )
-from tokmesh.services.auth_ip import (
+from tokmesh.domain.ids import normalize_key_id
+from tokmesh.domain.ip_rules import (
     Networks,
     ip_allowed,
     networks_or_deny,
     parse_networks,
     resolve_client_ip,
 )
+from tokmesh.services.auth_grants import CredentialCache
 from tokmesh.services.auth_ratelimit import (
     BRUTE_FORCE_BLOCK_MS,
     BRUTE_FORCE_THRESHOLD,

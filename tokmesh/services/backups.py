@@ -834,7 +834,7 @@ class BackupService:
 
     def job(self, job_id: str) -> RestoreJob:
         """The job ``job_id`` or 404 ``TM-ADMIN-4041``."""
-        from tokmesh.actors.engine import Phase
+        from tokmesh.readiness import Phase
 
         job = self.jobs.get(job_id)
         if job is None:
@@ -847,7 +847,7 @@ class BackupService:
         return job
 
     async def _run_job(self, job: RestoreJob) -> None:
-        from tokmesh.actors.engine import Phase
+        from tokmesh.readiness import Phase
 
         job.progress = 10
         job.message = "verified; taking a safety snapshot of the current state"

@@ -32,7 +32,7 @@ from tokmesh.domain.apikey import (
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import new_key_id, normalize_key_id
-from tokmesh.services.auth_ip import parse_networks
+from tokmesh.domain.ip_rules import parse_networks
 
 log = logging.getLogger("tokmesh.keys")
 
@@ -54,7 +54,11 @@ _ROLE_MESSAGE: Final = "Role must be one of: " + ", ".join(ROLES)
 
 
 class KeyRepository(Protocol):
-    """The API key store (written by the storage layer)."""
+    """Where keys are kept: the one seam every key change goes through.
+
+    Standalone, the session store (WAL ``KEY_PUT``, applied on commit); in cluster mode,
+    ``cluster.key_sync.EtcdKeyRepository`` (etcd, then applied by this node's watcher).
+    """
 
     def get_key(self, key_id: str) -> ApiKey | None: ...  # sync in-memory read
 

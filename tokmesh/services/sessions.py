@@ -1,6 +1,7 @@
-"""Session service: the only functions HTTP, RESP and the CLI call for sessions (01 §4).
+"""The local implementation of :class:`~tokmesh.services.session_ops.SessionOperations`.
 
-Field rules live here once; the store actors enforce the rules that need current state
+:class:`SessionService` runs each session operation on this node: field rules live here
+once; the store actors enforce the rules that need current state
 (quota, uniqueness, version, existence). Read paths (:meth:`SessionService.get`,
 :meth:`SessionService.validate`, :meth:`SessionService.list_sessions`) are synchronous and
 read the committed state inline: a validation costs a SHA-256 and two dict lookups.
@@ -14,15 +15,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
-
 from tokmesh.actors import messages as m
+from tokmesh.actors.engine import StorageEngine
 from tokmesh.actors.reply import Reply
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.actors.sweeper import purge_due
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.domain.ids import new_session_id, normalize_session_id
+from tokmesh.domain.ids import new_session_id, new_session_id_in_shard, normalize_session_id
 from tokmesh.domain.session import (
     BATCH_REVOKE_LIMIT,
     PUBLIC_FIELDS,
@@ -33,7 +33,15 @@ from tokmesh.domain.session import (
     clean_ip,
     clean_user_agent,
 )
-from tokmesh.domain.tokens import generate_token, is_valid_token, token_digest
+from tokmesh.domain.session_settings import SessionSettings as SessionSettings
+from tokmesh.domain.shards import shard_of
+from tokmesh.domain.tokens import generate_token, is_valid_token, token_digest, token_shard
+
+# The interface's types, also importable from here as before they moved there.
+from tokmesh.services.session_ops import CreateResult as CreateResult
+from tokmesh.services.session_ops import ListQuery as ListQuery
+from tokmesh.services.session_ops import ListResult as ListResult
+from tokmesh.services.session_ops import RequestContext as RequestContext
 from tokmesh.telemetry import metrics
 
 log = logging.getLogger("tokmesh.sessions")
@@ -41,6 +49,10 @@ log = logging.getLogger("tokmesh.sessions")
 _VALIDATE_VALID = metrics.TOKEN_VALIDATE_VALID
 _VALIDATE_INVALID = metrics.TOKEN_VALIDATE_INVALID
 _VALIDATE_ERROR = metrics.TOKEN_VALIDATE_ERROR
+
+#: A session that is absent or expired (both count as absent for Redis ``SET``).
+_GONE = (E.SESS_NOT_FOUND, E.SESS_EXPIRED)
+_NO_ROTATION = "token rotation via SET not supported, recreate session instead"
 
 _sha_digest = token_digest
 _sha256 = hashlib.sha256
@@ -66,77 +78,27 @@ def _shared_ms(value: int) -> int:
     return value
 
 
-@attrs.frozen
-class SessionSettings:
-    """The ``session.*`` settings, in milliseconds."""
-
-    ttl_default_ms: int = 2 * 3600 * 1000
-    ttl_max_ms: int = 720 * 3600 * 1000
-    max_per_user: int = 50
-    quota_policy: str = "refuse"
-    touch_min_interval_ms: int = 0
-
-
-@attrs.frozen
-class RequestContext:
-    """Who is calling and from where (01 §4: request id, key, role, client IP, UA)."""
-
-    request_id: str = ""
-    key_id: str = ""
-    role: str = ""
-    client_ip: str = ""
-    user_agent: str = ""
-
-
-@attrs.frozen
-class CreateResult:
-    """A created session and its plaintext token (returned once, never stored)."""
-
-    session: Session
-    token: str
-
-
-@attrs.frozen
-class ListQuery:
-    """Filters, sort and paging of ``GET /sessions`` (01 §4.10, 03 §3.5)."""
-
-    user_id: str | None = None
-    device_id: str | None = None
-    key_id: str | None = None
-    ip_address: str | None = None
-    created_after: int | None = None
-    created_before: int | None = None
-    active_after: int | None = None
-    status: str = "active"
-    sort_by: str = "created_at"
-    sort_order: str = "desc"
-    page: int = 1
-    size: int = 20
-
-
-@attrs.frozen
-class ListResult:
-    """One page of sessions plus the number of matches before paging."""
-
-    items: list[Session]
-    total: int
-    page: int
-    size: int
-
-
 class SessionService:
-    """Create, read, validate, touch, renew, update, revoke and list sessions."""
+    """Create, read, validate, touch, renew, update, put, revoke and list sessions here.
+
+    Implements :class:`~tokmesh.services.session_ops.SessionOperations` over this node's
+    store actors (mutations) and committed state (reads).
+    """
 
     def __init__(
         self,
         store: SessionStore,
         settings: SessionSettings | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        *,
+        cluster: bool = False,
     ) -> None:
         self.store = store
         self.state = store.state
         self.settings = settings or SessionSettings()
         self.clock = clock
+        #: Place new sessions for a cluster (ids in the user's shard, tokens that name it).
+        self.cluster = cluster
 
     # -- ttl rules --------------------------------------------------------------------------
 
@@ -174,15 +136,22 @@ class SessionService:
     ) -> CreateResult:
         """Create a session (01 §4.1); ``session_id`` set = Redis create paths (01 §4.2)."""
         exclusive = session_id is not None
+        chosen = None
         if session_id is not None:
-            sid = normalize_session_id(session_id)
-            if sid is None:
+            chosen = normalize_session_id(session_id)
+            if chosen is None:
                 raise TokMeshError(E.ARG_INVALID, "invalid session id")
-        else:
-            sid = new_session_id()
         if require_token and not token:
             raise TokMeshError(E.ARG_MISSING, "token is required")
         user_id = check_user_id(user_id)
+        if chosen is not None:
+            sid = chosen
+        elif self.cluster:
+            # In a cluster every session of a user lives in the user's shard (one node
+            # counts the quota and serves by-user calls); standalone, any id will do.
+            sid = new_session_id_in_shard(shard_of(user_id))
+        else:
+            sid = new_session_id()
         device_id = check_device_id(device_id)
         data = check_data(data)
         ttl_ms = self._ttl_ms(ttl_seconds)
@@ -195,7 +164,9 @@ class SessionService:
             if not is_valid_token(token):
                 raise TokMeshError(E.TOKN_MALFORMED)
         else:
-            token = generate_token()
+            # A token the cluster issues names its session's shard in its first byte, so
+            # any node sends its validation straight to the owner.
+            token = generate_token(shard_of(sid)) if self.cluster else generate_token()
         now = self.clock.now_ms()
         ip = clean_ip(ctx.client_ip)
         ua = clean_user_agent(ctx.user_agent)
@@ -216,6 +187,10 @@ class SessionService:
             version=1,
             ttl=ttl_ms,
             idle_timeout=idle_ms,
+            # Where this token's validations are sent: its session's shard for a token
+            # issued here, any shard for one the client chose (that shard's owner keeps
+            # a route to the session). 0 on a standalone node.
+            shard_id=token_shard(token) if self.cluster else 0,
         )
         reply: Reply[Session] = Reply()
         msg = m.Create(
@@ -394,8 +369,67 @@ class SessionService:
         result: Session = await self.store.call(s.user_id, msg)
         return result
 
-    async def revoke(self, ctx: RequestContext, session_id: str) -> bool:
-        """Revoke (01 §4.8): idempotent; True when a tombstone was written."""
+    async def put(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        token: str | None = None,
+        device_id: str | None = None,
+        data: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> bool:
+        """Redis ``SET``: update a live session, else create it; True when created.
+
+        An expired session counts as absent, also when it expires (or is revoked)
+        between the read here and the update: then it is created afresh.
+        """
+        try:
+            current: Session | None = self.get(session_id)
+        except TokMeshError as exc:
+            if exc.error not in _GONE:
+                raise
+            current = None
+        if current is not None:
+            if token is not None:
+                raise TokMeshError(E.ARG_INVALID, _NO_ROTATION)
+            if user_id is not None and user_id != current.user_id:
+                raise TokMeshError(E.ARG_INVALID, "user_id cannot be changed")
+            try:
+                await self.update(
+                    ctx,
+                    session_id,
+                    user_id=user_id,
+                    device_id=device_id,
+                    data=data,
+                    ttl_seconds=ttl_seconds,
+                )
+                return False
+            except TokMeshError as exc:
+                if exc.error not in _GONE:
+                    raise
+        if not token:
+            raise TokMeshError(
+                E.ARG_MISSING, "token is required when creating new session with SET"
+            )
+        await self.create(
+            ctx,
+            user_id,
+            device_id=device_id,
+            data=data,
+            ttl_seconds=ttl_seconds,
+            token=token,
+            session_id=session_id,
+            require_token=True,
+        )
+        return True
+
+    async def revoke(self, ctx: RequestContext, session_id: str, *, sync: bool = False) -> bool:
+        """Revoke (01 §4.8): idempotent; True when a tombstone was written.
+
+        ``sync`` changes nothing on one node: the reply follows the commit, after which
+        no request here accepts the session."""
         sid, s = self._owner(session_id, missing_ok=True)
         if s is None:
             return False
@@ -406,7 +440,12 @@ class SessionService:
         return done
 
     async def revoke_user(
-        self, ctx: RequestContext, user_id: str, except_session_id: str | None = None
+        self,
+        ctx: RequestContext,
+        user_id: str,
+        except_session_id: str | None = None,
+        *,
+        sync: bool = False,
     ) -> int:
         """Revoke every live session of a user (≤ 1000, else 4002 and nothing revoked)."""
         if not user_id:
@@ -511,3 +550,12 @@ def trim_fields(
             raise TokMeshError(E.ARG_INVALID, f"unknown field {name!r}")
     keep = set(names) | set(mandatory)
     return {k: v for k, v in public.items() if k in keep}
+
+
+def local_sessions(engine: StorageEngine) -> SessionService:
+    """The local session operations over a started ``engine`` (its store, clock and
+    ``session.*`` settings); ``TM-SYS-5030`` before the engine has opened its store."""
+    store = engine.store
+    if store is None:
+        raise TokMeshError(E.SYS_UNAVAILABLE, "service not ready")
+    return SessionService(store, engine.settings.sessions, engine.clock)

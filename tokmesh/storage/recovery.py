@@ -1,4 +1,4 @@
-"""Start-up recovery: newest valid snapshot + WAL replay (01 §10).
+"""Start-up recovery: newest valid snapshot + WAL replay.
 
 Blocking; the server runs :func:`recover` in a worker thread before it is ready. The
 sessions go into a :class:`SessionTable`: the engine passes a fresh ``StoreState``, so the
@@ -7,10 +7,11 @@ indexes are built chunk by chunk during the snapshot load and kept in step by th
 caller then opens the WAL writer with
 ``SegmentWriter.open(wal_dir, min_position=state.wal_position)``.
 
-Cold-start budget (01 §10: snapshot < 2 s, WAL < 1 s, indexes < 1 s for 1M sessions and
-100k records): snapshot chunks are column objects decoded mostly in C
-(:mod:`tokmesh.storage.session_columns`), and a long WAL tail is decoded by a worker
-process on another core while the snapshot loads (:mod:`tokmesh.storage.wal_prefetch`).
+Cold-start budget (snapshot < 2 s, WAL < 1 s, indexes < 1 s for 1M sessions and 100k
+records): snapshot chunks are column objects decoded mostly in C
+(:mod:`tokmesh.storage.session_columns`), and a long WAL tail is decoded partly by a
+worker process on another core while the snapshot loads and this process decodes the
+tail's first segments (:mod:`tokmesh.storage.wal_prefetch`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +36,15 @@ from tokmesh.storage.snapshot_files import (
     load_newest_valid,
     peek_snapshot_info,
 )
-from tokmesh.storage.wal_codec import RecordType, WalRecord, split_position
-from tokmesh.storage.wal_files import WalReadStats, wal_bytes_after
-from tokmesh.storage.wal_prefetch import DecodedRecord, WalPrefetch, iter_serial, parse_tail
+from tokmesh.storage.wal_codec import RecordType, WalRecord, make_position, split_position
+from tokmesh.storage.wal_files import WalReadStats, list_segments, wal_bytes_after
+from tokmesh.storage.wal_prefetch import (
+    DecodedRecord,
+    PrefetchFailed,
+    WalPrefetch,
+    iter_serial,
+    parse_tail,
+)
 
 _log = logging.getLogger("tokmesh.storage")
 
@@ -134,7 +141,7 @@ class PlainTable:
 
 
 class Replayer:
-    """The replay rules of 01 §10.2 over a :class:`SessionTable` (sans-IO).
+    """The replay rules over a :class:`SessionTable` (sans-IO).
 
     Every record carries full state, so applying is an idempotent, version-guarded upsert:
 
@@ -305,11 +312,19 @@ def _key_version(body: dict[str, Any]) -> int:
     return value if isinstance(value, int) else 0
 
 
-#: Smallest WAL tail (bytes after the snapshot's position) decoded by a worker process:
-#: below it (~10,000 records) starting the worker costs more than it saves.
+#: Smallest WAL part decoded by a worker process: below it (~10,000 records) starting
+#: the worker costs more than it saves.
 PARALLEL_WAL_MIN_BYTES = 8 << 20
 #: Rough size of one WAL record (a full encrypted session state in Base64 and JSON).
-_WAL_RECORD_BYTES = 700
+_WAL_RECORD_BYTES = 750
+#: Costs on the 2-core reference machine (seconds), used to split the WAL between this
+#: process and the worker: reading, decoding and applying a record here; decoding one in
+#: the worker (its records are applied here as they arrive, ~3 µs each, overlapping its
+#: work); loading one snapshot session; and starting the worker.
+_SERIAL_S = 13e-6
+_WORKER_S = 13e-6
+_SNAPSHOT_S = 2.5e-6
+_WORKER_START_S = 0.3
 
 
 def recover(
@@ -323,15 +338,16 @@ def recover(
 ) -> RecoveredState:
     """Load the newest valid snapshot, replay the WAL after it, drop what has expired.
 
-    The sessions end up in ``table`` (a new :class:`PlainTable` when ``None``). When a
-    snapshot exists, the WAL tail after it may be decoded by a worker process while the
-    snapshot loads (:mod:`tokmesh.storage.wal_prefetch`): ``parallel_wal=None`` decides
-    (two CPUs or more, a tail of :data:`PARALLEL_WAL_MIN_BYTES` or more, and a snapshot
-    large enough to hide the worker), ``True`` forces it, ``False`` never. The records
-    are applied in WAL order either way, with the same result.
+    The sessions end up in ``table`` (a new :class:`PlainTable` when ``None``). A long
+    WAL tail is partly decoded by a worker process (:mod:`tokmesh.storage.wal_prefetch`)
+    while this one loads the snapshot and decodes the tail's first segments:
+    ``parallel_wal=None`` decides (two CPUs or more, :data:`PARALLEL_WAL_MIN_BYTES` or
+    more for the worker), ``True`` uses a worker whenever it can (tests), ``False``
+    never. The records are applied in WAL order either way, with the same result.
 
     Raises ``StorageFatalError`` (``TM-SYS-5001``) on an AEAD failure (wrong key,
-    tampering) or a plaintext file; corruption is handled per 01 §9.6/§10.2 with WARNs.
+    tampering) or a plaintext file; corruption is reported with WARNs (a bad snapshot:
+    the next older one is loaded; a bad frame: the rest of its segment is dropped).
     Snapshot API-key records are keyed by their ``key_id`` field.
     """
     # Loading builds millions of long-lived objects; the cyclic GC would rescan them over
@@ -362,36 +378,88 @@ def _usable_cpus() -> int:
 def _start_prefetch(
     wal_dir: Path, snapshot_dir: Path, cipher: Cipher, parallel: bool | None
 ) -> WalPrefetch | None:
-    """A worker decoding the WAL from the newest snapshot's position, when worth it.
+    """A worker decoding the later part of the WAL tail, when worth it.
 
-    The position is read from the newest snapshot's header before that snapshot is
-    verified: should it turn out corrupt, the caller discards the worker's result.
+    The tail starts at the newest snapshot's position (0 without one), read from its
+    header before that snapshot is verified: should it turn out corrupt, the caller
+    discards the worker's result. This process meanwhile loads the snapshot and then
+    decodes the first part of the tail itself; the worker takes the rest, from a segment
+    boundary chosen so that both finish about together (:func:`_split_position`).
     """
     if parallel is False or (parallel is None and _usable_cpus() < 2):
         return None
+    base = 0
+    sessions = 0
     paths = list_snapshots(snapshot_dir)
-    if not paths:
-        return None  # nothing to overlap with: a serial replay is as fast
+    if paths:
+        try:
+            newest = peek_snapshot_info(paths[0])
+        except (SnapshotCorrupt, StorageFatalError):
+            return None  # it will not load: which tail the replay needs is unknown
+        base = newest.wal_last_offset
+        sessions = newest.session_count
+    if parallel is True and paths:
+        start: int | None = base  # forced: the worker takes the whole tail, as it can
+    else:
+        start = _split_position(wal_dir, base, sessions, force=parallel is True)
+    if start is None or not sys.executable:
+        return None  # not worth it, or an embedded interpreter: no python to start
     try:
-        newest = peek_snapshot_info(paths[0])
-    except (SnapshotCorrupt, StorageFatalError):
-        return None
-    position = newest.wal_last_offset
-    if parallel is None:
-        tail = wal_bytes_after(wal_dir, position)
-        # The worker only pays off while the snapshot load hides it: per record it saves
-        # the main process ~13 µs of decoding but costs ~1.5 µs of parsing, plus ~0.3 s to
-        # start. With a tail much longer than the snapshot (est. records > half its
-        # sessions) the main process would mostly wait, and a serial replay is faster.
-        if tail < PARALLEL_WAL_MIN_BYTES or tail / _WAL_RECORD_BYTES > newest.session_count / 2:
-            return None
-    if not sys.executable:
-        return None  # embedded interpreter: no python to start
-    try:
-        return WalPrefetch(wal_dir, position, cipher)
+        return WalPrefetch(wal_dir, start, cipher, base=base)
     except OSError as exc:
         _log.warning("cannot start the WAL prefetch worker (%s); decoding serially", exc)
         return None
+
+
+def _split_position(wal_dir: Path, base: int, sessions: int, *, force: bool) -> int | None:
+    """Where the worker should start decoding a replay from ``base`` after a snapshot of
+    ``sessions`` sessions: ``base`` itself, the start of a later segment, or ``None`` for
+    no worker at all.
+
+    The worker pays off while this process is busy with something else. With a large
+    snapshot that is the snapshot load, and the worker takes the whole tail. Without one
+    (or with a tail much longer than the snapshot) this process decodes the first
+    segments itself while the worker decodes the last ones, then applies those. ``force``
+    (tests, no snapshot) splits at any segment boundary, however short the parts.
+    """
+    segments = [(sid, p) for sid, p in list_segments(wal_dir) if sid >= split_position(base)[0]]
+    sizes: list[tuple[int, int]] = []
+    for sid, path in segments:
+        try:
+            sizes.append((sid, path.stat().st_size))
+        except FileNotFoundError:
+            continue
+    tail = wal_bytes_after(wal_dir, base)
+    if not force and tail < PARALLEL_WAL_MIN_BYTES:
+        return None
+    records = tail / _WAL_RECORD_BYTES
+    # Records this process should decode itself so that it is done (snapshot + its
+    # part) when the worker is (start + its part): beyond that it would apply the
+    # worker's records only after waiting for them.
+    mine = (_WORKER_START_S + records * _WORKER_S - sessions * _SNAPSHOT_S) / (
+        _SERIAL_S + _WORKER_S
+    )
+    if mine <= 0:
+        return base
+    # The segment boundary nearest to that many records' bytes (or the tail's start),
+    # among segments whose predecessor is present (a hole just before the worker's start
+    # would go unreported).
+    want = mine * _WAL_RECORD_BYTES
+    offset = -split_position(base)[1]
+    best: tuple[float, int] | None = None if force else (want, 0)
+    previous = None
+    for sid, size in sizes:
+        if previous is not None and previous == sid - 1 and offset > 0:
+            rest = tail - offset
+            if force or rest >= PARALLEL_WAL_MIN_BYTES:
+                distance = abs(offset - want)
+                if best is None or distance < best[0]:
+                    best = (distance, sid)
+        offset += size
+        previous = sid
+    if best is None or best[1] == 0:
+        return base
+    return make_position(best[1], 0)
 
 
 def _recover(
@@ -430,19 +498,43 @@ def _recover(
     stats.snapshot_keys = len(api_keys)
     for message in pre_warnings:
         stats.wal.warn(message)
-    records: Iterable[DecodedRecord] | None = None
-    if prefetch is not None:
-        if prefetch.position == position:
-            records = _prefetched(prefetch, stats.wal)
-            stats.prefetched = len(records) if records is not None else 0
-        else:
-            prefetch.cancel()  # decoded from a snapshot that did not verify
-    if records is None:
-        records = iter_serial(wal_dir, position, cipher, stats.wal)
     apply = replayer.apply_parts
-    for pos, rtype, eid, version, state, session in records:
-        apply(rtype, eid, version, state, session)
-        position = pos
+    #: where this process still has to read the WAL itself (None: nowhere)
+    serial_from: int | None = position
+    if prefetch is not None and prefetch.base != position:
+        prefetch.cancel()  # decoded from a snapshot that did not verify
+    elif prefetch is not None:
+        try:
+            if prefetch.position != position:
+                # The first part of the tail is this process's own (see _split_position).
+                before = split_position(prefetch.position)[0]
+                for pos, rtype, eid, version, state, session in iter_serial(
+                    wal_dir, position, cipher, stats.wal, before
+                ):
+                    apply(rtype, eid, version, state, session)
+                    position = pos
+            # Until the worker has delivered all of its part, that part is still ours.
+            serial_from = prefetch.position
+            for records in _prefetched_parts(prefetch, stats.wal):
+                if records is None:
+                    break
+                for pos, rtype, eid, version, state, session in records:
+                    apply(rtype, eid, version, state, session)
+                    position = pos
+                if records:
+                    serial_from = position
+                stats.prefetched += len(records)
+            else:
+                serial_from = None
+        except BaseException:
+            prefetch.cancel()
+            raise
+    if serial_from is not None:
+        for pos, rtype, eid, version, state, session in iter_serial(
+            wal_dir, serial_from, cipher, stats.wal
+        ):
+            apply(rtype, eid, version, state, session)
+            position = pos
     replayer.drop_expired(sink.ids)
     stats.duration_ms = (time.perf_counter() - started) * 1000.0
     seg, off = split_position(position)
@@ -469,14 +561,20 @@ def _recover(
     )
 
 
-def _prefetched(prefetch: WalPrefetch, stats: WalReadStats) -> list[DecodedRecord] | None:
-    blob = prefetch.result()
-    if blob is None:
-        return None
+def _prefetched_parts(
+    prefetch: WalPrefetch, stats: WalReadStats
+) -> Iterator[list[DecodedRecord] | None]:
+    """The worker's records, part by part as they arrive, then a ``None`` if its output
+    could not be used in full: the caller reads the rest of the WAL itself, from after
+    the last record it applied. A fatal storage error in the worker's part is raised."""
     try:
-        return parse_tail(blob, stats)
+        for blob in prefetch.parts():
+            yield parse_tail(blob, stats)
+    except PrefetchFailed:
+        yield None
     except (KeyError, ValueError, TypeError, StopIteration) as exc:
         # Not a result we understand (it cannot be a WAL problem: those are in it as
         # warnings): fall back to reading the WAL here.
         _log.warning("WAL prefetch result unusable (%s); decoding serially", type(exc).__name__)
-        return None
+        prefetch.cancel()
+        yield None

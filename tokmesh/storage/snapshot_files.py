@@ -48,6 +48,10 @@ class SnapshotError(TokMeshError):
         super().__init__(E.SYS_BACKUP, message)
 
 
+class _Abandoned(Exception):
+    """The caller asked :func:`write_snapshot` to give up."""
+
+
 @attrs.frozen(slots=True)
 class SnapshotInfo:
     """Metadata of one snapshot file (01 §9.4); ``checksum`` is the hex SHA-256 trailer."""
@@ -154,13 +158,17 @@ def write_snapshot(
     node_id: str,
     cipher: Cipher,
     now_ms: int,
+    *,
+    abort: threading.Event | None = None,
 ) -> SnapshotInfo:
     """Encode, encrypt and atomically write a snapshot (01 §9.3, §9.4).
 
     ``<id>.tmp`` (0600) → fsync → close → rename to ``<id>.snap`` → fsync dir. On any
     failure the temp file is removed and :class:`SnapshotError` (``TM-SYS-5002``) raised.
     The WAL must already be durable up to ``wal_last_offset`` when this is called: a
-    snapshot must never claim records the WAL could still lose.
+    snapshot must never claim records the WAL could still lose. Setting ``abort`` (from
+    another thread) gives up between two chunks, the same way: temp file removed,
+    :class:`SnapshotError`; a shutdown that runs out of time uses it.
     """
     snapshot_dir = Path(snapshot_dir)
     try:
@@ -198,6 +206,8 @@ def write_snapshot(
             # Chunk by chunk: only ~2k records are converted at a time, and no single C call
             # (JSON encoding, encryption) holds the GIL for long.
             for i in range(0, len(sessions), CHUNK_RECORDS):
+                if abort is not None and abort.is_set():
+                    raise _Abandoned
                 columns = encode_columns(sessions[i : i + CHUNK_RECORDS])
                 emit(encode_chunk(columns, cipher))
             emit(encode_keys(api_keys, cipher))
@@ -211,10 +221,12 @@ def write_snapshot(
             raise FileExistsError(final.name)
         os.rename(tmp, final)
         fsync_dir(snapshot_dir)
-    except (OSError, TypeError, ValueError) as exc:
+    except (OSError, TypeError, ValueError, _Abandoned) as exc:
         # TypeError/ValueError: a record that JSON cannot encode (orjson.JSONEncodeError).
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, _Abandoned):
+            raise SnapshotError(f"writing snapshot {snap_id} abandoned (out of time)") from None
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise SnapshotError(f"writing snapshot {snap_id} failed: {reason}") from exc
     info = SnapshotInfo(

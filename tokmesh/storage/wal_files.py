@@ -513,8 +513,11 @@ def read_wal(
     from_position: int,
     cipher: Cipher,
     stats: WalReadStats | None = None,
+    before_segment: int | None = None,
 ) -> Iterator[tuple[int, WalRecord]]:
-    """Yield ``(position_after, record)`` from ``from_position`` on (01 §8.3, §10.2).
+    """Yield ``(position_after, record)`` from ``from_position`` on (01 §8.3, §10.2),
+    up to the end of the log or, with ``before_segment``, of the segment before that one
+    (recovery hands the rest to a worker process).
 
     Seeking: the segment whose id equals the position's starts at its byte offset (no
     magic check when it is > 0); later segments from byte 0. Corruption rules: a bad magic
@@ -528,6 +531,8 @@ def read_wal(
     start_seg, start_off = split_position(from_position)
     segments = [(sid, p) for sid, p in list_segments(wal_dir) if sid >= start_seg]
     newest = segments[-1][0] if segments else 0
+    if before_segment is not None:
+        segments = [(sid, p) for sid, p in segments if sid < before_segment]
     # The first segment we need is the one holding from_position (segment 1 for a full
     # replay); anything missing from there on is a hole in the history: say so loudly.
     expected = max(start_seg, 1)

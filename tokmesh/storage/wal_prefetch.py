@@ -1,12 +1,15 @@
-"""Decoding the WAL tail in a worker process while the snapshot loads (01 §10.2).
+"""Decoding the WAL tail in a worker process while the snapshot loads.
 
-01 §10.2 allows the decode to run in parallel as long as the apply stays in order. At a
+The decode may run in parallel as long as the records are applied in order. At a
 cold start the main process spends its time building the snapshot's records (bound to
 one core by the GIL), while reading, CRC-checking, Base64-decoding, decrypting and
 parsing each WAL record costs ~12 µs. On a second core a worker process does that
-meanwhile, starting at the position the newest snapshot claims.
+meanwhile, starting at the position the newest snapshot claims (or, for a tail much
+longer than the snapshot, at a later segment: the main process decodes the segments
+before it itself, see :func:`tokmesh.storage.recovery.recover`).
 
-The worker hands back every record, in WAL order, as one JSON document whose session
+The worker hands back every record, in WAL order, as JSON documents of 10,000 records
+each (the parent applies one while the worker decodes the next), whose session
 states use the snapshot column layout (:mod:`tokmesh.storage.session_columns`): the main
 process parses it in C and builds the records in the same tight loop as snapshot chunks,
 ~1.5 µs a record. Pickled records were measured first: unpickling 100,000 of them cost
@@ -20,10 +23,14 @@ stdout carries only the result. Nothing it produces reaches a disk.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import queue
+import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +40,7 @@ import orjson
 from tokmesh.domain.session import Session
 from tokmesh.storage.cipher import Cipher, StorageFatalError
 from tokmesh.storage.session_columns import ColumnDecoder, encode_columns
-from tokmesh.storage.wal_codec import RecordType
+from tokmesh.storage.wal_codec import RecordType, WalRecord
 from tokmesh.storage.wal_files import WalReadStats, read_wal
 
 _log = logging.getLogger("tokmesh.storage")
@@ -44,6 +51,12 @@ _log = logging.getLogger("tokmesh.storage")
 _SRC_NONE, _SRC_SESSION, _SRC_BODY = 0, 1, 2
 _SESSION_TYPES = (RecordType.CREATE, RecordType.UPDATE)
 _COUNTERS = ("segments_read", "records", "segments_skipped", "bytes_dropped")
+#: Records per part of the worker's output: ~2.6 MB of JSON, applied in ~40 ms.
+PART_RECORDS = 10_000
+#: Each part goes out behind its length.
+_LEN = struct.Struct(">Q")
+#: Size asked for the worker's output pipe, and of one read from it.
+_PIPE_BYTES = 1 << 20
 
 #: ``(position_after, type, entity_id, version, body, session)`` of one record: what
 #: :func:`~tokmesh.storage.wal_files.read_wal` yields, taken apart, with the session
@@ -53,54 +66,84 @@ DecodedRecord = tuple[int, RecordType, str, int, dict[str, Any] | None, Session 
 
 def decode_tail(wal_dir: Path, position: int, cipher: Cipher) -> bytes:
     """The records of the WAL from ``position`` on, as the JSON document the parent reads
-    with :func:`parse_tail` (the worker's whole job; also callable in-process)."""
+    with :func:`parse_tail` (what the worker sends, in one part; callable in-process)."""
+    return list(decode_tail_parts(wal_dir, position, cipher, sys.maxsize))[-1]
+
+
+def decode_tail_parts(
+    wal_dir: Path, position: int, cipher: Cipher, part_records: int = PART_RECORDS
+) -> Iterator[bytes]:
+    """:func:`decode_tail`'s document cut into parts of ``part_records`` records, each a
+    document of the same form: the parent applies a part while the worker decodes the
+    next. The warnings go with the part they were found in; the counters and a fatal
+    error only with the last part (intermediate ones carry zeros)."""
     stats = WalReadStats(quiet=True)
-    positions: list[int] = []
-    types: list[int] = []
-    stamps: list[int] = []
-    versions: list[int] = []
-    ids: list[str] = []
-    sources: list[int] = []
-    sessions: list[Session] = []
-    bodies: list[dict[str, Any] | None] = []
+    part = _Part()
+    warned = 0
     fatal: dict[str, Any] | None = None
     try:
         for pos, rec in read_wal(wal_dir, position, cipher, stats):
-            positions.append(pos)
-            types.append(int(rec.type))
-            stamps.append(rec.ts)
-            versions.append(rec.version)
-            ids.append(rec.entity_id)
-            if rec.type in _SESSION_TYPES:
-                try:
-                    sessions.append(Session.from_record(rec.body or {}))
-                    sources.append(_SRC_SESSION)
-                    continue
-                except (KeyError, ValueError, TypeError):
-                    pass
-            if rec.body is None:
-                sources.append(_SRC_NONE)
-            else:
-                bodies.append(rec.body)
-                sources.append(_SRC_BODY)
+            part.add(pos, rec)
+            if len(part.positions) >= part_records:
+                yield part.dump(stats.warnings[warned:], None, None)
+                warned = len(stats.warnings)
+                part = _Part()
     except StorageFatalError as exc:
         # A serial replay would stop here too: the parent raises the same error.
         fatal = {"message": exc.message, "details": exc.details}
-    return orjson.dumps(
-        {
-            "pos": positions,
-            "type": types,
-            "ts": stamps,
-            "ver": versions,
-            "id": ids,
-            "src": sources,
-            "sessions": encode_columns(sessions),
-            "bodies": bodies,
-            "warnings": stats.warnings,
-            "stats": {name: getattr(stats, name) for name in _COUNTERS},
-            "fatal": fatal,
-        }
-    )
+    yield part.dump(stats.warnings[warned:], stats, fatal)
+
+
+class _Part:
+    """The columns of one part of the worker's output."""
+
+    def __init__(self) -> None:
+        self.positions: list[int] = []
+        self.types: list[int] = []
+        self.stamps: list[int] = []
+        self.versions: list[int] = []
+        self.ids: list[str] = []
+        self.sources: list[int] = []
+        self.sessions: list[Session] = []
+        self.bodies: list[dict[str, Any] | None] = []
+
+    def add(self, pos: int, rec: WalRecord) -> None:
+        self.positions.append(pos)
+        self.types.append(int(rec.type))
+        self.stamps.append(rec.ts)
+        self.versions.append(rec.version)
+        self.ids.append(rec.entity_id)
+        if rec.type in _SESSION_TYPES:
+            try:
+                self.sessions.append(Session.from_record(rec.body or {}))
+                self.sources.append(_SRC_SESSION)
+                return
+            except (KeyError, ValueError, TypeError):
+                pass
+        if rec.body is None:
+            self.sources.append(_SRC_NONE)
+        else:
+            self.bodies.append(rec.body)
+            self.sources.append(_SRC_BODY)
+
+    def dump(
+        self, warnings: list[str], stats: WalReadStats | None, fatal: dict[str, Any] | None
+    ) -> bytes:
+        return orjson.dumps(
+            {
+                "pos": self.positions,
+                "type": self.types,
+                "ts": self.stamps,
+                "ver": self.versions,
+                "id": self.ids,
+                "src": self.sources,
+                "sessions": encode_columns(self.sessions),
+                "bodies": self.bodies,
+                "warnings": warnings,
+                "stats": {name: getattr(stats, name) if stats else 0 for name in _COUNTERS},
+                "fatal": fatal,
+            }
+        )
 
 
 def parse_tail(blob: bytes, stats: WalReadStats) -> list[DecodedRecord]:
@@ -152,13 +195,27 @@ def parse_tail(blob: bytes, stats: WalReadStats) -> list[DecodedRecord]:
     return out
 
 
+class PrefetchFailed(Exception):
+    """The worker did not deliver all of its output (it exited with an error, or its
+    output stopped mid-part); what it did deliver is good."""
+
+
 class WalPrefetch:
     """A worker process decoding the WAL from ``position`` while the caller does other
-    work; :meth:`result` collects it, :meth:`cancel` abandons it."""
+    work; :meth:`parts` collects its output part by part, :meth:`cancel` abandons it.
 
-    def __init__(self, wal_dir: Path, position: int, cipher: Cipher) -> None:
-        """Start the worker (``OSError`` if it cannot be started)."""
+    A thread reads the worker's output as it comes: a worker blocked on a full pipe
+    while the caller is still loading the snapshot would be a worker doing nothing.
+    """
+
+    def __init__(self, wal_dir: Path, position: int, cipher: Cipher, base: int = -1) -> None:
+        """Start the worker (``OSError`` if it cannot be started).
+
+        ``base`` is where the caller's replay starts (``position`` when omitted); the
+        caller decodes ``[base, position)`` itself, ``position`` being a segment start.
+        """
         self.position = position
+        self.base = position if base < 0 else base
         # The child must import this very tokmesh, wherever it was found.
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -182,25 +239,64 @@ class WalPrefetch:
         except OSError:
             self.cancel()
             raise
+        #: parts as they arrive; ``None`` ends them (the worker's output is complete
+        #: when it exited 0 and the last part arrived whole)
+        self._parts: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._complete = False
+        self._reader = threading.Thread(target=self._read, name="tokmesh-wal-prefetch", daemon=True)
+        self._reader.start()
 
-    def result(self) -> bytes | None:
-        """The worker's output, or ``None`` when it failed (the caller then decodes the
-        WAL itself; the worker's own error went to stderr)."""
+    def _read(self) -> None:
         stdout: IO[bytes] | None = self._proc.stdout
         assert stdout is not None
+        fd = stdout.fileno()
+        # This thread needs the GIL after every read, and the caller's snapshot load
+        # holds it for up to the switch interval (5 ms) at a time: with the default
+        # 64 KiB pipe the worker spent more time blocked on a full pipe than decoding
+        # (measured: its 35 MB of output arrived ~1 s later). A 1 MiB pipe absorbs that.
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        buf = bytearray()
         try:
-            blob = stdout.read()
+            while True:
+                chunk = os.read(fd, _PIPE_BYTES)
+                if not chunk:
+                    break
+                buf += chunk
+                while len(buf) >= _LEN.size:
+                    (size,) = _LEN.unpack_from(buf)
+                    end = _LEN.size + size
+                    if len(buf) < end:
+                        break
+                    self._parts.put(bytes(buf[_LEN.size : end]))
+                    del buf[:end]
+            self._complete = self._proc.wait() == 0 and not buf
+            if buf:
+                _log.warning("WAL prefetch output cut short; decoding the rest serially")
+            elif not self._complete:
+                _log.warning(
+                    "WAL prefetch worker exited with status %d; decoding the rest serially",
+                    self._proc.returncode,
+                )
         except OSError as exc:
             _log.warning("WAL prefetch worker unreadable (%s); decoding serially", exc)
-            self.cancel()
-            return None
         finally:
-            stdout.close()
-        code = self._proc.wait()
-        if code != 0:
-            _log.warning("WAL prefetch worker exited with status %d; decoding serially", code)
-            return None
-        return blob
+            with contextlib.suppress(OSError):
+                stdout.close()
+            self._parts.put(None)
+
+    def parts(self) -> Iterator[bytes]:
+        """The worker's output parts, in order, as they arrive; raises
+        :class:`PrefetchFailed` after the last good one if the output is incomplete."""
+        while True:
+            part = self._parts.get()
+            if part is None:
+                break
+            yield part
+        self._reader.join()
+        if not self._complete:
+            self.cancel()
+            raise PrefetchFailed("WAL prefetch worker output incomplete")
 
     def cancel(self) -> None:
         """Stop the worker and reap it."""
@@ -212,20 +308,26 @@ class WalPrefetch:
 
 
 def iter_serial(
-    wal_dir: Path, position: int, cipher: Cipher, stats: WalReadStats
+    wal_dir: Path,
+    position: int,
+    cipher: Cipher,
+    stats: WalReadStats,
+    before_segment: int | None = None,
 ) -> Iterator[DecodedRecord]:
-    """The in-process equivalent of a prefetch: what :func:`read_wal` yields, taken
-    apart, with no pre-decoded session."""
-    for pos, rec in read_wal(wal_dir, position, cipher, stats):
+    """The in-process equivalent of a prefetch: what :func:`read_wal` yields (up to
+    ``before_segment``, exclusive, when given), taken apart, with no pre-decoded session."""
+    for pos, rec in read_wal(wal_dir, position, cipher, stats, before_segment):
         yield pos, rec.type, rec.entity_id, rec.version, rec.body, None
 
 
 def _main() -> None:
     request = orjson.loads(sys.stdin.buffer.read())
     cipher = Cipher(bytes.fromhex(request["key"]), request["alg"])
-    blob = decode_tail(Path(request["wal_dir"]), int(request["position"]), cipher)
-    sys.stdout.buffer.write(blob)
-    sys.stdout.buffer.flush()
+    out = sys.stdout.buffer
+    for part in decode_tail_parts(Path(request["wal_dir"]), int(request["position"]), cipher):
+        out.write(_LEN.pack(len(part)))
+        out.write(part)
+        out.flush()
 
 
 if __name__ == "__main__":

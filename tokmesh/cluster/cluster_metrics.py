@@ -1,0 +1,56 @@
+"""The cluster gauges of ``/metrics``, read from a :class:`ClusterNode` at each scrape.
+
+* ``tokmesh_cluster_nodes_total{status}``: ``active`` or ``down`` as this node sees them.
+  The metric has only those two values, so a node its prober suspects counts as ``down``:
+  routing already refuses to send it anything, and an alert on ``down`` should see it.
+* ``tokmesh_cluster_quorum_lost``: 1 while this node is not registered in etcd (still
+  connecting, or its lease was lost): it cannot reach a control-plane majority then.
+
+``tokmesh_cluster_nodes_parity`` is set by the node itself on every membership change.
+``tokmesh_shard_keys_count{node_id}`` is not provided: it needs the key count of every
+node, and a node only knows its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from tokmesh.cluster.membership import MembershipState
+from tokmesh.telemetry import metrics
+
+if TYPE_CHECKING:
+    from tokmesh.cluster.node import ClusterNode
+
+__all__ = ["node_counts", "quorum_lost", "register", "unregister"]
+
+NODES = "tokmesh_cluster_nodes_total"
+QUORUM_LOST = "tokmesh_cluster_quorum_lost"
+
+
+def node_counts(nodes: Iterable[Mapping[str, Any]]) -> dict[tuple[str, ...], float]:
+    """``{("active",): n, ("down",): m}`` from :meth:`ClusterNode.nodes` entries."""
+    active = down = 0
+    for node in nodes:
+        if node.get("status") == "active":
+            active += 1
+        else:
+            down += 1
+    return {("active",): float(active), ("down",): float(down)}
+
+
+def quorum_lost(state: MembershipState) -> float:
+    """1.0 unless this node's member key is live in etcd."""
+    return 0.0 if state is MembershipState.CONNECTED else 1.0
+
+
+def register(cluster: ClusterNode) -> None:
+    """Make the cluster gauges read ``cluster`` at each scrape (call once at start)."""
+    metrics.register_gauge_family_provider(NODES, lambda: node_counts(cluster.nodes()))
+    metrics.register_gauge_provider(QUORUM_LOST, lambda: quorum_lost(cluster.membership.state))
+
+
+def unregister() -> None:
+    """Stop reading the node (the gauges keep their last values)."""
+    metrics.register_gauge_family_provider(NODES, None)
+    metrics.register_gauge_provider(QUORUM_LOST, None)

@@ -1,0 +1,456 @@
+"""One node's part in the cluster: the actors that make several processes one service.
+
+:class:`ClusterNode` runs, next to the storage engine and the listeners:
+
+* the **cluster port** (mTLS, :mod:`tokmesh.cluster.rpc_server`): forwarded session
+  operations, client-token routes, the gossip prober's probes;
+* the **etcd client** and this node's **membership** (a member key under a lease), the
+  **member table** (everyone's keys, watched), the **coordinator** election (the
+  coordinator writes the shard map) and the **shard-map watcher** (every node routes with
+  the map it last decoded, never waiting on etcd on the request path);
+* the **gossip prober**, which suspects a dead peer within a few seconds, before its lease
+  expires; routing answers ``TM-CLST-5030`` for a suspect owner at once instead of waiting
+  for a timeout.
+
+It is the :class:`~tokmesh.cluster.forwarding.Routing` of forwarding, contributes the
+``cluster`` check of ``/ready``, and answers the cluster admin routes (:meth:`status`,
+:meth:`nodes`, :meth:`leave`, :meth:`rebalance`).
+
+A node that cannot reach etcd at start still starts: its listeners answer, ``/ready`` says
+``"cluster": "connecting"``, and every attempt is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from tokmesh.cluster import swim_wire
+from tokmesh.cluster.coordinator import Coordinator, CoordinatorSettings
+from tokmesh.cluster.coordinator import leave as record_departure
+from tokmesh.cluster.etcd import EtcdClient, EtcdSettings, EtcdTLS
+from tokmesh.cluster.forwarding import ClusterSessions, SessionHandlers
+from tokmesh.cluster.membership import (
+    JoinRefused,
+    MemberRecord,
+    Membership,
+    MembershipSettings,
+    MembershipState,
+    MemberTable,
+    parity,
+)
+from tokmesh.cluster.placement import VNODES_PER_NODE
+from tokmesh.cluster.prober import Prober, TransportError
+from tokmesh.cluster.rpc_client import RpcClient
+from tokmesh.cluster.rpc_server import RpcServer
+from tokmesh.cluster.shard_map import ShardMap
+from tokmesh.cluster.shard_map_watch import ShardMapWatcher
+from tokmesh.cluster.swim import Message, Status
+from tokmesh.cluster.transport import ClusterTls, RpcError
+from tokmesh.config.schema import Config
+from tokmesh.config.types import parse_addr
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.session import Session
+from tokmesh.domain.shards import shard_of
+from tokmesh.services.sessions import SessionService
+from tokmesh.telemetry import metrics
+
+__all__ = ["ClusterNode", "ClusterSettings"]
+
+log = logging.getLogger("tokmesh.cluster")
+
+#: How long a forwarded call may take before the caller gets ``TM-CLST-5040``.
+FORWARD_TIMEOUT = 5.0
+#: Sessions looked at between two checkpoints when routes are sent again.
+ROUTE_SCAN_CHUNK = 5000
+#: Attempts (and the pause between them) to reach a node that asked for its routes.
+ROUTE_RETRIES = 60
+ROUTE_RETRY_DELAY = 0.5
+
+
+@attrs.frozen
+class ClusterSettings:
+    """The ``cluster.*`` settings one node needs, resolved (node id, data directory)."""
+
+    node_id: str
+    data_dir: Path
+    version: str
+    listen_address: str
+    advertise_address: str
+    cert_file: str
+    key_file: str
+    ca_file: str
+    etcd: EtcdSettings
+    prefix: str
+    lease_ttl: int
+    expect_nodes: int
+    replication_factor: int
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, node_id: str, data_dir: Path, version: str
+    ) -> ClusterSettings:
+        """Map the validated configuration onto the settings."""
+        c = cfg.cluster
+        e = c.etcd
+        tls = None
+        if e.tls.ca_file or e.tls.cert_file:
+            tls = EtcdTLS(
+                ca_file=e.tls.ca_file or None,
+                cert_file=e.tls.cert_file or None,
+                key_file=e.tls.key_file or None,
+            )
+        return cls(
+            node_id=node_id,
+            data_dir=data_dir,
+            version=version,
+            listen_address=c.listen_address,
+            advertise_address=c.advertise_address,
+            cert_file=c.tls.cert_file,
+            key_file=c.tls.key_file,
+            ca_file=c.tls.client_ca_file,
+            etcd=EtcdSettings(
+                endpoints=e.endpoints,
+                username=e.username or None,
+                password=e.password or None,
+                tls=tls,
+                request_timeout=e.request_timeout,
+            ),
+            prefix=e.prefix,
+            lease_ttl=max(1, round(e.lease_ttl)),
+            expect_nodes=c.bootstrap.expect_nodes,
+            replication_factor=c.data.replication_factor,
+        )
+
+
+class ClusterNode:
+    """See the module doc. Start :meth:`run` in the server's nursery; once the storage
+    engine is up, :meth:`attach` the local session operations."""
+
+    def __init__(
+        self, settings: ClusterSettings, on_refused: Callable[[str], None] | None = None
+    ) -> None:
+        self.settings = settings
+        #: Called with the reason when this node must not join (another cluster's id
+        #: persisted here, its node id live elsewhere): the server stops, exit code 1.
+        self.on_refused = on_refused
+        self.node_id = settings.node_id
+        self.started_at = time.time()
+        self.tls = ClusterTls(settings.cert_file, settings.key_file, settings.ca_file)
+        self.rpc = RpcClient(self.tls, default_timeout=FORWARD_TIMEOUT)
+        self.server = RpcServer(self.tls, settings.node_id)
+        self.etcd = EtcdClient(settings.etcd)
+        self.membership = Membership(
+            self.etcd,
+            MembershipSettings(
+                node_id=settings.node_id,
+                advertise_address=settings.advertise_address,
+                data_dir=settings.data_dir,
+                version=settings.version,
+                prefix=settings.prefix,
+                lease_ttl=settings.lease_ttl,
+            ),
+        )
+        self.members: dict[str, MemberRecord] = {}
+        self.table = MemberTable(self.etcd, settings.prefix, on_change=self._members_changed)
+        self.coordinator = Coordinator(
+            self.etcd,
+            CoordinatorSettings(
+                node_id=settings.node_id,
+                prefix=settings.prefix,
+                expect_nodes=settings.expect_nodes,
+                replication_factor=settings.replication_factor,
+            ),
+            self.membership,
+        )
+        self.watcher = ShardMapWatcher(self.etcd, settings.prefix, on_map=self._map_changed)
+        self.prober = Prober(settings.node_id, self._probe, on_change=self._suspicion)
+        self.sessions: ClusterSessions | None = None
+        self._nursery: trio.Nursery | None = None
+        self.server.register("swim", self._on_probe)
+        self.server.register("routes.resend", self._on_resend)
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def attach(self, local: SessionService) -> ClusterSessions:
+        """Serve forwarded operations with ``local`` and return the operations the fronts
+        call (they route every request to the owner of its shard)."""
+        sessions = ClusterSessions(local, self)
+        handlers = SessionHandlers(local, self, sessions)
+        for method, handler in handlers.methods().items():
+            self.server.register(method, handler)
+        self.sessions = sessions
+        return sessions
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the cluster port, then join through etcd in the background; started once
+        the port listens (joining may take as long as etcd is unreachable)."""
+        host, port = parse_addr(self.settings.listen_address)
+        async with self.etcd, trio.open_nursery() as nursery:
+            await nursery.start(self.rpc.run)
+            await nursery.start(self.server.serve, host or "0.0.0.0", port)
+            await nursery.start(self.tls.run)
+            log.info(
+                "cluster port listening",
+                extra={"address": self.settings.listen_address, "node_id": self.node_id},
+            )
+            task_status.started()
+            nursery.start_soon(self._join)
+            nursery.start_soon(self._follow)
+
+    async def _join(self) -> None:
+        """Membership, until this node is refused: then it says why and asks to stop."""
+        try:
+            await self.membership.run()
+        except JoinRefused as exc:
+            reason = f"{exc.error.code} {exc.message}"
+            log.error("refusing to join the cluster: %s", reason)
+            if self.on_refused is not None:
+                self.on_refused(reason)
+
+    async def _follow(self) -> None:
+        """The actors that need etcd: started after the first registration, so a node that
+        was refused (a different cluster id, its node id live elsewhere) starts none."""
+        await self.membership.connected.wait()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.table.run)
+            await nursery.start(self.watcher.run)
+            await nursery.start(self.coordinator.run)
+            await nursery.start(self.prober.run)
+            nursery.start_soon(self._ask_for_routes)
+
+    async def _ask_for_routes(self) -> None:
+        """Routes of client-chosen tokens live in their shard owner's memory: once this
+        (re)started node has a map, the others send again those that belong here."""
+        while self.watcher.current is None or self.sessions is None:
+            await trio.sleep(0.1)
+        for node, record in list(self.members.items()):
+            if node == self.node_id:
+                continue
+            try:
+                await self.rpc.call(
+                    record.advertise_address, "routes.resend", {"node": self.node_id}, timeout=5
+                )
+            except RpcError as exc:
+                log.warning("could not ask %s for token routes: %s", node, exc)
+
+    async def _on_resend(self, peer: str, body: Any) -> Any:
+        node = body.get("node") if isinstance(body, dict) else None
+        if not isinstance(node, str) or self._nursery is None:
+            raise TokMeshError(E.ARG_INVALID, "routes.resend needs a node id")
+        self._nursery.start_soon(self._announce_routes, frozenset([node]))
+        return True
+
+    def _members_changed(self, members: Mapping[str, MemberRecord]) -> None:
+        self.members = dict(members)
+        self.coordinator.members_changed(members)
+        self.prober.set_members(members)
+        count = len(members)
+        metrics.CLUSTER_NODES_PARITY.set(1 if parity(count).even else 0)
+
+    def _map_changed(self, shard_map: ShardMap) -> None:
+        mine = len(shard_map.shards_of(self.node_id))
+        log.info(
+            "shard map in force",
+            extra={"version": shard_map.version, "owned_shards": mine, "node_id": self.node_id},
+        )
+
+    def _suspicion(self, node: str, status: Status) -> None:
+        # Logged by the prober; routing reads the prober's state directly.
+        return
+
+    async def _announce_routes(self, nodes: frozenset[str]) -> None:
+        """Send the routes of this node's client-token sessions whose token shard one of
+        ``nodes`` owns (a few thousand sessions per loop pass, so requests keep flowing)."""
+        sessions = self.sessions
+        shard_map = self.watcher.current
+        if sessions is None or shard_map is None:
+            return
+        held = list(sessions.local.state.sessions.values())
+        sent = 0
+        for start in range(0, len(held), ROUTE_SCAN_CHUNK):
+            for session in held[start : start + ROUTE_SCAN_CHUNK]:
+                route = session.shard_id
+                if session.is_deleted or shard_map.owner(route) not in nodes:
+                    continue
+                if route == shard_of(session.id):
+                    continue
+                if not await self._announce_one(session):
+                    return
+                sent += 1
+            await trio.sleep(0)
+        if sent:
+            log.info("sent %d token routes to %s", sent, ", ".join(sorted(nodes)))
+
+    async def _announce_one(self, session: Session) -> bool:
+        """Send one route, retrying while its owner is still coming up (its membership and
+        the prober's belief catch up within seconds); False when it never became
+        reachable."""
+        assert self.sessions is not None
+        last = ""
+        for _ in range(ROUTE_RETRIES):
+            try:
+                await self.sessions.announce_route(session)
+                return True
+            except TokMeshError as exc:
+                last = exc.message
+            await trio.sleep(ROUTE_RETRY_DELAY)
+        log.warning("could not send token routes again: %s", last)
+        return False
+
+    # -- gossip over the cluster port -------------------------------------------------------
+
+    async def _probe(self, peer: str, message: Message) -> Message:
+        record = self.members.get(peer)
+        if record is None:
+            raise TransportError(f"{peer} is not a member")
+        body = {"from": self.node_id, "msg": swim_wire.encode(message)}
+        try:
+            reply = await self.rpc.call(record.advertise_address, "swim", body, timeout=1.0)
+        except RpcError as exc:
+            raise TransportError(str(exc)) from None
+        try:
+            return swim_wire.decode(reply)
+        except ValueError as exc:
+            raise TransportError(f"bad prober answer from {peer}: {exc}") from None
+
+    async def _on_probe(self, peer: str, body: Any) -> Any:
+        if not isinstance(body, dict) or not isinstance(body.get("from"), str):
+            raise TokMeshError(E.ARG_INVALID, "a prober message needs its sender")
+        try:
+            message = swim_wire.decode(body.get("msg"))
+        except ValueError as exc:
+            raise TokMeshError(E.ARG_INVALID, f"bad prober message: {exc}") from None
+        return swim_wire.encode(await self.prober.handle(body["from"], message))
+
+    # -- routing (forwarding.Routing) -------------------------------------------------------
+
+    def _map(self) -> ShardMap:
+        shard_map = self.watcher.current
+        if shard_map is None:
+            raise TokMeshError(E.CLST_NO_NODES, "the cluster has no shard map yet")
+        return shard_map
+
+    def _address_of(self, node: str) -> str:
+        record = self.members.get(node)
+        if record is None:
+            raise TokMeshError(E.CLST_NO_NODES, f"node {node}, owner of the data, is down")
+        if self.prober.state_of(node) is Status.SUSPECT:
+            raise TokMeshError(E.CLST_NO_NODES, f"node {node}, owner of the data, is not answering")
+        return record.advertise_address
+
+    def owner_address(self, shard: int) -> str | None:
+        """``None`` when this node owns ``shard``, else the owner's cluster address."""
+        owner = self._map().owner(shard)
+        if owner == self.node_id:
+            return None
+        return self._address_of(owner)
+
+    def owns(self, shard: int) -> bool:
+        """True when the map in force here gives ``shard`` to this node."""
+        shard_map = self.watcher.current
+        return shard_map is not None and shard_map.owner(shard) == self.node_id
+
+    def shard_owners(self) -> dict[str, str | None]:
+        """Every node that owns shards -> its address (``None`` for this one)."""
+        return {
+            node: None if node == self.node_id else self._address_of(node)
+            for node in self._map().counts()
+        }
+
+    async def call(self, address: str, method: str, body: Any) -> Any:
+        """One forwarded call under the forwarding deadline."""
+        return await self.rpc.call(address, method, body, timeout=FORWARD_TIMEOUT)
+
+    # -- readiness and operations -----------------------------------------------------------
+
+    def readiness_check(self) -> str:
+        """``checks.cluster`` of ``/ready``: ok once registered and a map is in force."""
+        state = self.membership.state
+        if state is MembershipState.CONNECTING:
+            return "connecting"
+        if state is MembershipState.LOST:
+            return "lost"
+        if self.watcher.current is None:
+            return "initializing"
+        return "ok"
+
+    def _node_status(self, node: str) -> str:
+        if node not in self.members:
+            return "down"
+        if node != self.node_id and self.prober.state_of(node) is Status.SUSPECT:
+            return "suspect"
+        return "active"
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """One entry per node that is a member or owns shards."""
+        shard_map = self.watcher.current
+        counts = shard_map.counts() if shard_map is not None else {}
+        out = []
+        now = time.time()
+        for node in sorted(set(self.members) | set(counts)):
+            record = self.members.get(node)
+            out.append(
+                {
+                    "node_id": node,
+                    "address": record.advertise_address if record else None,
+                    "status": self._node_status(node),
+                    "role": "leader" if node == self.coordinator.coordinator_id else "follower",
+                    "version": record.version if record else None,
+                    "uptime_seconds": int(now - record.started_at) if record else None,
+                    "metrics": {"shards": counts.get(node, 0), "vnodes": VNODES_PER_NODE},
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Topology, health and shard map of the cluster as this node sees it."""
+        shard_map = self.watcher.current
+        nodes = self.nodes()
+        report = parity(len(self.members))
+        return {
+            "cluster_id": self.membership.cluster_id,
+            "node_id": self.node_id,
+            "leader_id": self.coordinator.coordinator_id,
+            "state": self.readiness_check(),
+            "membership": self.membership.state.value,
+            "nodes": {
+                "total": len(nodes),
+                "active": sum(1 for n in nodes if n["status"] == "active"),
+                "suspect": sum(1 for n in nodes if n["status"] == "suspect"),
+                "down": sum(1 for n in nodes if n["status"] == "down"),
+            },
+            "parity": {"even": report.even, "health": report.health},
+            "shard_map": None
+            if shard_map is None
+            else {"version": shard_map.version, "owners": shard_map.counts()},
+            "replication_factor": 1,
+            "under_replicated_shards": [],
+        }
+
+    async def leave(self) -> dict[str, Any]:
+        """Leave the cluster for good: the coordinator gives this node's shards to the
+        others. Their data does not move with them yet (that comes with replication)."""
+        await record_departure(self.etcd, self.node_id, prefix=self.settings.prefix)
+        await self.membership.leave()
+        return {
+            "status": "left",
+            "node_id": self.node_id,
+            "data_moved": False,
+            "note": "shards are reassigned without their sessions until replication lands",
+        }
+
+    async def rebalance(self) -> dict[str, Any]:
+        """Nothing moves yet: live shards keep their owner until shards can move with their
+        data. Answered honestly instead of pretending."""
+        return {
+            "status": "not_started",
+            "reason": "moving live shards with their data needs replication (not yet provided)",
+        }
