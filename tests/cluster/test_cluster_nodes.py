@@ -251,3 +251,28 @@ def test_a_killed_node_makes_only_its_shards_unavailable_and_returns(
             lambda: c.post("/tokens/validate", json={"token": routed_token}).status_code == 200,
             timeout=10,
         )
+
+
+def test_a_node_starts_without_etcd_and_joins_when_it_comes(tmp_path: Path) -> None:
+    """etcd unreachable at start: the node starts anyway, /ready is 503 with
+    ``checks.cluster: "connecting"``, each failed attempt is logged with its reason; once
+    etcd answers, the node joins and becomes ready."""
+    etcd = EtcdMember(tmp_path / "late-etcd", "late", free_port(), free_port())
+    c = TestCluster(tmp_path / "nodes", etcd, 1)
+    node = c.nodes[0]
+    try:
+        node.start(wait_ready=False)
+
+        def connecting() -> bool:
+            r = httpx.get(node.base_url + "/ready", timeout=2)
+            checks = r.json().get("details", {}).get("checks", {})
+            return r.status_code == 503 and checks.get("cluster") == "connecting"
+
+        eventually(connecting, timeout=30)
+        eventually(lambda: "cannot register node" in node.log_tail(50000), timeout=10)
+        etcd.start()
+        node.wait_ready(30)
+        assert node.ready_checks() == {"storage": "ok", "cluster": "ok"}
+    finally:
+        c.stop()
+        etcd.stop()
