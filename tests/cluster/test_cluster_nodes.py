@@ -7,6 +7,9 @@ a node runs last and brings it back.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,11 @@ def test_every_node_is_ready_and_owns_its_share(cluster: TestCluster) -> None:
     owners = status(cluster.nodes[1], admin(cluster))["shard_map"]["owners"]
     assert sorted(owners) == [n.node_id for n in cluster.nodes]
     assert all(84 <= count <= 86 for count in owners.values()), owners
+    with http(cluster.nodes[0], admin(cluster)) as c:
+        text = c.get("/metrics").text
+    assert 'tokmesh_cluster_nodes_total{status="active"} 3.0' in text
+    assert "tokmesh_cluster_quorum_lost 0.0" in text
+    assert 'tokmesh_shard_keys_count{node_id="tmnd-test1"}' in text
 
 
 def test_a_session_is_served_by_every_node_over_http(cluster: TestCluster) -> None:
@@ -276,3 +284,44 @@ def test_a_node_starts_without_etcd_and_joins_when_it_comes(tmp_path: Path) -> N
     finally:
         c.stop()
         etcd.stop()
+
+
+@pytest.mark.parametrize(
+    ("cluster_yaml", "named"),
+    [
+        (
+            "cluster: {enabled: true, listen_address: '127.0.0.1:5343', "
+            "etcd: {endpoints: ['http://127.0.0.1:2379']}, tls: {cert_file: missing.pem, "
+            "key_file: missing.key, client_ca_file: missing-ca.pem}}",
+            ["cluster.advertise_address", "cluster.tls.cert_file"],
+        ),
+        ("cluster: {discovery: {seeds: ['10.0.0.1:5343']}}", ["cluster.discovery.seeds"]),
+        (
+            "cluster: {enabled: true, advertise_address: '127.0.0.1:5343'}",
+            ["cluster.etcd.endpoints", "cluster.tls.cert_file"],
+        ),
+    ],
+)
+def test_bad_cluster_config_fails_at_start_naming_the_key(
+    tmp_path: Path, cluster_yaml: str, named: list[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"storage: {{wal: {{dir: {tmp_path}/wal}}, snapshot: {{dir: {tmp_path}/snap}}}}\n"
+        + cluster_yaml
+        + "\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKMESH_")}
+    exe = Path(sys.executable).with_name("tokmesh-server")
+    proc = subprocess.run(
+        [str(exe) if exe.exists() else "tokmesh-server", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for key in named:
+        assert key in proc.stdout + proc.stderr, (key, proc.stdout + proc.stderr)

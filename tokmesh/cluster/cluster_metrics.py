@@ -6,9 +6,14 @@
 * ``tokmesh_cluster_quorum_lost``: 1 while this node is not registered in etcd (still
   connecting, or its lease was lost): it cannot reach a control-plane majority then.
 
+* ``tokmesh_shard_keys_count{node_id}``: the sessions this node holds, under its own node
+  id. Every node exports its own series, so the scraper sees the whole spread (skew).
+
 ``tokmesh_cluster_nodes_parity`` is set by the node itself on every membership change.
-``tokmesh_shard_keys_count{node_id}`` is not provided: it needs the key count of every
-node, and a node only knows its own.
+``tokmesh_session_revoke_propagation_lag_seconds`` and
+``tokmesh_gossip_propagation_lag_seconds`` stay empty in this part: every validation is
+answered by the session's owner, so a revocation has nothing to propagate, and membership
+comes from etcd rather than from gossip.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from tokmesh.telemetry import metrics
 if TYPE_CHECKING:
     from tokmesh.cluster.node import ClusterNode
 
-__all__ = ["node_counts", "quorum_lost", "register", "unregister"]
+__all__ = ["keys_held", "node_counts", "quorum_lost", "register", "unregister"]
 
 NODES = "tokmesh_cluster_nodes_total"
 QUORUM_LOST = "tokmesh_cluster_quorum_lost"
+SHARD_KEYS = "tokmesh_shard_keys_count"
 
 
 def node_counts(nodes: Iterable[Mapping[str, Any]]) -> dict[tuple[str, ...], float]:
@@ -44,13 +50,23 @@ def quorum_lost(state: MembershipState) -> float:
     return 0.0 if state is MembershipState.CONNECTED else 1.0
 
 
+def keys_held(cluster: ClusterNode) -> dict[tuple[str, ...], float]:
+    """``{(node_id,): sessions held}`` once the node serves sessions, else nothing."""
+    sessions = cluster.sessions
+    if sessions is None:
+        return {}
+    return {(cluster.node_id,): float(sessions.local.state.live_count())}
+
+
 def register(cluster: ClusterNode) -> None:
     """Make the cluster gauges read ``cluster`` at each scrape (call once at start)."""
     metrics.register_gauge_family_provider(NODES, lambda: node_counts(cluster.nodes()))
     metrics.register_gauge_provider(QUORUM_LOST, lambda: quorum_lost(cluster.membership.state))
+    metrics.register_gauge_family_provider(SHARD_KEYS, lambda: keys_held(cluster))
 
 
 def unregister() -> None:
     """Stop reading the node (the gauges keep their last values)."""
     metrics.register_gauge_family_provider(NODES, None)
     metrics.register_gauge_provider(QUORUM_LOST, None)
+    metrics.register_gauge_family_provider(SHARD_KEYS, None)
