@@ -199,11 +199,15 @@ def test_a_node_that_must_not_join_stops_with_the_reason(cluster: TestCluster) -
     data = stranger.root / "data"
     data.mkdir(parents=True, exist_ok=True)
     (data / "cluster-id").write_text("0b7a3c0e-8f5e-4d2a-9c1b-2f6e7d8a9b0c\n")
-    for node, reason in ((twin, "TM-CLST-4090"), (stranger, "refusing to join")):
-        node.start(wait_ready=False)
-        assert node.proc is not None
-        assert node.proc.wait(30) == 1, node.log_tail()
-        assert reason in node.log_tail(20000), node.log_tail()
+    try:
+        for node, reason in ((twin, "TM-CLST-4090"), (stranger, "refusing to join")):
+            node.start(wait_ready=False)
+            assert node.proc is not None
+            assert node.proc.wait(30) == 1, node.log_tail()
+            assert reason in node.log_tail(20000), node.log_tail()
+    finally:
+        twin.stop()
+        stranger.stop()
     assert status(cluster.nodes[0], admin(cluster))["nodes"]["active"] == 3
 
 
