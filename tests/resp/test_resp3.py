@@ -341,7 +341,8 @@ def test_info_text_format_and_sections() -> None:
     assert wanted_sections([b"Server", b"nope"]) == {"server"}
     text = render_info(FACTS, wanted_sections([b"clients", b"keyspace"]))
     assert text == (
-        "# Clients\r\nconnected_clients:3\r\nmaxclients:4000\r\nblocked_clients:0\r\ntracking_clients:0\r\n"
+        "# Clients\r\nconnected_clients:3\r\nmaxclients:4000\r\nblocked_clients:0\r\n"
+        "tracking_clients:0\r\n"
         "pubsub_clients:0\r\n\r\n# Keyspace\r\ndb0:keys=12,expires=12,avg_ttl=0\r\n"
     )
     assert render_info(FACTS, frozenset()) == ""

@@ -10,6 +10,10 @@ writes one audit record, as an HTTP business write does. The connection and serv
 (HELLO, CLIENT, SELECT, ECHO, RESET, COMMAND, INFO) are in
 :mod:`tokmesh.resp.server_commands` and go through the same pipeline.
 
+Consecutive mutations of one read are submitted to the store actors together and their
+replies awaited in command order (:meth:`Dispatcher.run_awaited`), so they share group
+commits of the write-ahead log instead of committing one record each.
+
 Pipeline order: unknown command or subcommand (answered before any authentication check,
 as Redis does, so that clients probing for a command can fall back) -> commands open
 before AUTH (PING, AUTH, HELLO, QUIT, RESET, the caller's own CLIENT settings) -> NOAUTH
@@ -22,10 +26,12 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine, Iterable
+from contextvars import ContextVar
 from typing import Any, Final
 
 import orjson
+import trio
 
 from tokmesh.domain.apikey import (
     PERM_SESSION_CREATE,
@@ -57,8 +63,8 @@ from tokmesh.resp.codec import (
 from tokmesh.resp.connection import ClientRegistry, Connection, RespStats
 from tokmesh.resp.deps import RespBackend
 from tokmesh.resp.server_commands import ServerCommands
-from tokmesh.resp.table import CommandSpec, Handler, HandlerResult, pure
-from tokmesh.services.session_ops import NotLocal, run_fetching
+from tokmesh.resp.table import CommandSpec, Handler, HandlerResult, Mutation, pure
+from tokmesh.services.session_ops import NotLocal, RequestContext, run_fetching
 from tokmesh.telemetry.audit import AuditLog
 
 log = logging.getLogger("tokmesh.resp")
@@ -97,6 +103,11 @@ _TOKEN_ERRORS: Final = (
     E.TOKN_REVOKED,
     E.ARG_MISSING,  # empty token
 )
+
+#: The most mutations of one read submitted together; the next ones are submitted once
+#: these are answered. A 64 KiB read holds at most ~1,700 commands, so this bounds the
+#: tasks one connection runs at once without splitting a usual pipeline read.
+MAX_TOGETHER: Final = 1024
 
 _CURSOR_RE: Final = re.compile(rb"0|[1-9][0-9]{0,19}")
 _U64: Final = 1 << 64
@@ -224,6 +235,33 @@ async def settle(pending: Awaitable[bytes]) -> bytes:
         return ERR_INTERNAL
 
 
+#: An audit record kept back: the mutation's place in its run, command, resource, the
+#: request context of the key that ran it, and the peer.
+_HeldAudit = tuple[int, str, str, RequestContext, str]
+
+#: Set in each task of a run of mutations submitted together (a Trio task runs in its
+#: own copy of the context): where :meth:`Dispatcher._audited` keeps that mutation's
+#: audit records, with its place in the run. The run writes them in command order once
+#: it is answered, so the log of a pipeline reads in the order of its commands, whatever
+#: order the commits came back in.
+_HELD_AUDITS: ContextVar[tuple[list[_HeldAudit], int] | None] = ContextVar(
+    "tokmesh_resp_held_audits", default=None
+)
+
+
+async def _settle_into(
+    replies: list[bytes], slot: int, pending: Awaitable[bytes], audits: list[_HeldAudit]
+) -> None:
+    """One mutation of a run submitted together: its reply goes to its own slot, its
+    audit records to ``audits``."""
+    _HELD_AUDITS.set((audits, slot))
+    replies[slot] = await settle(pending)
+
+
+def _slot(held: _HeldAudit) -> int:
+    return held[0]
+
+
 # -- the dispatcher ---------------------------------------------------------------------------
 
 
@@ -266,12 +304,18 @@ class Dispatcher:
                 max_args=3,
                 repeat=self.run_tm_validate,
             ),
-            CommandSpec("TM.TOUCH", 2, self.cmd_tm_touch, PERM_SESSION_TOUCH),
-            CommandSpec("SET", -3, self.cmd_set, PERM_SESSION_CREATE),
-            CommandSpec("DEL", -2, self.cmd_del, PERM_SESSION_REVOKE),
-            CommandSpec("EXPIRE", 3, self.cmd_expire, PERM_SESSION_RENEW),
-            CommandSpec("TM.CREATE", -3, self.cmd_tm_create, PERM_SESSION_CREATE),
-            CommandSpec("TM.REVOKE_USER", 2, self.cmd_tm_revoke_user, PERM_SESSION_REVOKE_USER),
+            CommandSpec("TM.TOUCH", 2, self.cmd_tm_touch, PERM_SESSION_TOUCH, together=True),
+            CommandSpec("SET", -3, self.cmd_set, PERM_SESSION_CREATE, together=True),
+            CommandSpec("DEL", -2, self.cmd_del, PERM_SESSION_REVOKE, together=True),
+            CommandSpec("EXPIRE", 3, self.cmd_expire, PERM_SESSION_RENEW, together=True),
+            CommandSpec("TM.CREATE", -3, self.cmd_tm_create, PERM_SESSION_CREATE, together=True),
+            CommandSpec(
+                "TM.REVOKE_USER",
+                2,
+                self.cmd_tm_revoke_user,
+                PERM_SESSION_REVOKE_USER,
+                together=True,
+            ),
         ]
         #: Every command once, in table order (COMMAND lists them).
         self.specs: tuple[CommandSpec, ...] = tuple(specs)
@@ -426,15 +470,115 @@ class Dispatcher:
         replies: list[bytes],
     ) -> None:
         """Await ``pending`` (the reply to ``commands[i]``), then run the rest of the
-        read the same way: :meth:`run_inline` with an ``await`` wherever it stops."""
+        read the same way: :meth:`run_inline` with an ``await`` wherever it stops.
+
+        A :class:`Mutation` with known keys starts a run of mutations submitted together
+        (:meth:`_run_together`); any other awaitable is awaited alone.
+        """
         next_: Awaitable[bytes] | None = pending
         while next_ is not None:
-            replies.append(await settle(next_))
+            if isinstance(next_, Mutation) and next_.keys is not None:
+                i, next_ = await self._run_together(conn, commands, i, next_, replies)
+            if next_ is not None:
+                replies.append(await settle(next_))
             # Other tasks ran meanwhile: re-check the key before the next command.
             conn.checked = False
             if conn.closing:
                 return
             i, next_ = self.run_inline(conn, commands, i + 1, replies)
+
+    async def _run_together(
+        self,
+        conn: Connection,
+        commands: list[list[bytes]],
+        i: int,
+        first: Mutation,
+        replies: list[bytes],
+    ) -> tuple[int, Awaitable[bytes] | None]:
+        """Submit ``first`` (the mutation of ``commands[i]``) and the mutations after it
+        without waiting for each other's commit, then await them all.
+
+        Why: awaited one by one, every mutation of a pipeline is a WAL record committed
+        alone; submitted together, the records reach the store actors in one scheduler
+        pass and share group commits. Each mutation still replies only once its own
+        record is committed, and each reply fills its own slot of ``replies``, so the
+        replies keep command order.
+
+        The run takes the following commands while they are ``together`` commands, and
+        ends before any other command: a read, AUTH, QUIT... then runs after every
+        mutation of the run has committed, and sees them. Error replies of the run's
+        commands (syntax, rate limit, role) depend on no session, and keep their place.
+        A mutation whose keys overlap the run's (same session, user or client token:
+        :class:`Mutation`) or are unknown ends the run too: the services check
+        preconditions (exists? which user? quota?) against committed state, so it must
+        wait for the earlier ones' commits, and its keys, read before them, may be
+        stale. It is returned as ``held`` and the caller awaits it alone.
+
+        Returns ``(j, held)``: ``held`` is the awaitable of ``commands[j]``, already
+        dispatched; or ``None``, and ``commands[j]`` is the last command of the run.
+        """
+        table = self.table
+        dispatch = self.dispatch
+        taken = set(first.keys or ())
+        run: list[tuple[int, Mutation]] = [(len(replies), first)]
+        replies.append(b"")
+        held: Awaitable[bytes] | None = None
+        n = min(len(commands), i + MAX_TOGETHER)
+        j = i
+        # Everything until the first task starts is synchronous: one re-check of the
+        # key covers every command of the run (the caller awaited since the last one).
+        conn.checked = False
+        while j + 1 < n:
+            argv = commands[j + 1]
+            spec = (table.get(argv[0]) or table.get(argv[0].upper())) if argv else None
+            if spec is None or not spec.together:
+                break
+            j += 1
+            try:
+                result = dispatch(conn, argv)
+            except TokMeshError as exc:
+                result = render_error(exc)
+            except Exception:
+                log.exception("RESP command failed", extra={"command": _echo_name(argv[0])})
+                result = ERR_INTERNAL
+            if isinstance(result, bytes):
+                replies.append(result)
+                continue
+            if (
+                not isinstance(result, Mutation)
+                or result.keys is None
+                or not taken.isdisjoint(result.keys)
+            ):
+                held = result
+                break
+            taken.update(result.keys)
+            run.append((len(replies), result))
+            replies.append(b"")
+        try:
+            if len(run) == 1:
+                replies[run[0][0]] = await settle(first)
+            else:
+                await self._await_run(run, replies)
+        except BaseException:
+            # Cancelled (write timeout): the held mutation will never run.
+            if isinstance(held, Mutation | Coroutine):
+                held.close()
+            raise
+        return j, held
+
+    async def _await_run(self, run: list[tuple[int, Mutation]], replies: list[bytes]) -> None:
+        """Run each mutation of ``run`` in a task of its own, each reply into its slot;
+        the audit records are written once all are answered, in command order."""
+        audits: list[_HeldAudit] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                for slot, mutation in run:
+                    nursery.start_soon(_settle_into, replies, slot, mutation, audits)
+        finally:
+            # Also when cancelled: what committed and was audited is logged.
+            audits.sort(key=_slot)
+            for _, command, resource, ctx, peer_ip in audits:
+                self._write_audit(command, resource, ctx, peer_ip)
 
     def _run_of_copies(self, conn: Connection, argv: list[bytes], count: int) -> bytes | None:
         """The one reply for ``count`` identical copies of ``argv``, or ``None`` when they
@@ -482,21 +626,32 @@ class Dispatcher:
             log.exception("RESP command failed", extra={"command": _echo_name(argv[0])})
             return ERR_INTERNAL
 
-    def _audited(self, conn: Connection, command: str, resource: str) -> None:
+    def _audited(self, conn: Connection, ctx: RequestContext, command: str, resource: str) -> None:
         """One audit record for a mutation that changed something: the command, the
-        session (or user) it changed, the bound key and the peer. The record carries no
-        argument beyond that, so no token or secret reaches the audit log."""
+        session (or user) it changed, the key that ran it (``ctx``) and the peer. The
+        record carries no argument beyond that, so no token or secret reaches the audit
+        log. Inside a run of mutations submitted together it is kept until the run ends
+        (see :data:`_HELD_AUDITS`)."""
+        if self.audit is None:
+            return
+        held = _HELD_AUDITS.get()
+        if held is not None:
+            audits, slot = held
+            audits.append((slot, command, resource, ctx, conn.peer_ip))
+            return
+        self._write_audit(command, resource, ctx, conn.peer_ip)
+
+    def _write_audit(self, command: str, resource: str, ctx: RequestContext, peer_ip: str) -> None:
         audit = self.audit
         if audit is None:
             return
-        ctx = conn.ctx
         audit.append_write(
             command,
             resource=resource,
             operator_id=ctx.key_id or None,
             operator_role=ctx.role or None,
-            ip_address=conn.peer_ip,
-            tcp_remote_ip=conn.peer_ip,
+            ip_address=peer_ip,
+            tcp_remote_ip=peer_ip,
             user_agent=None,
             request_id=None,
             method=None,
@@ -606,6 +761,30 @@ class Dispatcher:
 
     # -- mutations (through the store actors) ------------------------------------------------
 
+    def _keys(self, sids: Iterable[str], extra: Iterable[str] = ()) -> tuple[str, ...] | None:
+        """The keys of a mutation of the sessions ``sids`` (see :class:`Mutation`): the
+        ids, the users that hold them now, and ``extra``.
+
+        A session's user is part of it because the user's other mutations depend on their
+        order with this one (a create of that user may evict this session; a touch keeps
+        an idle session live, which the quota counts). An absent or expired session adds
+        no user: the mutation fails whatever the order, unless an earlier mutation of the
+        run creates that id, which shares the id. ``None`` when a session's user cannot
+        be read without waiting (it is on another node, or the cluster cannot say).
+        """
+        get = self.backend.sessions.get
+        keys = list(extra)
+        for sid in sids:
+            keys.append(sid)
+            try:
+                keys.append(get(sid).user_id)
+            except TokMeshError as exc:
+                if exc.error not in _GONE:
+                    return None
+            except NotLocal:
+                return None
+        return tuple(keys)
+
     def _ttl_seconds(self, raw: bytes) -> int | bytes:
         """An EX / TTL / EXPIRE argument in seconds, or the error reply."""
         value = parse_integer(raw)
@@ -620,18 +799,18 @@ class Dispatcher:
         sid = _session_id(argv[1])
         if sid is None:
             return ERR_SESSION_NOT_FOUND
-        return self._touch(conn, sid)
+        return Mutation(self._touch(conn, conn.ctx, sid), self._keys((sid,)))
 
-    async def _touch(self, conn: Connection, sid: str) -> bytes:
+    async def _touch(self, conn: Connection, ctx: RequestContext, sid: str) -> bytes:
         try:
-            session = await self.backend.sessions.touch(conn.ctx, sid)
+            session = await self.backend.sessions.touch(ctx, sid)
         except TokMeshError as exc:
             if exc.error is E.SESS_NOT_FOUND:
                 return ERR_SESSION_NOT_FOUND
             if exc.error is E.SESS_EXPIRED:
                 return ERR_SESSION_EXPIRED
             raise
-        self._audited(conn, "TM.TOUCH", sid)
+        self._audited(conn, ctx, "TM.TOUCH", sid)
         return encode_integer(session.last_active)
 
     def cmd_expire(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
@@ -642,32 +821,32 @@ class Dispatcher:
         sid = _session_id(argv[1])
         if sid is None:
             return ZERO
-        return self._renew(conn, sid, ttl)
+        return Mutation(self._renew(conn, conn.ctx, sid, ttl), self._keys((sid,)))
 
-    async def _renew(self, conn: Connection, sid: str, ttl: int) -> bytes:
+    async def _renew(self, conn: Connection, ctx: RequestContext, sid: str, ttl: int) -> bytes:
         try:
-            await self.backend.sessions.renew(conn.ctx, sid, ttl)
+            await self.backend.sessions.renew(ctx, sid, ttl)
         except TokMeshError as exc:
             if exc.error in _GONE:
                 return ZERO
             raise
-        self._audited(conn, "EXPIRE", sid)
+        self._audited(conn, ctx, "EXPIRE", sid)
         return ONE
 
     def cmd_del(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
         """``DEL key [key ...]``: live sessions actually revoked (≤ 1000 keys)."""
         if len(argv) - 1 > BATCH_REVOKE_LIMIT:
             return ERR_DEL_TOO_MANY
-        return self._del(conn, argv)
+        sids = [sid for sid in map(_session_id, argv[1:]) if sid is not None]
+        return Mutation(self._del(conn, conn.ctx, sids), self._keys(sids))
 
-    async def _del(self, conn: Connection, argv: list[bytes]) -> bytes:
+    async def _del(self, conn: Connection, ctx: RequestContext, sids: list[str]) -> bytes:
         revoke = self.backend.sessions.revoke
         count = 0
-        for raw in argv[1:]:
-            sid = _session_id(raw)
-            if sid is not None and await revoke(conn.ctx, sid):
+        for sid in sids:
+            if await revoke(ctx, sid):
                 # One record per session revoked: each is a mutation of its own.
-                self._audited(conn, "DEL", sid)
+                self._audited(conn, ctx, "DEL", sid)
                 count += 1
         return encode_integer(count)
 
@@ -677,12 +856,13 @@ class Dispatcher:
             user_id = argv[1].decode("utf-8")
         except UnicodeDecodeError:
             return ZERO  # no stored user id is invalid UTF-8
-        return self._revoke_user(conn, user_id)
+        # Every other mutation of this user's sessions in the run carries the user id.
+        return Mutation(self._revoke_user(conn, conn.ctx, user_id), (user_id,))
 
-    async def _revoke_user(self, conn: Connection, user_id: str) -> bytes:
-        count = await self.backend.sessions.revoke_user(conn.ctx, user_id)
+    async def _revoke_user(self, conn: Connection, ctx: RequestContext, user_id: str) -> bytes:
+        count = await self.backend.sessions.revoke_user(ctx, user_id)
         if count:
-            self._audited(conn, "TM.REVOKE_USER", "user:" + user_id)
+            self._audited(conn, ctx, "TM.REVOKE_USER", "user:" + user_id)
         return encode_integer(count)
 
     def cmd_set(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
@@ -699,13 +879,20 @@ class Dispatcher:
         if sid is None:
             return ERR_BAD_SESSION_ID
         fields = _json_fields(argv[2])
-        return self._set(conn, sid, fields, ttl)
+        # Created: the user and the client token it names; updated: the session's user.
+        extra = [v for v in (fields.get("user_id"), fields.get("token")) if isinstance(v, str)]
+        return Mutation(self._set(conn, conn.ctx, sid, fields, ttl), self._keys((sid,), extra))
 
     async def _set(
-        self, conn: Connection, sid: str, fields: dict[str, Any], ttl: int | None
+        self,
+        conn: Connection,
+        ctx: RequestContext,
+        sid: str,
+        fields: dict[str, Any],
+        ttl: int | None,
     ) -> bytes:
         await self.backend.sessions.put(
-            conn.ctx,
+            ctx,
             sid,
             user_id=_opt_str(fields, "user_id"),
             token=_opt_str(fields, "token"),
@@ -713,7 +900,7 @@ class Dispatcher:
             data=_opt_data(fields),
             ttl_seconds=ttl,
         )
-        self._audited(conn, "SET", sid)
+        self._audited(conn, ctx, "SET", sid)
         return OK
 
     def cmd_tm_create(self, conn: Connection, argv: list[bytes]) -> HandlerResult:
@@ -730,23 +917,34 @@ class Dispatcher:
         if sid is None:
             return ERR_BAD_SESSION_ID
         fields = _json_fields(argv[2])
-        return self._tm_create(conn, sid, fields, ttl)
+        # The new session's user: its quota, its oldest session (evict_oldest) and a
+        # revoke of the user depend on the order of that user's mutations. A session
+        # that already holds the id is refused or, expired, not live for anyone: its
+        # own user is not involved. The token is the server's: no two can collide.
+        user = fields.get("user_id")
+        keys = (sid, user) if isinstance(user, str) else (sid,)
+        return Mutation(self._tm_create(conn, conn.ctx, sid, fields, ttl), keys)
 
     async def _tm_create(
-        self, conn: Connection, sid: str, fields: dict[str, Any], ttl: int | None
+        self,
+        conn: Connection,
+        ctx: RequestContext,
+        sid: str,
+        fields: dict[str, Any],
+        ttl: int | None,
     ) -> bytes:
         user_id = _opt_str(fields, "user_id")
         device_id = _opt_str(fields, "device_id")
         data = _opt_data(fields)
         try:
             result = await self.backend.sessions.create(
-                conn.ctx, user_id, device_id=device_id, data=data, ttl_seconds=ttl, session_id=sid
+                ctx, user_id, device_id=device_id, data=data, ttl_seconds=ttl, session_id=sid
             )
         except TokMeshError as exc:
             if exc.error is E.SESS_EXISTS:
                 return ERR_SESSION_CONFLICT
             raise
-        self._audited(conn, "TM.CREATE", result.session.id)
+        self._audited(conn, ctx, "TM.CREATE", result.session.id)
         body = {
             "session_id": result.session.id,
             "token": result.token,

@@ -10,8 +10,8 @@ in Redis). The pipeline that applies them is :meth:`tokmesh.resp.commands.Dispat
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from typing import Any, Final
 
 from tokmesh.domain.apikey import ROLES, role_allows
 from tokmesh.domain.errors import E
@@ -22,6 +22,34 @@ from tokmesh.resp.replies import ReplyValue
 
 HandlerResult = bytes | Awaitable[bytes]
 Handler = Callable[[Connection, list[bytes]], HandlerResult]
+
+
+class Mutation:
+    """The pending reply of a mutation, and what the mutation may touch.
+
+    The handlers of the commands marked ``together`` return one (see
+    :meth:`tokmesh.resp.commands.Dispatcher.run_awaited`): consecutive mutations of one
+    read whose ``keys`` do not overlap are submitted without waiting for each other's
+    commit. ``keys`` holds the session ids, user ids and client tokens the mutation may
+    read or change; two mutations that share none cannot see each other's effect, so
+    their relative order is unobservable. ``None``: the keys are not known without
+    waiting (the session is on another node), and the mutation runs alone.
+    """
+
+    __slots__ = ("keys", "reply")
+
+    def __init__(self, reply: Coroutine[Any, Any, bytes], keys: tuple[str, ...] | None) -> None:
+        self.reply = reply
+        self.keys = keys
+
+    def __await__(self) -> Generator[Any, None, bytes]:
+        return self.reply.__await__()
+
+    def close(self) -> None:
+        """Drop a mutation that will not run (its coroutine never started)."""
+        self.reply.close()
+
+
 #: Answers ``count`` identical copies of a read with one evaluation (``None``: not now).
 RunHandler = Callable[[Connection, list[bytes], int], "bytes | None"]
 
@@ -60,6 +88,7 @@ class CommandSpec:
         "repeat",
         "roles",
         "subcommands",
+        "together",
         "wrong_arity",
     )
 
@@ -72,10 +101,15 @@ class CommandSpec:
         max_args: int = 0,
         repeat: RunHandler | None = None,
         subcommands: Sequence[CommandSpec] = (),
+        together: bool = False,
     ) -> None:
         """``access``: :data:`OPEN`, :data:`SIGNED_IN`, or the permission a data command
-        needs (its roles are those whose permissions include it)."""
+        needs (its roles are those whose permissions include it). ``together``: a
+        mutation whose handler answers with a :class:`Mutation` (or an error reply)."""
         self.name = name
+        #: Runs of such commands in one read are submitted together; a command that is
+        #: not one ends the run, so it runs after every mutation before it committed.
+        self.together = together
         #: The name COMMAND and CLIENT LIST show (``get``, ``client|list``).
         self.info_name = name.lower()
         #: For pure reads: the handler of a run of identical copies (see
