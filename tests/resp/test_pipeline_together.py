@@ -200,7 +200,7 @@ async def test_tls_connections_submit_together_too(nursery: trio.Nursery) -> Non
 
 async def test_same_session_in_order_reads_see_writes(real_stack: RealStack) -> None:
     kid, secret = await real_stack.new_key("issuer")
-    client = real_stack.client_for(kid, secret, protocol=2)
+    client = real_stack.client_for(kid, secret)
     a, b, c = new_session_id(), new_session_id(), new_session_id()
     token = generate_token()
     replies = await in_thread(
@@ -237,7 +237,7 @@ async def test_same_session_in_order_reads_see_writes(real_stack: RealStack) -> 
 
 async def test_an_error_leaves_the_other_mutations_alone(real_stack: RealStack) -> None:
     kid, secret = await real_stack.new_key("issuer")
-    client = real_stack.client_for(kid, secret, protocol=2)
+    client = real_stack.client_for(kid, secret)
     taken = new_session_id()
     await in_thread(client.execute_command, "TM.CREATE", taken, b'{"user_id":"u0"}')
     sids = [new_session_id() for _ in range(4)]
@@ -318,7 +318,7 @@ async def test_audit_records_of_a_run_follow_command_order(
     await nursery.start(audit.run)
     real_stack.server.dispatcher.audit = audit
     kid, secret = await real_stack.new_key("issuer")
-    client = real_stack.client_for(kid, secret, protocol=2)
+    client = real_stack.client_for(kid, secret)
     sids = [new_session_id() for _ in range(100)]
     commands = [("TM.CREATE", s, b'{"user_id":"%s"}' % s.encode()) for s in sids]
     commands.insert(50, ("TM.CREATE", sids[0], b'{"user_id":"again"}'))  # refused: no record

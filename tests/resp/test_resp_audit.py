@@ -22,7 +22,7 @@ async def test_each_mutation_writes_one_record_without_secrets(
     await nursery.start(audit.run)
     real_stack.server.dispatcher.audit = audit
     kid, secret = await real_stack.new_key("issuer")
-    client = real_stack.client_for(kid, secret, protocol=2)
+    client = real_stack.client_for(kid, secret)
     created, put, missing = new_session_id(), new_session_id(), new_session_id()
     token = generate_token()
 
