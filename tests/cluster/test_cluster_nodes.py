@@ -124,6 +124,22 @@ def test_a_session_is_served_by_every_node_over_resp(cluster: TestCluster) -> No
         assert resp(node, key).get(sid) is None
 
 
+def test_a_pipeline_of_validations_spanning_every_owner(cluster: TestCluster) -> None:
+    """A gateway pipelines validations of tokens held all over the cluster: the local
+    ones are answered in one loop, the others fetched from their owners, in order."""
+    key = admin(cluster)
+    tokens = [create(cluster.nodes[i % 3], key, f"pipe-{i}")["token"] for i in range(24)]
+    asked = [*tokens, generate_token(), *tokens[:3]]
+    for node in cluster.nodes:
+        pipe = resp(node, key).pipeline(transaction=False)
+        for token in asked:
+            pipe.execute_command("TM.VALIDATE", token)
+        replies = pipe.execute(raise_on_error=False)
+        assert replies[:24] == [b"OK"] * 24
+        assert isinstance(replies[24], redis.ResponseError)
+        assert replies[25:] == [b"OK"] * 3
+
+
 def test_a_client_chosen_token_validates_everywhere(cluster: TestCluster) -> None:
     """The token names a shard that does not hold its session: two hops, still valid."""
     key = admin(cluster)
