@@ -122,6 +122,12 @@ def test_a_session_is_served_by_every_node_over_resp(cluster: TestCluster) -> No
     assert resp(cluster.nodes[2], key).delete(sid) == 1
     for node in cluster.nodes:
         assert resp(node, key).get(sid) is None
+    # Session ids are case-insensitive: an upper-case id routes to the same owner.
+    for node in cluster.nodes:
+        upper = new_session_id_in_shard(42).upper()
+        made = resp(node, key).execute_command("TM.CREATE", upper, body)
+        assert json.loads(made)["session_id"] == upper.lower(), made
+        assert json.loads(resp(cluster.nodes[0], key).get(upper))["user_id"] == "resp-user"
 
 
 def test_a_pipeline_of_validations_spanning_every_owner(cluster: TestCluster) -> None:

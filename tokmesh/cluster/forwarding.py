@@ -89,6 +89,23 @@ def _unctx(body: dict[str, Any]) -> RequestContext:
 
 _CTX_FIELDS = frozenset(f.name for f in attrs.fields(RequestContext))
 
+#: The keyword arguments of a create that travel to the owner (besides ctx and user id).
+_CREATE_ARGS = (
+    "device_id",
+    "data",
+    "ttl_seconds",
+    "token",
+    "idle_timeout_seconds",
+    "session_id",
+    "require_token",
+)
+
+
+def _id_shard(session_id: str) -> int:
+    """The shard of a session id as given (ids are case-insensitive: normalised first)."""
+    sid = normalize_session_id(session_id)
+    return shard_of(sid if sid is not None else session_id)
+
 
 def _session(record: Any) -> Session:
     try:
@@ -253,10 +270,6 @@ class ClusterSessions:
             return await here()
         return await self._forward(address, method, body)
 
-    def _sid_shard(self, session_id: str) -> int:
-        sid = normalize_session_id(session_id)
-        return shard_of(sid) if sid is not None else shard_of(session_id)
-
     async def validate_touch(self, ctx: RequestContext, token: str) -> Session:
         """Validate and record the access, at the owner of the token's shard."""
         if not is_valid_token(token):
@@ -293,8 +306,6 @@ class ClusterSessions:
     ) -> CreateResult:
         """Create at the owner of the session's shard: the id's, or the user's."""
         args: dict[str, Any] = {
-            "ctx": _ctx(ctx),
-            "user_id": user_id,
             "device_id": device_id,
             "data": data,
             "ttl_seconds": ttl_seconds,
@@ -303,23 +314,14 @@ class ClusterSessions:
             "session_id": session_id,
             "require_token": require_token,
         }
-        shard = self._sid_shard(session_id) if session_id is not None else shard_of(user_id or "")
+        shard = _id_shard(session_id) if session_id is not None else shard_of(user_id or "")
         address = self.routing.owner_address(shard)
         if address is None:
-            result = await self.local.create(
-                ctx,
-                user_id,
-                device_id=device_id,
-                data=data,
-                ttl_seconds=ttl_seconds,
-                token=token,
-                idle_timeout_seconds=idle_timeout_seconds,
-                session_id=session_id,
-                require_token=require_token,
-            )
+            result = await self.local.create(ctx, user_id, **args)
             await self.announce_route(result.session)
             return result
-        reply = await self._forward(address, "sessions.create", args)
+        body = {"ctx": _ctx(ctx), "user_id": user_id, **args}
+        reply = await self._forward(address, "sessions.create", body)
         return CreateResult(_session(reply["session"]), str(reply["token"]))
 
     async def announce_route(self, session: Session) -> None:
@@ -372,13 +374,13 @@ class ClusterSessions:
             "data": data,
             "ttl_seconds": ttl_seconds,
         }
-        return bool(await self._at_owner(self._sid_shard(session_id), "sessions.put", body, here))
+        return bool(await self._at_owner(_id_shard(session_id), "sessions.put", body, here))
 
     async def touch(self, ctx: RequestContext, session_id: str) -> Session:
         """Touch at the owner."""
         body = {"ctx": _ctx(ctx), "session_id": session_id}
         reply = await self._at_owner(
-            self._sid_shard(session_id),
+            _id_shard(session_id),
             "sessions.touch",
             body,
             lambda: _as_record(self.local.touch(ctx, session_id)),
@@ -400,7 +402,7 @@ class ClusterSessions:
             "expected_version": expected_version,
         }
         reply = await self._at_owner(
-            self._sid_shard(session_id),
+            _id_shard(session_id),
             "sessions.renew",
             body,
             lambda: _as_record(self.local.renew(ctx, session_id, ttl_seconds, expected_version)),
@@ -429,7 +431,7 @@ class ClusterSessions:
             "expected_version": expected_version,
         }
         reply = await self._at_owner(
-            self._sid_shard(session_id),
+            _id_shard(session_id),
             "sessions.update",
             body,
             lambda: _as_record(
@@ -452,7 +454,7 @@ class ClusterSessions:
         body = {"ctx": _ctx(ctx), "session_id": session_id}
         return bool(
             await self._at_owner(
-                self._sid_shard(session_id),
+                _id_shard(session_id),
                 "sessions.revoke",
                 body,
                 lambda: self.local.revoke(ctx, session_id, sync=sync),
@@ -534,8 +536,7 @@ class SessionHandlers:
 
     def _own_sid(self, session_id: Any) -> str:
         sid = str(session_id)
-        norm = normalize_session_id(sid)
-        self._own(shard_of(norm if norm is not None else sid))
+        self._own(_id_shard(sid))
         return sid
 
     async def _get(self, peer: str, body: Any) -> Any:
@@ -573,18 +574,10 @@ class SessionHandlers:
         ctx = _unctx(body["ctx"])
         sid = body.get("session_id")
         user_id = body.get("user_id")
-        self._own(shard_of(sid) if sid is not None else shard_of(user_id or ""))
-        result = await self.local.create(
-            ctx,
-            user_id,
-            device_id=body.get("device_id"),
-            data=body.get("data"),
-            ttl_seconds=body.get("ttl_seconds"),
-            token=body.get("token"),
-            idle_timeout_seconds=body.get("idle_timeout_seconds"),
-            session_id=sid,
-            require_token=bool(body.get("require_token")),
-        )
+        self._own(_id_shard(str(sid)) if sid is not None else shard_of(user_id or ""))
+        args = {name: body.get(name) for name in _CREATE_ARGS}
+        args["require_token"] = bool(args["require_token"])
+        result = await self.local.create(ctx, user_id, **args)
         await self.sessions.announce_route(result.session)
         return {"session": result.session.to_record(), "token": result.token}
 

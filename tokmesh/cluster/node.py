@@ -170,7 +170,8 @@ class ClusterNode:
             self.membership,
         )
         self.watcher = ShardMapWatcher(self.etcd, settings.prefix, on_map=self._map_changed)
-        self.prober = Prober(settings.node_id, self._probe, on_change=self._suspicion)
+        # Routing reads the prober's beliefs directly (state_of); it logs the changes.
+        self.prober = Prober(settings.node_id, self._probe)
         self.sessions: ClusterSessions | None = None
         self._nursery: trio.Nursery | None = None
         self.server.register("swim", self._on_probe)
@@ -261,10 +262,6 @@ class ClusterNode:
             "shard map in force",
             extra={"version": shard_map.version, "owned_shards": mine, "node_id": self.node_id},
         )
-
-    def _suspicion(self, node: str, status: Status) -> None:
-        # Logged by the prober; routing reads the prober's state directly.
-        return
 
     async def _announce_routes(self, nodes: frozenset[str]) -> None:
         """Send the routes of this node's client-token sessions whose token shard one of

@@ -94,13 +94,19 @@ async def run_fetching(handler: Callable[[], Awaitable[T]]) -> T:
     answer and run the handler again (it then finds every answer fetched so far).
     Handlers read before they write, so running one again repeats no change.
     """
+    try:
+        # The usual case (every read local) costs nothing more than the call.
+        return await handler()
+    except NotLocal as first:
+        elsewhere = first
     token = _PARKED.set({})
     try:
         for _ in range(MAX_FETCHES):
+            await elsewhere.fetch()
             try:
                 return await handler()
-            except NotLocal as elsewhere:
-                await elsewhere.fetch()
+            except NotLocal as again:
+                elsewhere = again
         raise TokMeshError(E.ARG_INVALID, f"more than {MAX_FETCHES} remote reads in one request")
     finally:
         _PARKED.reset(token)
