@@ -119,6 +119,9 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "cluster.etcd.tls.ca_file": "",
     "cluster.etcd.tls.cert_file": "",
     "cluster.etcd.tls.key_file": "",
+    # The dashboard and the event stream (issues 16 and 14).
+    "server.http.ui.enabled": True,
+    "events.include_touch": False,
 }
 
 HOT = {

@@ -193,6 +193,20 @@ class TlsConfig:
 
 
 @attrs.frozen
+class UiConfig:
+    """``server.http.ui.*``: the operations dashboard served at ``/ui``."""
+
+    enabled: bool = _key(
+        True,
+        Kind.BOOL,
+        "Serve the operations dashboard (static files) at `/ui` on the HTTP and HTTPS "
+        "listeners. It holds no secret and calls the same admin and business API as any "
+        "client. TokMesh addition.",
+        addition=True,
+    )
+
+
+@attrs.frozen
 class HttpConfig:
     """Plaintext HTTP listener (business API, admin API, /metrics, /health, /ready)."""
 
@@ -230,6 +244,7 @@ class HttpConfig:
         maximum="300s",
         addition=True,
     )
+    ui: UiConfig = attrs.field(factory=UiConfig)
 
 
 @attrs.frozen
@@ -870,6 +885,22 @@ class TelemetryConfig:
     audit: AuditConfig = attrs.field(factory=AuditConfig)
 
 
+# ============================================================================ events.*
+
+
+@attrs.frozen
+class EventsConfig:
+    """``events.*``: the session event stream (``GET /events``). TokMesh addition."""
+
+    include_touch: bool = _key(
+        False,
+        Kind.BOOL,
+        "Also publish `touched` events (off by default: touches are frequent and would "
+        "amplify every validation with touch into an event). TokMesh addition.",
+        addition=True,
+    )
+
+
 # ============================================================================ root
 
 
@@ -883,6 +914,7 @@ class Config:
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     telemetry: TelemetryConfig = attrs.field(factory=TelemetryConfig)
+    events: EventsConfig = attrs.field(factory=EventsConfig)
 
 
 # ============================================================================ registry
