@@ -24,6 +24,7 @@ from tokmesh import __version__
 from tokmesh.actors.auth_cache import AuthCache
 from tokmesh.actors.commit_stream import Commit, CommitKind
 from tokmesh.actors.engine import EngineSettings, StorageEngine
+from tokmesh.actors.event_hub import LIVE_LIMIT, EventHub
 from tokmesh.actors.periodic import keep_running
 from tokmesh.actors.snapshotter import SnapshotSettings
 from tokmesh.actors.wal_writer import WalSettings
@@ -33,6 +34,7 @@ from tokmesh.api.app import BodyLimit, NativeFront, build_api, create_quart_app
 from tokmesh.api.asgi_bridge import AsgiBridge
 from tokmesh.api.backups import backup_service, streams_request_body
 from tokmesh.api.deps import ApiDeps
+from tokmesh.api.events_ws import EventsEndpoint
 from tokmesh.api.http_limits import HttpLimits
 from tokmesh.api.http_server import ServerControl, serve_http
 from tokmesh.api.local_socket import LocalSocketServer, Peer
@@ -170,6 +172,17 @@ class TokMeshServer:
         self.clock = wall_clock(os.environ)
         self.engine = StorageEngine(engine_settings(cfg, self.node_id), clock=self.clock)
         self.engine.commits.subscribe(_count_commit)
+        # Session events (GET /events): fed by the commit stream, replays from the WAL.
+        self.events = EventHub(
+            self.engine.commits,
+            self.engine.settings.wal_dir,
+            cfg.events.include_touch,
+            lookup=self._held_session,
+            # Not a config key yet: the tests set a small bound to meet a slow watcher
+            # within seconds (docs/events.md).
+            live_limit=int(os.environ.get("TOKMESH_EVENTS_LIVE_LIMIT") or LIVE_LIMIT),
+        )
+        self.engine.restore_hooks.append(lambda _keys: self.events.state_replaced())
         a = auth_settings(cfg)
         self.audit = audit_mod.AuditLog(
             self.data_dir / "audit", retention_days=cfg.telemetry.audit.retention_days
@@ -257,6 +270,14 @@ class TokMeshServer:
         for warning in a.startup_warnings():
             log.warning(warning)
 
+    def _held_session(self, session_id: str) -> tuple[str, str, int, bool] | None:
+        """``(user_id, device_id, version, revoked)`` of a session this node holds: names
+        the session of an old DELETE record (without an event note) in a replay."""
+        s = self.engine.state.sessions.get(session_id)
+        if s is None:
+            return None
+        return s.user_id, s.device_id, s.version, s.is_deleted
+
     def _refused(self, reason: str) -> None:
         """The cluster refused this node: stop, and exit 1 (a supervisor restarting it
         would only be refused again; the log line says what to fix)."""
@@ -266,10 +287,9 @@ class TokMeshServer:
     def _cluster_sessions(self, engine: StorageEngine) -> SessionOperations:
         """The fronts' session operations on a cluster node: each request goes to the
         owner of its shard, this node's own shards run on its store."""
-        from tokmesh.services.sessions import SessionService
 
         assert self.cluster is not None and engine.store is not None
-        local = SessionService(engine.store, engine.settings.sessions, engine.clock, cluster=True)
+        local = self.cluster.local_operations(engine.store, engine.settings.sessions, engine.clock)
         return self.cluster.attach(local)
 
     # -- telemetry hooks ---------------------------------------------------------------------
@@ -359,6 +379,8 @@ class TokMeshServer:
                             nursery.start_soon(self.key_watcher.run)
                         nursery.start_soon(keep_running, "key_last_used", self.keys.run)
                         await nursery.start(backup_service(self.deps).run)
+                        if self.engine.cipher is not None:
+                            await nursery.start(self.events.run, self.engine.cipher)
                         await self._start_resp(listeners)
                         log.info(
                             "tokmesh-server ready",
@@ -477,6 +499,8 @@ class TokMeshServer:
         log.info("shutting down", extra={"grace_seconds": grace})
         if self.engine.readiness.phase is not Phase.FAILED:
             self.engine.readiness.set(Phase.STOPPING)
+        # Event watchers never finish by themselves: close them (1001) before the drain.
+        self.events.shutdown()
         # Drain every listener at once: none keeps accepting while another drains.
         for control in self.http_controls:
             control.begin_drain(grace)
@@ -620,6 +644,12 @@ class TokMeshServer:
                     limits=limits,
                     ssl_context=tls,
                     streaming_predicate=streams_request_body,
+                    upgrade_handler=EventsEndpoint(
+                        self.deps,
+                        self.events,
+                        idle_timeout=limits.idle_timeout,
+                        write_timeout=limits.write_timeout,
+                    ),
                     gate=self.gate,
                 )
             )

@@ -45,9 +45,21 @@ class TestCluster:
 
     __test__ = False  # not a test class for pytest
 
-    def __init__(self, root: Path, etcd: EtcdMember, size: int = 3, prefix: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        etcd: EtcdMember | list[EtcdMember],
+        size: int = 3,
+        prefix: str = "",
+        *,
+        replication_factor: int = 1,
+        ack: str = "revoke",
+    ) -> None:
         self.root = root
-        self.etcd = etcd
+        self.etcd_members = etcd if isinstance(etcd, list) else [etcd]
+        self.etcd = self.etcd_members[0]
+        self.replication_factor = replication_factor
+        self.ack = ack
         self.prefix = prefix or f"/tm-{root.name}/"
         self.ca = trustme.CA()
         self.ca_path = root / "ca.pem"
@@ -78,11 +90,13 @@ class TestCluster:
                     "client_ca_file": str(self.ca_path),
                 },
                 "etcd": {
-                    "endpoints": [self.etcd.url],
+                    "endpoints": [m.url for m in self.etcd_members],
                     "prefix": self.prefix,
                     "lease_ttl": LEASE_TTL,
                 },
                 "bootstrap": {"expect_nodes": expect},
+                "data": {"replication_factor": self.replication_factor},
+                "replication": {"ack": self.ack},
             },
         }
         return ClusterNodeProcess(home, node_id, overrides)
@@ -94,10 +108,25 @@ class TestCluster:
         for node in self.nodes:
             node.wait_ready(timeout)
 
+    def add_node(self, node_id: str) -> ClusterNodeProcess:
+        """A further node of this cluster (not started)."""
+        node = self._make(node_id, len(self.nodes))
+        self.nodes.append(node)
+        return node
+
+    def node(self, node_id: str) -> ClusterNodeProcess:
+        """The node with ``node_id``."""
+        return next(n for n in self.nodes if n.node_id == node_id)
+
     def shard_map(self) -> ShardMap:
         """The shard map in etcd, read through the etcd gateway as any client could."""
         key = base64.b64encode((self.prefix + "shardmap").encode()).decode()
-        r = httpx.post(self.etcd.url + "/v3/kv/range", json={"key": key}, timeout=5)
+        url = self.etcd_members[0].url
+        for member in self.etcd_members:
+            if member.proc is not None and member.proc.poll() is None:
+                url = member.url
+                break
+        r = httpx.post(url + "/v3/kv/range", json={"key": key}, timeout=5)
         kvs = r.json().get("kvs") or []
         assert kvs, "no shard map in etcd"
         return ShardMap.decode(base64.b64decode(kvs[0]["value"]))

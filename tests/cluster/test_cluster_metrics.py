@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 from tokmesh.cluster import cluster_metrics
-from tokmesh.cluster.etcd import EtcdSettings
+from tokmesh.cluster.etcd import EtcdSettings, LeaseKeeper
 from tokmesh.cluster.membership import MemberRecord, MembershipState
 from tokmesh.cluster.node import ClusterNode, ClusterSettings
 from tokmesh.cluster.swim import Ping, Status, Update
@@ -89,6 +89,9 @@ async def test_gauges_follow_the_node(node: ClusterNode) -> None:
         PEER: MemberRecord(PEER, "127.0.0.1:2", "0.0.0", now),
     }
     node.membership.state = MembershipState.CONNECTED
+    # Registered under a lease whose renewal etcd confirmed (its expiry is ahead).
+    node.membership.lease_id = 1
+    node.membership.keeper = LeaseKeeper(node.etcd, 1, 10)
     assert _sample("tokmesh_cluster_nodes_total") == (
         'tokmesh_cluster_nodes_total{status="active"} 2.0\n'
         'tokmesh_cluster_nodes_total{status="down"} 0.0'

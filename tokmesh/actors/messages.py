@@ -37,6 +37,8 @@ class Touch:
     ip: str | None
     ua: str | None
     reply: Reply[Session]
+    #: The API key that asked (empty: the system); logged for the event stream.
+    by: str = ""
 
 
 @attrs.frozen
@@ -48,6 +50,8 @@ class Renew:
     ttl_ms: int
     expected_version: int | None
     reply: Reply[Session]
+    #: The API key that asked (empty: the system); logged for the event stream.
+    by: str = ""
 
 
 @attrs.frozen
@@ -62,6 +66,8 @@ class Update:
     ttl_ms: int
     expected_version: int | None
     reply: Reply[Session]
+    #: The API key that asked (empty: the system); logged for the event stream.
+    by: str = ""
 
 
 @attrs.frozen
@@ -71,6 +77,8 @@ class Revoke:
     sid: str
     now_ms: int
     reply: Reply[bool]
+    #: The API key that asked (empty: the system); logged for the event stream.
+    by: str = ""
 
 
 @attrs.frozen
@@ -82,6 +90,8 @@ class RevokeUser:
     except_sid: str | None
     limit: int
     reply: Reply[int]
+    #: The API key that asked (empty: the system); logged for the event stream.
+    by: str = ""
 
 
 @attrs.frozen
@@ -94,13 +104,28 @@ class Purge:
 
 
 @attrs.frozen
+class Replicate:
+    """Apply states copied from a shard's owner (on a replica), idempotently.
+
+    Each item is ``(session_id, state)``: ``state`` is the owner's full record (a
+    tombstone when ``is_deleted``) or ``None`` for a session the owner purged after its
+    expiry. A higher version wins, a tombstone wins over a live state, an item that
+    changes nothing writes nothing. Replies with the number of records written.
+    """
+
+    items: tuple[tuple[str, Session | None], ...]
+    now_ms: int
+    reply: Reply[int]
+
+
+@attrs.frozen
 class Barrier:
     """Resolves once every earlier message of this shard has been committed or failed."""
 
     reply: Reply[None]
 
 
-Message = Create | Touch | Renew | Update | Revoke | RevokeUser | Purge | Barrier
+Message = Create | Touch | Renew | Update | Revoke | RevokeUser | Purge | Replicate | Barrier
 
 __all__ = [
     "Barrier",
@@ -108,6 +133,7 @@ __all__ = [
     "Message",
     "Purge",
     "Renew",
+    "Replicate",
     "Revoke",
     "RevokeUser",
     "Touch",

@@ -11,7 +11,7 @@ sampling array consistent in one step (01 §5 index atomicity).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from tokmesh.actors.expiry import BUCKET_MS, ExpiryWheel
@@ -40,6 +40,7 @@ class StoreState:
         "by_user",
         "expired_ids",
         "expired_tokens",
+        "foreign",
         "keys",
         "pending_tokens",
         "position",
@@ -64,6 +65,11 @@ class StoreState:
         #: WAL position (segment << 32 | offset) just after the last committed record.
         self.position = 0
         self.wheel = ExpiryWheel()
+        #: In a cluster with replicas: true for the id of a session this node holds only
+        #: as a replica (its shard is owned elsewhere). Such copies take no part in a
+        #: user's quota, revoke-by-user or listings here; their owner answers for them.
+        #: ``None`` on a single node (everything held is owned).
+        self.foreign: Callable[[str], bool] | None = None
         # Sessions the sweeper purged after they expired, remembered (bounded, in memory)
         # so reads keep answering "expired" (TM-SESS-4041 / TM-TOKN-4011) rather than
         # "unknown" for a while after the record itself is gone. Fingerprints only: the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -26,6 +27,7 @@ from tokmesh.actors.messages import (
     Message,
     Purge,
     Renew,
+    Replicate,
     Revoke,
     RevokeUser,
     Touch,
@@ -108,6 +110,9 @@ class SessionShard:
     def _live_user_ids(self, user_id: str, now_ms: int) -> list[Session]:
         ids = set(self.state.by_user.get(user_id))
         ids.update(self._pending_user_creates.get(user_id, ()))
+        foreign = self.state.foreign
+        if foreign is not None:
+            ids = {sid for sid in ids if not foreign(sid)}
         out = []
         for sid in ids:
             s = self._latest(sid)
@@ -124,13 +129,27 @@ class SessionShard:
         done: Callable[[], None],
         failed: Callable[[TokMeshError], None],
         tombstone: bool = False,
+        cause: str = "",
+        by: str = "",
     ) -> Append:
         """Mark ``new`` in flight and build its WAL submission, applied on commit.
 
         ``new is None`` logs a DELETE that removes the session entirely (sweeper purge);
         ``tombstone`` logs a DELETE that keeps ``new`` as a revoked record. Synchronous:
-        a caller may prepare many records and submit them together.
+        a caller may prepare many records and submit them together. ``cause`` and ``by``
+        go into the record's event note (see ``WalRecord.event``): the event stream
+        reads them back from the WAL, where a touch and a renew look alike.
         """
+        event: dict[str, Any] | None = None
+        if cause:
+            event = {"cause": cause, "by": by}
+            if rtype is RecordType.DELETE:
+                # A DELETE logs no state: name the session it ends for the event stream.
+                ended = new if new is not None else self._latest(sid)
+                if ended is not None:
+                    event["user_id"] = ended.user_id
+                    event["device_id"] = ended.device_id
+                    event["version"] = ended.version
         self._pending[sid] = new
         self._inflight[sid] = self._inflight.get(sid, 0) + 1
         self._outstanding += 1
@@ -142,7 +161,9 @@ class SessionShard:
         else:
             version, body = 0, None
             kind = CommitKind.REVOKE if tombstone else CommitKind.EXPIRE
-        record = WalRecord(type=rtype, ts=now_ms, entity_id=sid, version=version, body=body)
+        record = WalRecord(
+            type=rtype, ts=now_ms, entity_id=sid, version=version, body=body, event=event
+        )
         flight = _InFlight(self, kind, record, new, done, failed)
         return Append(record, flight.commit, flight.fail)
 
@@ -199,9 +220,11 @@ class SessionShard:
         done: Callable[[], None],
         failed: Callable[[TokMeshError], None],
         tombstone: bool = False,
+        cause: str = "",
+        by: str = "",
     ) -> None:
         """Prepare one record (see :meth:`_prepare`) and hand it to the WAL."""
-        item = self._prepare(rtype, sid, new, now_ms, done, failed, tombstone)
+        item = self._prepare(rtype, sid, new, now_ms, done, failed, tombstone, cause, by)
         try:
             await self.wal.append(item.record, item.on_commit, item.on_fail)
         except TokMeshError as err:
@@ -233,6 +256,8 @@ class SessionShard:
             await self._update(msg)
         elif isinstance(msg, Purge):
             await self._purge(msg)
+        elif isinstance(msg, Replicate):
+            await self._replicate(msg)
         elif isinstance(msg, Barrier):
             await self._idle.wait()
             msg.reply.set(None)
@@ -286,11 +311,19 @@ class SessionShard:
         if digest in self._pending_tokens:
             raise TokMeshError(E.TOKN_EXISTS)
         if replaced is not None:
-            await self._log(RecordType.DELETE, sid, None, now, _noop, _log_failure)
+            await self._log(RecordType.DELETE, sid, None, now, _noop, _log_failure, cause="expire")
         if evict is not None:
             tomb = evict.evolve(is_deleted=True, version=evict.version + 1)
             await self._log(
-                RecordType.DELETE, evict.id, tomb, now, _noop, _log_failure, tombstone=True
+                RecordType.DELETE,
+                evict.id,
+                tomb,
+                now,
+                _noop,
+                _log_failure,
+                tombstone=True,
+                cause="revoke",
+                by=s.created_by,
             )
         self._pending_tokens[digest] = sid
         self._pending_user_creates.setdefault(s.user_id, set()).add(sid)
@@ -323,7 +356,16 @@ class SessionShard:
             changes["last_active"] = last_active
         new = cur.evolve(version=cur.version + 1, **changes)
         reply = msg.reply
-        await self._log(RecordType.UPDATE, msg.sid, new, now, lambda: reply.set(new), reply.fail)
+        await self._log(
+            RecordType.UPDATE,
+            msg.sid,
+            new,
+            now,
+            lambda: reply.set(new),
+            reply.fail,
+            cause="touch",
+            by=msg.by,
+        )
 
     async def _renew(self, msg: Renew) -> None:
         cur = self._must_exist(msg.sid, msg.now_ms)
@@ -336,7 +378,16 @@ class SessionShard:
             version=cur.version + 1,
         )
         reply = msg.reply
-        await self._log(RecordType.UPDATE, msg.sid, new, now, lambda: reply.set(new), reply.fail)
+        await self._log(
+            RecordType.UPDATE,
+            msg.sid,
+            new,
+            now,
+            lambda: reply.set(new),
+            reply.fail,
+            cause="renew",
+            by=msg.by,
+        )
 
     async def _update(self, msg: Update) -> None:
         cur = self._must_exist(msg.sid, msg.now_ms)
@@ -357,7 +408,16 @@ class SessionShard:
             changes["ttl"] = msg.ttl_ms
         new = cur.evolve(**changes)
         reply = msg.reply
-        await self._log(RecordType.UPDATE, msg.sid, new, now, lambda: reply.set(new), reply.fail)
+        await self._log(
+            RecordType.UPDATE,
+            msg.sid,
+            new,
+            now,
+            lambda: reply.set(new),
+            reply.fail,
+            cause="update",
+            by=msg.by,
+        )
 
     async def _revoke(self, msg: Revoke) -> None:
         cur = self._latest(msg.sid)
@@ -374,6 +434,8 @@ class SessionShard:
             lambda: reply.set(True),
             reply.fail,
             tombstone=True,
+            cause="revoke",
+            by=msg.by,
         )
 
     async def _revoke_user(self, msg: RevokeUser) -> None:
@@ -400,6 +462,8 @@ class SessionShard:
                     counter.ok,
                     counter.failed,
                     tombstone=True,
+                    cause="revoke",
+                    by=msg.by,
                 )
             )
         await self._log_many(items)
@@ -432,8 +496,41 @@ class SessionShard:
         counter = _Countdown(len(logged), msg.reply, base=removed)
         await self._log_many(
             [
-                self._prepare(RecordType.DELETE, sid, None, now, counter.ok, counter.failed)
+                self._prepare(
+                    RecordType.DELETE, sid, None, now, counter.ok, counter.failed, cause="expire"
+                )
                 for sid in logged
+            ]
+        )
+
+    async def _replicate(self, msg: Replicate) -> None:
+        """Write the owner's states that are newer than ours (see :class:`Replicate`)."""
+        todo: list[tuple[RecordType, str, Session | None, bool]] = []
+        for sid, state in msg.items:
+            cur = self._latest(sid)
+            if state is None:
+                # The owner purged an expired session; a tombstone here is newer news.
+                if cur is not None and not cur.is_deleted:
+                    todo.append((RecordType.DELETE, sid, None, False))
+                continue
+            if cur is not None:
+                if cur.is_deleted and not state.is_deleted:
+                    continue  # a tombstone is final: a revoked session never revives
+                if state.version <= cur.version and cur.is_deleted == state.is_deleted:
+                    continue  # a duplicate or an older state
+            if state.is_deleted:
+                todo.append((RecordType.DELETE, sid, state, True))
+            else:
+                rtype = RecordType.CREATE if cur is None else RecordType.UPDATE
+                todo.append((rtype, sid, state, False))
+        if not todo:
+            msg.reply.set(0)
+            return
+        counter = _Countdown(len(todo), msg.reply)
+        await self._log_many(
+            [
+                self._prepare(rtype, sid, new, msg.now_ms, counter.ok, counter.failed, tomb)
+                for rtype, sid, new, tomb in todo
             ]
         )
 

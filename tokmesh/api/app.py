@@ -24,9 +24,11 @@ from tokmesh.api.admin_config import config_routes
 from tokmesh.api.backups import backup_routes
 from tokmesh.api.business import business_routes
 from tokmesh.api.deps import ApiDeps
+from tokmesh.api.events_ws import events_routes
 from tokmesh.api.http_errors import error_response
 from tokmesh.api.http_request_id import request_id_from_headers
 from tokmesh.api.http_types import HttpRequest, HttpResponse
+from tokmesh.api.oauth2 import oauth2_routes
 from tokmesh.api.ops import ops_routes
 from tokmesh.api.routes import Api, Route
 from tokmesh.domain.errors import E, TokMeshError
@@ -43,6 +45,8 @@ def build_api(deps: ApiDeps, extra: list[RouteFactory] | None = None) -> Api:
         admin_routes,
         config_routes,
         backup_routes,
+        oauth2_routes,
+        events_routes,
         *(extra or []),
     ]
     for factory in factories:
@@ -51,6 +55,14 @@ def build_api(deps: ApiDeps, extra: list[RouteFactory] | None = None) -> Api:
     from tokmesh.api.openapi import openapi_routes
 
     api.router = type(api.router)(routes + openapi_routes(api))
+    config = deps.config
+    if config is None or config.server.http.ui.enabled:
+        from tokmesh.ui.serve import ui_routes
+
+        # The dashboard's files are not part of the HTTP API: a second Api over the same
+        # deps serves them besides every route, while /openapi.json keeps describing the
+        # first one's table (its handlers read ``api.router.routes`` when asked).
+        return Api(deps, api.router.routes + ui_routes())
     return api
 
 

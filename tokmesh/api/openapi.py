@@ -107,6 +107,29 @@ def _error_response(status: int, codes: list[ErrorCode]) -> Schema:
     }
 
 
+#: Statuses answered before a route is known (routing, the body limit): always enveloped.
+_FRONT_STATUSES: Final = frozenset({405, 413})
+
+
+def _own_error_response(status: int, codes: list[ErrorCode], schema: Schema) -> Schema:
+    """An error status of a route that renders its own error bodies (``OpDoc.error_schema``):
+    ``schema`` as the body, the codes listed in ``X-Error-Code``."""
+    envelope = _error_response(status, codes)
+    headers = dict(envelope["headers"])
+    headers["X-Error-Code"] = {
+        "description": "The TokMesh error code behind the answer",
+        "required": True,
+        "schema": {"type": "string", "enum": [c.code for c in codes]},
+    }
+    if status == 401:
+        headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}
+    return {
+        "description": envelope["description"],
+        "headers": headers,
+        "content": {_JSON: {"schema": schema}},
+    }
+
+
 def operation_errors(route: Route, op: OpDoc | None) -> dict[int, list[ErrorCode]]:
     """Every error status ``route`` can answer, with its codes (03 §2.6-§2.12)."""
     codes: list[ErrorCode] = [E.SYS_INTERNAL, E.SYS_METHOD_NOT_ALLOWED]
@@ -219,22 +242,29 @@ def build_operation(route: Route, op: OpDoc | None) -> Schema:
         if body is None and op is None:
             body = {"type": "object"}
         if body is not None:
-            content: dict[str, Any] = {_JSON: {"schema": body}}
-            for media, schema in op.more_bodies if op else ():
-                content[media] = {"schema": schema}
+            media = op.body_media if op else _JSON
+            content: dict[str, Any] = {media: {"schema": body}}
+            for more, schema in op.more_bodies if op else ():
+                content[more] = {"schema": schema}
+            about = "JSON object (strict: unknown fields are 400 TM-SYS-4000)"
+            if media != _JSON:
+                about = f"{media} (a parameter sent twice is 400; unknown ones are ignored)"
             operation["requestBody"] = {
                 "required": bool(op and op.body_required),
-                "description": "JSON object (strict: unknown fields are 400 TM-SYS-4000)",
+                "description": about,
                 "content": content,
             }
-    operation["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}] if authenticated else []
+    schemes = [*(op.more_security if op else ()), "bearerAuth", "apiKeyAuth"]
+    operation["security"] = [{name: []} for name in schemes] if authenticated else []
     ok: Schema = {
         "description": "Success",
         "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
     }
     for name, header in op.success_headers if op else ():
         ok["headers"][name] = header
-    if op is not None and op.media_schema is not None:
+    if op is not None and op.empty_success:
+        pass  # no body at all
+    elif op is not None and op.media_schema is not None:
         ok["content"] = {op.media: {"schema": op.media_schema}}  # not an envelope
     else:
         data = op.data if op is not None and op.data is not None else {"type": "object"}
@@ -242,8 +272,12 @@ def build_operation(route: Route, op: OpDoc | None) -> Schema:
     responses: dict[str, Any] = {str(route.success_status): ok}
     for status in op.more_success if op else ():
         responses[str(status)] = {**ok, "description": f"Success ({status})"}
+    own = op.error_schema if op is not None else None
     for status, codes in operation_errors(route, op).items():
-        responses[str(status)] = _error_response(status, codes)
+        if own is not None and status not in _FRONT_STATUSES:
+            responses[str(status)] = _own_error_response(status, codes, own)
+        else:
+            responses[str(status)] = _error_response(status, codes)
     operation["responses"] = responses
     return operation
 
@@ -258,6 +292,14 @@ def _components(ttl_max_seconds: int) -> Schema:
                 "scheme": "bearer",
                 "bearerFormat": "<key_id>:<key_secret>",
                 "description": "Authorization: Bearer tmak-…:tmas_… (recommended)",
+            },
+            "basicAuth": {
+                "type": "http",
+                "scheme": "basic",
+                "description": (
+                    "OAuth 2.0 routes only: client_id = key_id, client_secret = key_secret, "
+                    "each form-urlencoded before base64 (RFC 6749 §2.3.1)"
+                ),
             },
             "apiKeyAuth": {
                 "type": "apiKey",
@@ -279,6 +321,12 @@ def _components(ttl_max_seconds: int) -> Schema:
                 "description": "The error code of the envelope",
                 "required": True,
                 "schema": ref("ErrorCode"),
+            },
+            "WWW-Authenticate": {
+                "description": 'The challenge of an OAuth 2.0 401: Basic realm="tokmesh" '
+                '(Bearer realm="tokmesh" when a Bearer credential was sent)',
+                "required": True,
+                "schema": string,
             },
             "Allow": {
                 "description": "The methods the path serves",
@@ -457,7 +505,10 @@ def _operation_html(doc: dict[str, Any], method: str, path: str, op: dict[str, A
             if status.startswith("2")
         )
         if not status.startswith("2") and content:
-            shown = '<a href="#schema-ErrorEnvelope">ErrorEnvelope</a>'
+            # The envelope, or a route's own error body (the OAuth 2.0 routes).
+            own = next(iter(content.values())).get("schema", {}).get("$ref", "")
+            name = own.rsplit("/", 1)[-1] if own else "ErrorEnvelope"
+            shown = f'<a href="#schema-{_e(name)}">{_e(name)}</a>'
         parts.append(
             f"<tr><td>{_e(status)}</td><td>{_inline_md(resp['description'])}</td>"
             f"<td>{shown}</td></tr>"

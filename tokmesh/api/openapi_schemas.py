@@ -240,6 +240,7 @@ def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[st
             {"valid": {"const": True}, "session": ref("Session")}, ["valid", "session"]
         ),
         "EmptyRequest": _obj({}, description="Empty body or {}", maxProperties=0),
+        **oauth2_schemas(),
         "SessionList": page_of(ref("SessionFields")),
         "Health": _obj({"status": {"const": "healthy"}, "timestamp": _MS}, ["status", "timestamp"]),
         "ReadyChecks": {
@@ -679,6 +680,61 @@ class Param:
     required: bool = False
 
 
+def oauth2_schemas() -> dict[str, Schema]:
+    """The OAuth 2.0 shapes: form requests, the introspection answer, the error body."""
+    hint = _str(
+        description="access_token, refresh_token or anything else: ignored (a TokMesh "
+        "token is always a session token)"
+    )
+    token = _str(minLength=1, description="The session token (tmtk_…)")
+    # Unknown form parameters are ignored (RFC 6749 §3.2), so the forms stay open.
+    return {
+        "OAuth2IntrospectionRequest": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {"token": token, "token_type_hint": hint},
+        },
+        "OAuth2RevocationRequest": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {"token": token, "token_type_hint": hint},
+        },
+        "OAuth2IntrospectionResponse": _obj(
+            {
+                "active": {"type": "boolean", "description": "false: nothing else is sent"},
+                "sub": _str(description="The session's user_id"),
+                "client_id": _str(description="key_id of the API key that created the session"),
+                "token_type": {"const": "Bearer"},
+                "iat": {"type": "integer", "minimum": 0, "description": "Created, Unix seconds"},
+                "exp": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Unix seconds the session ends (absolute expiry or idle "
+                    "timeout, whichever comes first); absent if it never ends",
+                },
+                "sid": _str(pattern=SESSION_ID_PATTERN, description="The session ID"),
+            },
+            ["active"],
+        ),
+        "OAuth2Error": _obj(
+            {
+                "error": {
+                    "enum": [
+                        "invalid_request",
+                        "invalid_client",
+                        "unauthorized_client",
+                        "temporarily_unavailable",
+                        "server_error",
+                    ],
+                    "description": "RFC 6749 §5.2 error code",
+                },
+                "error_description": _str(description="Human-readable detail"),
+            },
+            ["error", "error_description"],
+        ),
+    }
+
+
 @attrs.frozen
 class OpDoc:
     """The wire description of one route.
@@ -707,6 +763,15 @@ class OpDoc:
     more_bodies: tuple[tuple[str, Schema], ...] = ()
     #: extra success response headers: name -> header object
     success_headers: tuple[tuple[str, Schema], ...] = ()
+    #: the request body's media type (the OAuth 2.0 routes take a form)
+    body_media: str = "application/json"
+    #: the body of the errors the route renders itself, instead of the envelope (OAuth
+    #: 2.0 ``{"error", "error_description"}``); the code is then only in X-Error-Code
+    error_schema: Schema | None = None
+    #: the success answer has no body (OAuth 2.0 revocation)
+    empty_success: bool = False
+    #: security schemes accepted besides the usual ones, listed first (HTTP Basic)
+    more_security: tuple[str, ...] = ()
 
 
 _PAGE: Final = Param("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number (≥ 1)")
@@ -729,6 +794,13 @@ _VALIDATOR: Final = ("validator", "issuer", "admin")
 _ADMIN: Final = ("admin",)
 P: Final = "/admin/v1"
 _STANDALONE: Final = "501 TM-SYS-5010 while the node runs standalone."
+
+_NO_STORE: Final = (
+    (
+        "Cache-Control",
+        {"description": "Always no-store", "required": True, "schema": {"const": "no-store"}},
+    ),
+)
 
 OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
     ("POST", "/sessions"): OpDoc(
@@ -855,6 +927,47 @@ OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
             "touch=true also records last_access_ip/ua."
         ),
         roles=_VALIDATOR,
+    ),
+    ("POST", "/oauth2/introspect"): OpDoc(
+        "oauth2Introspect",
+        "OAuth 2.0",
+        body=ref("OAuth2IntrospectionRequest"),
+        body_required=True,
+        body_media="application/x-www-form-urlencoded",
+        media_schema=ref("OAuth2IntrospectionResponse"),
+        error_schema=ref("OAuth2Error"),
+        errors=(E.ARG_MISSING,),
+        success_headers=_NO_STORE,
+        more_security=("basicAuth",),
+        description=(
+            "RFC 7662 token introspection for API gateways. The client authenticates with "
+            "an API key: HTTP Basic (client_id = key ID, client_secret = key secret) or "
+            "Bearer <key_id>:<key_secret>. A token that is unknown, expired, revoked or "
+            "malformed answers 200 {active: false}. Never touches the session. Errors are "
+            "RFC 6749 {error, error_description} bodies with the TokMesh code in "
+            "X-Error-Code (405 and 413 keep the envelope: they are answered before the "
+            "route is known)."
+        ),
+        roles=_VALIDATOR,
+    ),
+    ("POST", "/oauth2/revoke"): OpDoc(
+        "oauth2Revoke",
+        "OAuth 2.0",
+        body=ref("OAuth2RevocationRequest"),
+        body_required=True,
+        body_media="application/x-www-form-urlencoded",
+        empty_success=True,
+        error_schema=ref("OAuth2Error"),
+        errors=(E.ARG_MISSING, E.SYS_STORAGE),
+        success_headers=_NO_STORE,
+        more_security=("basicAuth",),
+        description=(
+            "RFC 7009 token revocation: revokes the token's session (as "
+            "POST /sessions/{session_id}/revoke with sync: true). 200 with an empty body, "
+            "also for a token that is unknown, expired, revoked or malformed. "
+            "token_type_hint is ignored."
+        ),
+        roles=_ISSUER,
     ),
     ("GET", "/health"): OpDoc(
         "health",

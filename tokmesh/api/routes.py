@@ -24,11 +24,17 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import attrs
 
 from tokmesh.api.envelope import query_params
-from tokmesh.api.http_errors import error_response, exception_response
+from tokmesh.api.http_errors import exception_response
 from tokmesh.api.http_request_id import request_id_for
 from tokmesh.api.http_types import HttpRequest, HttpResponse
 from tokmesh.domain.errors import E, TokMeshError
-from tokmesh.services.auth import SCOPE_ADMIN, SCOPE_BUSINESS, SCOPE_METRICS, Principal
+from tokmesh.services.auth import (
+    SCOPE_ADMIN,
+    SCOPE_BUSINESS,
+    SCOPE_METRICS,
+    CredentialReader,
+    Principal,
+)
 from tokmesh.services.session_ops import NotLocal, RequestContext, run_fetching
 
 if TYPE_CHECKING:
@@ -41,6 +47,8 @@ SCOPE_OPEN = "open"
 Handler = Callable[["Call"], Awaitable[HttpResponse]]
 NowHandler = Callable[["Call"], HttpResponse]
 """A handler that never waits: it can answer inside the native front's multiplexer."""
+FailureRenderer = Callable[[HttpRequest, str, TokMeshError], HttpResponse]
+"""Renders a :class:`TokMeshError` raised while serving a route: ``(request, rid, error)``."""
 
 
 @attrs.frozen
@@ -68,6 +76,12 @@ class Route:
     audited: bool = True
     now: NowHandler | None = None
     now_if: Callable[[HttpRequest], bool] | None = None
+    #: how the caller's API key is read (None: the usual headers, ``parse_credentials``);
+    #: the OAuth 2.0 routes also accept HTTP Basic, as OAuth clients send it
+    credentials: CredentialReader | None = None
+    #: how this route's errors look (None: the TokMesh error envelope); the OAuth 2.0
+    #: routes answer the ``{"error", "error_description"}`` bodies their clients parse
+    failure: FailureRenderer | None = None
     run: Handler = attrs.field(init=False)
     now_handler: NowHandler | None = attrs.field(init=False)
 
@@ -201,16 +215,21 @@ class Router:
         return route, params
 
 
-def _failure(rid: str, exc: Exception) -> HttpResponse:
+def _failure(
+    rid: str, exc: Exception, route: Route | None = None, req: HttpRequest | None = None
+) -> HttpResponse:
     """The answer when the pipeline raised ``exc``.
 
     Every error, /metrics 401/403 included, is a full envelope (03 §2.2, D-2; 02 §6.1
-    only says /metrics needs no body, which does not forbid one).
+    only says /metrics needs no body, which does not forbid one), unless the route
+    renders its own (``Route.failure``) and was already matched.
     """
-    if isinstance(exc, TokMeshError):
-        return exception_response(rid, exc)
-    log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-    return error_response(rid, E.SYS_INTERNAL)
+    if not isinstance(exc, TokMeshError):
+        log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+        exc = TokMeshError(E.SYS_INTERNAL)
+    if route is not None and route.failure is not None and req is not None:
+        return route.failure(req, rid, exc)
+    return exception_response(rid, exc)
 
 
 def _decode_params(raw: dict[str, str]) -> dict[str, str]:
@@ -254,7 +273,7 @@ class Api:
             call = Call(req, route, params, self.deps, rid)
             resp = await self._run(call)
         except Exception as exc:
-            resp = _failure(rid, exc)
+            resp = _failure(rid, exc, route, req)
         if route is not None:
             self.deps.observe(route, req, resp, started, call)
         return resp
@@ -285,7 +304,7 @@ class Api:
             if resp is None:
                 return None
         except Exception as exc:
-            resp = _failure(rid, exc)
+            resp = _failure(rid, exc, route, req)
         if route is not None:
             self.deps.observe(route, req, resp, started, call)
         return resp
@@ -303,6 +322,7 @@ class Api:
             route.scope,
             route.permission,
             tcp_remote_ip=req.peer_ip,
+            credentials=route.credentials,
         )
         self._after_auth(call)
         resp = await run_fetching(lambda: route.run(call))
@@ -323,6 +343,7 @@ class Api:
             route.scope,
             route.permission,
             tcp_remote_ip=req.peer_ip,
+            credentials=route.credentials,
         )
         if principal is None:
             return None
@@ -370,6 +391,8 @@ __all__ = [
     "SCOPE_OPEN",
     "Api",
     "Call",
+    "CredentialReader",
+    "FailureRenderer",
     "NowHandler",
     "Route",
 ]

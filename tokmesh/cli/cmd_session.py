@@ -1,8 +1,9 @@
 """``session`` (alias ``sess``): list, get, create, renew (extend), revoke, revoke-all,
-validate (06 §9.2)."""
+validate (06 §9.2), watch (session events)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -644,3 +645,126 @@ def _invalid(printer: Any, exc: CliError, brief: bool) -> None:
                 ("Reason", f"{exc.message} ({exc.code})"),
             ],
         )
+
+
+# ============================================================================ watch
+
+
+@leaf(
+    session,
+    "watch",
+    help="Follow session events (GET /events); resumes by itself after a disconnect.",
+    examples=(
+        "tokmesh-cli session watch",
+        "tokmesh-cli session watch --user alice --type created,revoked -o json",
+        "tokmesh-cli session watch --from 4294968748",
+    ),
+    see_also=("docs/events.md",),
+)
+@click.option("-u", "--user", help="Only events of this user ID")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    help="Only these event types (created, renewed, touched, updated, revoked, expired); "
+    "repeat or separate with commas",
+)
+@click.option("--from", "cursor", help="Resume after this event cursor (default: from now)")
+@click.pass_context
+async def session_watch(
+    ctx: click.Context, user: str | None, types: tuple[str, ...], cursor: str | None
+) -> None:
+    """``GET /events`` over WebSocket until Ctrl-C (exit 0)."""
+    import asyncio
+    import signal
+    import ssl
+
+    from tokmesh.cli.connection import remote
+    from tokmesh.cli.event_watch import WatchFailed, watch
+
+    state = state_of(ctx)
+    printer = state.printer()
+    wanted = ",".join(t.strip() for part in types for t in part.split(",") if t.strip())
+    if cursor is not None and not cursor.isdigit():
+        raise usage_error(f'invalid cursor "{cursor}" (the "cursor" of an event)')
+    async with remote(state, "session watch") as conn:
+        endpoint = conn.endpoint
+        assert conn.api_key is not None
+        context: ssl.SSLContext | None = None
+        if endpoint.address.startswith("https://"):
+            ca = state.options(state.config()).tls_ca or endpoint.ca_file
+            context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+            if endpoint.cert_file and endpoint.key_file:
+                context.load_cert_chain(endpoint.cert_file, endpoint.key_file)
+
+        def show(event: dict[str, Any]) -> None:
+            if printer.structured:
+                # One JSON object per line, whatever -o json/yaml says: a stream, not a
+                # document.
+                printer.out(json.dumps(event, separators=(",", ":")))
+            else:
+                printer.out(_event_line(event))
+
+        def retry(code: int, last: str | None, pause: float) -> None:
+            where_from = f"after cursor {last}" if last else "from now"
+            printer.err(f"disconnected ({code}); resuming {where_from} in {pause:.1f}s")
+
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        interrupted = False
+
+        def interrupt() -> None:
+            nonlocal interrupted
+            interrupted = True
+            if task is not None:
+                task.cancel()
+
+        # Without signal handlers here (not the main thread) Ctrl-C aborts as usual.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, interrupt)
+        try:
+            await watch(
+                endpoint.address,
+                conn.api_key,
+                user=user,
+                types=wanted or None,
+                cursor=cursor,
+                on_event=show,
+                on_retry=retry,
+                ssl_context=context,
+            )
+        except asyncio.CancelledError:
+            if not interrupted:
+                raise
+            return  # Ctrl-C: a normal end of a watch, exit 0
+        except WatchFailed as exc:
+            if exc.code == 4400:
+                raise usage_error(str(exc)) from None
+            code = exc.body.get("code") if isinstance(exc.body, dict) else None
+            suggestion = (
+                "Events before that cursor are gone from the WAL: list sessions to resync, "
+                "then watch from now."
+                if exc.code == 4410
+                else None
+            )
+            raise CliError(str(exc), code=code, suggestion=suggestion) from None
+        finally:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signal.SIGINT)
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One table line of ``session watch``: time, type, session, user, device, version, by."""
+    import datetime as dt
+
+    at = event.get("at")
+    when = (
+        dt.datetime.fromtimestamp(at / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        if isinstance(at, int)
+        else "-"
+    )
+    return (
+        f"{when}  {event.get('type', '?'):<8}  {event.get('session_id', '')}  "
+        f"user={event.get('user_id') or '-'}  device={event.get('device_id') or '-'}  "
+        f"v{event.get('version', '?')}  by={event.get('by', '-')}"
+    )

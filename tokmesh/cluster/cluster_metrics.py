@@ -32,6 +32,7 @@ __all__ = ["keys_held", "node_counts", "quorum_lost", "register", "unregister"]
 NODES = "tokmesh_cluster_nodes_total"
 QUORUM_LOST = "tokmesh_cluster_quorum_lost"
 SHARD_KEYS = "tokmesh_shard_keys_count"
+UNDER_REPLICATED = "tokmesh_cluster_under_replicated_shards"
 
 
 def node_counts(nodes: Iterable[Mapping[str, Any]]) -> dict[tuple[str, ...], float]:
@@ -50,6 +51,13 @@ def quorum_lost(state: MembershipState) -> float:
     return 0.0 if state is MembershipState.CONNECTED else 1.0
 
 
+def quorum_lost_of(cluster: ClusterNode) -> float:
+    """1.0 while the node is not registered or cannot confirm its lease (fenced)."""
+    if quorum_lost(cluster.membership.state) or not cluster.membership.lease_valid():
+        return 1.0
+    return 0.0
+
+
 def keys_held(cluster: ClusterNode) -> dict[tuple[str, ...], float]:
     """``{(node_id,): sessions held}`` once the node serves sessions, else nothing."""
     sessions = cluster.sessions
@@ -61,8 +69,11 @@ def keys_held(cluster: ClusterNode) -> dict[tuple[str, ...], float]:
 def register(cluster: ClusterNode) -> None:
     """Make the cluster gauges read ``cluster`` at each scrape (call once at start)."""
     metrics.register_gauge_family_provider(NODES, lambda: node_counts(cluster.nodes()))
-    metrics.register_gauge_provider(QUORUM_LOST, lambda: quorum_lost(cluster.membership.state))
+    metrics.register_gauge_provider(QUORUM_LOST, lambda: quorum_lost_of(cluster))
     metrics.register_gauge_family_provider(SHARD_KEYS, lambda: keys_held(cluster))
+    metrics.register_gauge_provider(
+        UNDER_REPLICATED, lambda: float(len(cluster.under_replicated()))
+    )
 
 
 def unregister() -> None:
@@ -70,3 +81,4 @@ def unregister() -> None:
     metrics.register_gauge_family_provider(NODES, None)
     metrics.register_gauge_provider(QUORUM_LOST, None)
     metrics.register_gauge_family_provider(SHARD_KEYS, None)
+    metrics.register_gauge_provider(UNDER_REPLICATED, None)

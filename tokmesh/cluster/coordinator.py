@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Protocol
 
 import attrs
@@ -41,7 +41,7 @@ from tokmesh.cluster.etcd import (
     WatchUpdate,
 )
 from tokmesh.cluster.membership import MemberRecord, log_parity, parity
-from tokmesh.cluster.shard_map import ShardMap, ShardMapError, next_map
+from tokmesh.cluster.shard_map import ReplicaPosition, ShardMap, ShardMapError, next_map
 from tokmesh.cluster.shard_map_watch import SHARDMAP_KEY
 
 __all__ = [
@@ -75,7 +75,7 @@ class CoordinatorSettings:
     replication_factor: int = 1
     # After taking over an existing map, wait this long before changing it, so the
     # member table can settle (a new coordinator's first view may still be moving).
-    settle: float = 5.0
+    settle: float = 1.0
     # How often the coordinator checks that its membership lease is still the one it
     # campaigned with (etcd deletes the key on expiry, but an unreachable etcd says nothing).
     lease_check_interval: float = 0.25
@@ -96,6 +96,11 @@ class CoordinatorSettings:
     def departed_prefix(self) -> bytes:
         """The prefix of the records of nodes that left for good."""
         return (self.prefix + "departed/").encode()
+
+
+#: ``positions(nodes)`` -> what each of ``nodes`` reports holding per shard (nodes that
+#: do not answer are left out: they cannot be promoted).
+PositionsOf = Callable[[Collection[str]], Awaitable[Mapping[str, Mapping[int, ReplicaPosition]]]]
 
 
 class _NotCoordinator(Exception):
@@ -151,9 +156,15 @@ class Coordinator:
     """
 
     def __init__(
-        self, client: EtcdClient, settings: CoordinatorSettings, lease: LeaseHolder
+        self,
+        client: EtcdClient,
+        settings: CoordinatorSettings,
+        lease: LeaseHolder,
+        positions: PositionsOf | None = None,
     ) -> None:
         self.client = client
+        #: Asks replicas what they hold, before a failover picks the heir of a shard.
+        self.positions = positions
         self.settings = settings
         self.lease = lease
         self.coordinator_id: str | None = None
@@ -394,6 +405,7 @@ class Coordinator:
                     )  # fmt: skip
                     return None
             departed = await read_departed(self.client, settings.prefix)
+            positions = await self._heir_positions(current, live)
             nxt = next_map(
                 current,
                 live,
@@ -401,6 +413,7 @@ class Coordinator:
                 expect_nodes=settings.expect_nodes,
                 replication_factor=settings.replication_factor,
                 hosts=live,
+                positions=positions,
             )
             if nxt is None:
                 return None
@@ -433,6 +446,23 @@ class Coordinator:
             pending = None
             log.info("shard map changed while computing version %d; re-reading", nxt.version)
             await trio.sleep(backoff.next_delay())
+
+    async def _heir_positions(
+        self, current: ShardMap | None, live: Mapping[str, str]
+    ) -> Mapping[str, Mapping[int, ReplicaPosition]] | None:
+        """What the live backups of shards with a gone owner hold (None: nobody to ask)."""
+        if current is None or self.positions is None:
+            return None
+        candidates = {
+            node
+            for shard, owner in enumerate(current.owners)
+            if owner not in live
+            for node in current.backups[shard]
+            if node in live
+        }
+        if not candidates:
+            return None
+        return await self.positions(candidates)
 
     def _wrote(self, written: ShardMap) -> ShardMap:
         self.last_written = written

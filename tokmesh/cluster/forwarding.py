@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from tokmesh.cluster.transport import RpcError, RpcRemoteError, RpcTimeout
+from tokmesh.cluster.transport import RpcError, RpcRemoteError, RpcTimeout, RpcUnreachable
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import normalize_session_id
@@ -152,6 +152,17 @@ class ClusterSessions:
         except RpcTimeout:
             raise TokMeshError(
                 E.CLST_TIMEOUT, f"the owner at {address} did not answer in time"
+            ) from None
+        except RpcUnreachable as exc:
+            if exc.sent:
+                # The owner may have run it: the outcome is unknown, not "not done".
+                raise TokMeshError(
+                    E.CLST_TIMEOUT,
+                    f"the connection to the owner at {address} broke before its answer "
+                    "came; the operation may have happened",
+                ) from None
+            raise TokMeshError(
+                E.CLST_NO_NODES, f"the owner at {address} is unreachable: {exc}"
             ) from None
         except RpcError as exc:
             raise TokMeshError(

@@ -254,11 +254,27 @@ class Membership:
         self.cluster_id: str | None = None
         self.lease_id = 0
         self.granted_at = 0.0
+        #: The keeper of the current lease (None before the first registration).
+        self.keeper: LeaseKeeper | None = None
         self._leaving = False
         self.record = MemberRecord(
             settings.node_id, settings.advertise_address, settings.version, wall_clock()
         )
         self.connected = trio.Event()
+
+    def lease_valid(self) -> bool:
+        """Whether this node may still act on its lease: registered, and the lease's
+        expiry, counted on this node's own clock from the sending of the last renewal
+        etcd confirmed, is still ahead. etcd expires the lease no earlier, so once this
+        is False no other node can have been given this node's role before it stopped
+        (self-fencing; it holds across a paused process, whose clock jumps on resume)."""
+        keeper = self.keeper
+        return (
+            self.state is MembershipState.CONNECTED
+            and keeper is not None
+            and keeper.lease_id == self.lease_id
+            and trio.current_time() < keeper.expires_at
+        )
 
     def _set_state(self, state: MembershipState, reason: str) -> None:
         self.state = state
@@ -400,6 +416,7 @@ class Membership:
                 renew_every=self.settings.lease_ttl / 3,
                 granted_at=self.granted_at,
             )
+            self.keeper = keeper
             await keeper.run()
             if self._leaving:
                 self._set_state(MembershipState.LOST, "left the cluster")

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
+from tokmesh.actors.session_store import SessionStore
 from tokmesh.cluster import swim_wire
 from tokmesh.cluster.coordinator import Coordinator, CoordinatorSettings
 from tokmesh.cluster.coordinator import leave as record_departure
@@ -47,16 +48,20 @@ from tokmesh.cluster.membership import (
 )
 from tokmesh.cluster.placement import VNODES_PER_NODE
 from tokmesh.cluster.prober import Prober, TransportError
+from tokmesh.cluster.replicated_ops import ReplicatedSessions
+from tokmesh.cluster.replication import ReplicaSide, Replicator, positions_from
 from tokmesh.cluster.rpc_client import RpcClient
 from tokmesh.cluster.rpc_server import RpcServer
-from tokmesh.cluster.shard_map import ShardMap
+from tokmesh.cluster.shard_map import ReplicaPosition, ShardMap
 from tokmesh.cluster.shard_map_watch import ShardMapWatcher
 from tokmesh.cluster.swim import Message, Status
 from tokmesh.cluster.transport import ClusterTls, RpcError
 from tokmesh.config.schema import Config
 from tokmesh.config.types import parse_addr
+from tokmesh.domain.clock import Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
+from tokmesh.domain.session_settings import SessionSettings
 from tokmesh.domain.shards import shard_of
 from tokmesh.services.sessions import SessionService
 from tokmesh.telemetry import metrics
@@ -91,6 +96,8 @@ class ClusterSettings:
     lease_ttl: int
     expect_nodes: int
     replication_factor: int
+    #: ``cluster.replication.ack``: "revoke" or "replica".
+    ack: str = "revoke"
 
     @classmethod
     def from_config(
@@ -126,6 +133,7 @@ class ClusterSettings:
             lease_ttl=max(1, round(e.lease_ttl)),
             expect_nodes=c.bootstrap.expect_nodes,
             replication_factor=c.data.replication_factor,
+            ack=c.replication.ack,
         )
 
 
@@ -168,20 +176,63 @@ class ClusterNode:
                 replication_factor=settings.replication_factor,
             ),
             self.membership,
+            positions=self._positions,
         )
         self.watcher = ShardMapWatcher(self.etcd, settings.prefix, on_map=self._map_changed)
         # Routing reads the prober's beliefs directly (state_of); it logs the changes.
         self.prober = Prober(settings.node_id, self._probe)
         self.sessions: ClusterSessions | None = None
+        #: Replication (replication factor >= 2): the owner side and the replica side.
+        self.replicator: Replicator | None = None
+        self.replica: ReplicaSide | None = None
         self._nursery: trio.Nursery | None = None
+        self._root: trio.Nursery | None = None
+        # The lease under which this node last read the shard map itself: until it has
+        # done so under its current lease it serves nothing (after a lost lease its map
+        # may be one that gave its shards away).
+        self._map_confirmed_lease = 0
+        self._last_map: ShardMap | None = None
         self.server.register("swim", self._on_probe)
         self.server.register("routes.resend", self._on_resend)
 
     # -- wiring ------------------------------------------------------------------------------
 
+    def local_operations(
+        self, store: SessionStore, settings: SessionSettings, clock: Clock
+    ) -> SessionService:
+        """The local session operations of this node: with replicas, the kind whose
+        writes wait for a replica where they must (see ``replicated_ops``)."""
+        if self.settings.replication_factor < 2:
+            return SessionService(store, settings, clock, cluster=True)
+        self.replica = ReplicaSide(self.settings.data_dir, store, clock)
+        self.replicator = Replicator(
+            self.node_id,
+            store,
+            store.commits,
+            lambda: self.watcher.current,
+            self._peer_address,
+            self.call,
+        )
+        # Copies of shards owned elsewhere take no part in this node's by-user answers.
+        store.state.foreign = self._foreign
+        self.server.register("repl.apply", self.replica.apply)
+        self.server.register("repl.positions", self._on_positions)
+        replicator = self.replicator
+        return ReplicatedSessions(
+            store,
+            settings,
+            clock,
+            replicator.wait_replicated,
+            every_write=self.settings.ack == "replica",
+        )
+
     def attach(self, local: SessionService) -> ClusterSessions:
         """Serve forwarded operations with ``local`` and return the operations the fronts
         call (they route every request to the owner of its shard)."""
+        if self.replicator is not None and self._root is not None:
+            self._root.start_soon(self.replicator.run)
+            if self.watcher.current is not None:
+                self._map_changed(self.watcher.current)
         sessions = ClusterSessions(local, self)
         handlers = SessionHandlers(local, self, sessions)
         for method, handler in handlers.methods().items():
@@ -194,6 +245,7 @@ class ClusterNode:
         the port listens (joining may take as long as etcd is unreachable)."""
         host, port = parse_addr(self.settings.listen_address)
         async with self.etcd, trio.open_nursery() as nursery:
+            self._root = nursery
             await nursery.start(self.rpc.run)
             await nursery.start(self.server.serve, host or "0.0.0.0", port)
             await nursery.start(self.tls.run)
@@ -226,6 +278,7 @@ class ClusterNode:
             await nursery.start(self.coordinator.run)
             await nursery.start(self.prober.run)
             nursery.start_soon(self._ask_for_routes)
+            nursery.start_soon(self._confirm_map)
 
     async def _ask_for_routes(self) -> None:
         """Routes of client-chosen tokens live in their shard owner's memory: once this
@@ -247,6 +300,9 @@ class ClusterNode:
         if not isinstance(node, str) or self._nursery is None:
             raise TokMeshError(E.ARG_INVALID, "routes.resend needs a node id")
         self._nursery.start_soon(self._announce_routes, frozenset([node]))
+        if self.replicator is not None:
+            # It restarted: what it held of our shards may be stale, so it gets copies.
+            self.replicator.resync(node)
         return True
 
     def _members_changed(self, members: Mapping[str, MemberRecord]) -> None:
@@ -257,6 +313,21 @@ class ClusterNode:
         metrics.CLUSTER_NODES_PARITY.set(1 if parity(count).even else 0)
 
     def _map_changed(self, shard_map: ShardMap) -> None:
+        previous, self._last_map = self._last_map, shard_map
+        if self.replica is not None:
+            self.replica.note_map(shard_map)
+        if self.replicator is not None:
+            self.replicator.map_changed(shard_map)
+        if previous is not None and self._nursery is not None:
+            # Routes of client-chosen tokens live with their token shard's owner: the
+            # new owners of moved shards get them from the sessions' owners.
+            heirs = frozenset(
+                new
+                for old, new in zip(previous.owners, shard_map.owners, strict=True)
+                if old != new
+            )
+            if heirs:
+                self._nursery.start_soon(self._announce_routes, heirs)
         mine = len(shard_map.shards_of(self.node_id))
         log.info(
             "shard map in force",
@@ -277,6 +348,8 @@ class ClusterNode:
                 route = session.shard_id
                 if session.is_deleted or shard_map.owner(route) not in nodes:
                     continue
+                if shard_map.owner(shard_of(session.id)) != self.node_id:
+                    continue  # a replica's copy: its owner announces it
                 if route == shard_of(session.id):
                     continue
                 if not await self._announce_one(session):
@@ -301,6 +374,84 @@ class ClusterNode:
             await trio.sleep(ROUTE_RETRY_DELAY)
         log.warning("could not send token routes again: %s", last)
         return False
+
+    # -- replication and fencing ------------------------------------------------------------
+
+    def _peer_address(self, node: str) -> str | None:
+        """Where to send ``node`` its replication stream; None while it is not a member."""
+        record = self.members.get(node)
+        return record.advertise_address if record is not None else None
+
+    def _foreign(self, session_id: str) -> bool:
+        """True for a session held here only as a replica (its shard is owned elsewhere)."""
+        shard_map = self.watcher.current
+        return shard_map is not None and shard_map.owners[shard_of(session_id)] != self.node_id
+
+    async def _on_positions(self, peer: str, body: Any) -> Any:
+        if self.replica is None:
+            return {}
+        return self.replica.positions()
+
+    async def _positions(
+        self, nodes: Collection[str]
+    ) -> Mapping[str, Mapping[int, ReplicaPosition]]:
+        """What each of ``nodes`` holds per shard, asked in parallel (2 s each); nodes
+        that do not answer are left out, so they cannot be promoted."""
+        out: dict[str, Mapping[int, ReplicaPosition]] = {}
+
+        async def ask(node: str) -> None:
+            if node == self.node_id:
+                if self.replica is not None:
+                    out[node] = positions_from(self.replica.positions())
+                return
+            address = self._peer_address(node)
+            if address is None:
+                return
+            try:
+                answer = await self.rpc.call(address, "repl.positions", {}, timeout=2.0)
+            except RpcError as exc:
+                log.warning("replica %s did not report its positions: %s", node, exc)
+                return
+            out[node] = positions_from(answer)
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(ask, node)
+        return out
+
+    def fenced(self) -> bool:
+        """True while this node must not act as the owner of its shards: its lease may
+        have expired (counted on its own clock), or it has not yet read the shard map
+        under its current lease (after a lost lease its map may be out of date)."""
+        membership = self.membership
+        return not membership.lease_valid() or self._map_confirmed_lease != membership.lease_id
+
+    async def _confirm_map(self) -> None:
+        """Read the shard map under each new lease before serving again (see
+        :meth:`fenced`); a map newer than the watcher's is put in force at once."""
+        while True:
+            lease = self.membership.lease_id
+            if lease and lease != self._map_confirmed_lease and self.membership.lease_valid():
+                try:
+                    stored = await self.etcd.get(self.watcher.key)
+                except Exception as exc:  # EtcdError: try again shortly
+                    log.info("cannot confirm the shard map yet: %s", exc)
+                else:
+                    if stored is not None:
+                        self.watcher.offer(stored)
+                    self._map_confirmed_lease = lease
+                    if self.membership.lease_id == lease:
+                        log.info("shard map confirmed under lease %x; serving", lease)
+            await trio.sleep(0.05)
+
+    def _refuse_if_fenced(self) -> None:
+        if self.fenced():
+            metrics.CLUSTER_FENCED_REFUSALS.inc()
+            raise TokMeshError(
+                E.CLST_NO_NODES,
+                f"node {self.node_id} cannot confirm its etcd lease; it does not serve its "
+                "shards until it can",
+            )
 
     # -- gossip over the cluster port -------------------------------------------------------
 
@@ -344,23 +495,28 @@ class ClusterNode:
         return record.advertise_address
 
     def owner_address(self, shard: int) -> str | None:
-        """``None`` when this node owns ``shard``, else the owner's cluster address."""
+        """``None`` when this node owns ``shard``, else the owner's cluster address.
+        A fenced owner refuses (``TM-CLST-5030``) instead of answering for the shard."""
         owner = self._map().owner(shard)
         if owner == self.node_id:
+            self._refuse_if_fenced()
             return None
         return self._address_of(owner)
 
     def owns(self, shard: int) -> bool:
-        """True when the map in force here gives ``shard`` to this node."""
+        """True when the map in force here gives ``shard`` to this node and this node is
+        not fenced."""
         shard_map = self.watcher.current
-        return shard_map is not None and shard_map.owner(shard) == self.node_id
+        return (
+            shard_map is not None and shard_map.owner(shard) == self.node_id and not self.fenced()
+        )
 
     def shard_owners(self) -> dict[str, str | None]:
         """Every node that owns shards -> its address (``None`` for this one)."""
-        return {
-            node: None if node == self.node_id else self._address_of(node)
-            for node in self._map().counts()
-        }
+        owners = self._map().counts()
+        if self.node_id in owners:
+            self._refuse_if_fenced()
+        return {node: None if node == self.node_id else self._address_of(node) for node in owners}
 
     async def call(self, address: str, method: str, body: Any) -> Any:
         """One forwarded call under the forwarding deadline."""
@@ -377,6 +533,8 @@ class ClusterNode:
             return "lost"
         if self.watcher.current is None:
             return "initializing"
+        if self.fenced():
+            return "fenced"
         return "ok"
 
     def _node_status(self, node: str) -> str:
@@ -428,8 +586,41 @@ class ClusterNode:
             "shard_map": None
             if shard_map is None
             else {"version": shard_map.version, "owners": shard_map.counts()},
-            "replication_factor": 1,
-            "under_replicated_shards": [],
+            "replication_factor": self.settings.replication_factor,
+            "under_replicated_shards": self.under_replicated(),
+            "replication": self.replication_status(),
+        }
+
+    def under_replicated(self) -> list[int]:
+        """Shards whose live copies (owner included) are fewer than the replication
+        factor, as this node sees the members."""
+        shard_map = self.watcher.current
+        if shard_map is None:
+            return []
+        want = self.settings.replication_factor
+        live = {n for n in self.members if self._node_status(n) == "active"}
+        return [
+            shard
+            for shard in range(len(shard_map.owners))
+            if (shard_map.owners[shard] in live) + sum(b in live for b in shard_map.backups[shard])
+            < want
+        ]
+
+    def replication_status(self) -> dict[str, Any]:
+        """This node's replication streams: per backup, what is queued and how late."""
+        replicator = self.replicator
+        if replicator is None:
+            return {"ack": self.settings.ack, "peers": {}}
+        return {
+            "ack": self.settings.ack,
+            "peers": {
+                node: {
+                    "queued": len(peer.queue),
+                    "confirmed": peer.acked,
+                    "lag_seconds": round(replicator.lag(node), 3),
+                }
+                for node, peer in sorted(replicator.peers.items())
+            },
         }
 
     async def leave(self) -> dict[str, Any]:

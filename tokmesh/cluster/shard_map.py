@@ -12,11 +12,12 @@ messages carry, and a receiver that knows a newer epoch for a shard refuses the 
 (The etcd revision of the write cannot be stored inside the value it versions; the map
 version is the same order without that circularity.)
 
-What changes ownership in this part of the cluster work: the first map (once the expected
-number of nodes is live), and shards whose owner left for good (``cluster leave``). A node
-that is merely down keeps its shards: they answer ``TM-CLST-5030`` until it returns with its
-write-ahead log, because nothing else holds their data. Moving live shards with their data
-is the rebalance's job and builds on the same epochs.
+What changes ownership: the first map (once the expected number of nodes is live), and
+shards whose owner is gone (its lease expired, or it left for good), which go to an
+in-sync replica when there is one (failover). With one copy of each shard, a node that is
+merely down keeps its shards: they answer ``TM-CLST-5030`` until it returns with its
+write-ahead log, because nothing else holds their data. Moving live shards with their
+data is the rebalance's job and builds on the same epochs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import orjson
 from tokmesh.cluster.placement import owner_counts, place, shards_owned
 from tokmesh.domain.shards import SHARDS, shard_of
 
-__all__ = ["ShardMap", "ShardMapError", "next_map"]
+__all__ = ["ReplicaPosition", "ShardMap", "ShardMapError", "next_map"]
 
 _FORMAT = 1
 
@@ -132,6 +133,10 @@ def _list_of(doc: Mapping[str, Any], field: str, valid: Any) -> list[Any]:
     return items
 
 
+#: What a replica reports of one shard: (epoch, sequence applied, holds a full copy).
+ReplicaPosition = tuple[int, int, bool]
+
+
 def next_map(
     current: ShardMap | None,
     live: Collection[str],
@@ -140,16 +145,24 @@ def next_map(
     expect_nodes: int = 1,
     replication_factor: int = 1,
     hosts: Mapping[str, str] | None = None,
+    positions: Mapping[str, Mapping[int, ReplicaPosition]] | None = None,
 ) -> ShardMap | None:
     """The map the coordinator should write next, or ``None`` when nothing changes.
 
     ``live`` are the members whose lease is alive; ``departed`` the nodes that left for
     good. With no map yet, the first one is written once at least ``expect_nodes`` nodes
-    are live: bounded-load placement over them, every epoch 1. After that, only the shards
-    of departed owners move, each to the live node that placement over the live nodes
-    gives it (so a later rebalance has little to undo), with the new version as its epoch;
-    every other shard keeps its owner and epoch. Backups follow placement over the live
-    nodes and carry no data yet.
+    are live: bounded-load placement over them, every epoch 1.
+
+    After that, a shard whose owner is gone (its lease expired, or it departed) is given
+    to the most up-to-date of its live backups that holds a full copy of the shard at
+    the current epoch (``positions``: what each backup reported); the new version becomes
+    the shard's epoch, which fences the old owner. A backup that is not in sync (it
+    restarted, or it has not finished its first copy) is never promoted: the shard then
+    stays with its dead owner (answering ``TM-CLST-5030``) rather than serving stale
+    data, unless the owner departed for good: then it goes where placement over the live
+    nodes puts it (without its data, which left with its owner). Every other shard keeps
+    its owner and epoch. Backups follow placement over the live nodes (keeping the live
+    ones a shard already has); a new backup is seeded by its owner.
     """
     live_set = set(live) - set(departed)
     if not live_set:
@@ -165,14 +178,61 @@ def next_map(
     epochs = list(current.epochs)
     moved = False
     for shard, owner in enumerate(current.owners):
-        if owner in gone:
-            owners[shard] = target.owners[shard]
+        if owner in live_set:
+            continue
+        heir = _heir(shard, current, live_set, positions or {})
+        if heir is None and owner in gone:
+            heir = target.owners[shard]
+        if heir is not None:
+            owners[shard] = heir
             epochs[shard] = version
             moved = True
+    width = len(target.backups[0])
     backups = tuple(
-        tuple(n for n in target.replicas(shard) if n != owners[shard])[: len(target.backups[0])]
+        tuple(n for n in target.replicas(shard) if n != owners[shard])[:width]
+        for shard in range(SHARDS)
+    )
+    backups = tuple(
+        _keep_heirs(current.backups[shard], backups[shard], owners[shard], live_set, width)
         for shard in range(SHARDS)
     )
     if not moved and backups == current.backups:
         return None
     return ShardMap(version, tuple(owners), tuple(epochs), backups)
+
+
+def _heir(
+    shard: int,
+    current: ShardMap,
+    live: set[str],
+    positions: Mapping[str, Mapping[int, ReplicaPosition]],
+) -> str | None:
+    """The live, in-sync backup of ``shard`` that applied the most, or None."""
+    best: tuple[int, int] | None = None
+    heir = None
+    for node in current.backups[shard]:
+        if node not in live:
+            continue
+        pos = positions.get(node, {}).get(shard)
+        if pos is None:
+            continue
+        epoch, seq, in_sync = pos
+        if not in_sync or epoch != current.epochs[shard]:
+            continue
+        if best is None or (epoch, seq) > best:
+            best, heir = (epoch, seq), node
+    return heir
+
+
+def _keep_heirs(
+    old: tuple[str, ...], placed: tuple[str, ...], owner: str, live: set[str], width: int
+) -> tuple[str, ...]:
+    """Backups for a shard: the live ones it already had first (they hold its data, so
+    keeping them avoids a copy), then placement's choices, ``width`` in all."""
+    out = [n for n in old if n in live and n != owner]
+    for node in placed:
+        if len(out) >= width:
+            break
+        if node not in out and node != owner:
+            out.append(node)
+    return tuple(out[:width])

@@ -390,6 +390,23 @@ class ClusterDataConfig:
 
 
 @attrs.frozen
+class ReplicationConfig:
+    """``cluster.replication.*``: when a write waits for a replica. TokMesh addition."""
+
+    ack: str = _key(
+        "revoke",
+        Kind.ENUM,
+        "With replication_factor >= 2: `revoke` answers a revocation only once a replica "
+        "has written it (a failover never revives a revoked session) while creates, "
+        "renews and touches reach replicas asynchronously (a failover may lose the last "
+        "moments of them); `replica` makes every write wait for a replica. TokMesh "
+        "addition.",
+        choices=("revoke", "replica"),
+        addition=True,
+    )
+
+
+@attrs.frozen
 class RaftConfig:
     """Control-plane log knobs (kept for compatibility; the control plane is etcd, R9)."""
 
@@ -469,10 +486,12 @@ class EtcdConfig:
     username: str = _key("", Kind.STR, "etcd user, when etcd authentication is on.")
     password: str = _key("", Kind.SECRET, "Password of cluster.etcd.username.")
     lease_ttl: float = _key(
-        "10s",
+        "5s",
         Kind.DURATION,
         "TTL of this node's membership lease (kept alive every third of it): a node whose "
-        "lease expires is dead for the cluster.",
+        "lease expires is dead for the cluster and its shards fail over to a replica; a "
+        "node that could not renew it within this time stops serving its shards (it "
+        "fences itself). Failover takes about this long plus a second.",
         minimum="2s",
         maximum="60s",
     )
@@ -515,6 +534,7 @@ class ClusterConfig:
     discovery: DiscoveryConfig = attrs.field(factory=DiscoveryConfig)
     bootstrap: BootstrapConfig = attrs.field(factory=BootstrapConfig)
     data: ClusterDataConfig = attrs.field(factory=ClusterDataConfig)
+    replication: ReplicationConfig = attrs.field(factory=ReplicationConfig)
     raft: RaftConfig = attrs.field(factory=RaftConfig)
     rebalance: RebalanceConfig = attrs.field(factory=RebalanceConfig)
     shutdown: ClusterShutdownConfig = attrs.field(factory=ClusterShutdownConfig)

@@ -81,6 +81,9 @@ DECOY_KEY_ID: Final = "tmak-decoy"
 #: An invalidation generation no key has: the cache never keeps a grant verified under it.
 _NEVER_CACHED: Final = -1
 
+CredentialReader = Callable[[Mapping[str, str]], tuple[str, str] | None]
+"""Reads ``(key_id, secret)`` from HTTP auth headers; None when there are none."""
+
 AuditHook = Callable[..., object]
 """``audit(action, **fields)``; must not block. Fields follow 02 §16 names."""
 
@@ -404,15 +407,17 @@ class Authenticator:
         permission: str | None = None,
         *,
         tcp_remote_ip: str | None = None,
+        credentials: CredentialReader | None = None,
     ) -> Principal:
         """The whole chain for one HTTP request of ``scope`` (business/admin/metrics).
 
         ``permission`` is the route's permission (business routes; ignored for admin,
         whose role check is part of :meth:`authenticate`). ``/metrics`` skips rate limit
         and anti-replay. Raises :class:`TokMeshError`; for ``/metrics`` the front end
-        renders 401/403 bare.
+        renders 401/403 bare. ``credentials`` reads the key from ``headers`` where a
+        route accepts more than :func:`parse_credentials` does (HTTP Basic for OAuth).
         """
-        creds = parse_credentials(headers)
+        creds = (credentials or parse_credentials)(headers)
         if creds is None:
             raise TokMeshError(E.AUTH_MISSING)  # step 1: not counted for blocking
         principal = await self.authenticate(
@@ -429,6 +434,7 @@ class Authenticator:
         permission: str | None = None,
         *,
         tcp_remote_ip: str | None = None,
+        credentials: CredentialReader | None = None,
     ) -> Principal | None:
         """:meth:`authorize_http` without waiting: None when the key is not cached.
 
@@ -436,7 +442,7 @@ class Authenticator:
         same errors); a miss returns None before counting or changing anything, so the
         caller then runs :meth:`authorize_http` (Argon2 in a worker thread) instead.
         """
-        creds = parse_credentials(headers)
+        creds = (credentials or parse_credentials)(headers)
         if creds is None:
             raise TokMeshError(E.AUTH_MISSING)
         _, _, principal = self._from_cache(

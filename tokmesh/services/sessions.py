@@ -276,6 +276,7 @@ class SessionService:
             ip=clean_ip(ctx.client_ip),
             ua=clean_user_agent(ctx.user_agent),
             reply=reply,
+            by=ctx.key_id,
         )
         try:
             touched: Session = await self.store.call(s.user_id, msg)
@@ -309,6 +310,7 @@ class SessionService:
             ip=None,
             ua=None,
             reply=reply,
+            by=ctx.key_id,
         )
         result: Session = await self.store.call(s.user_id, msg)
         return result
@@ -331,6 +333,7 @@ class SessionService:
             ttl_ms=ttl_ms,
             expected_version=expected_version,
             reply=reply,
+            by=ctx.key_id,
         )
         result: Session = await self.store.call(s.user_id, msg)
         return result
@@ -365,6 +368,7 @@ class SessionService:
             ttl_ms=ttl_ms,
             expected_version=expected_version,
             reply=reply,
+            by=ctx.key_id,
         )
         result: Session = await self.store.call(s.user_id, msg)
         return result
@@ -435,7 +439,7 @@ class SessionService:
             return False
         reply: Reply[bool] = Reply()
         done: bool = await self.store.call(
-            s.user_id, m.Revoke(sid=sid, now_ms=self.clock.now_ms(), reply=reply)
+            s.user_id, m.Revoke(sid=sid, now_ms=self.clock.now_ms(), reply=reply, by=ctx.key_id)
         )
         return done
 
@@ -462,6 +466,7 @@ class SessionService:
             except_sid=except_sid,
             limit=BATCH_REVOKE_LIMIT,
             reply=reply,
+            by=ctx.key_id,
         )
         count: int = await self.store.call(user_id, msg)
         return count
@@ -499,9 +504,12 @@ class SessionService:
         else:
             pool = (state.sessions[sid] for sid in candidates if sid in state.sessions)
         want_expired = q.status == "expired"
+        foreign = state.foreign
         out: list[Session] = []
         for s in pool:
             if s.is_deleted or s.is_expired(now) != want_expired:
+                continue
+            if foreign is not None and foreign(s.id):
                 continue
             if q.user_id is not None and s.user_id != q.user_id:
                 continue

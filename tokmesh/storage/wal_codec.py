@@ -8,6 +8,13 @@ object; session and API-key state inside it is always encrypted (``enc_session``
 
 Record types 1–3 are the spec's. ``KEY_PUT`` (4) is a TokMesh addition: a full-state upsert
 of an API key record, so API keys are durable through the same WAL as sessions.
+
+Records may also carry an *event note* (:attr:`WalRecord.event`): what caused the change
+and which API key asked for it, which the session event stream needs when it replays the
+WAL and the state alone cannot tell (a touch and a renew both log an UPDATE; a DELETE logs
+no state). It is always encrypted: inside the session state under ``_event`` for
+CREATE/UPDATE, as its own ``enc_event`` blob for DELETE. Both are optional, so records
+written before notes existed still decode, and readers that predate notes ignore them.
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ class WalRecord:
     ``body`` is the full plaintext state: ``Session.to_record()`` for CREATE/UPDATE (the
     codec leaves out ``is_deleted``, which 01 §8.2 excludes from WAL session state), an
     opaque dict for KEY_PUT, ``None`` for DELETE. ``version`` is 0 for DELETE (not logged).
+
+    ``event`` is the optional event note (see the module doc): ``cause`` (``touch``,
+    ``renew``, ``update``, ``revoke``, ``expire``) and ``by`` (the API key id, empty for
+    the system) and, for a DELETE, the ``user_id``, ``device_id`` and ``version`` of the
+    session it ended. A DELETE's note is decoded only when asked for (``notes=True``):
+    recovery does not need it and should not pay a decryption per DELETE.
     """
 
     type: RecordType
@@ -78,6 +91,7 @@ class WalRecord:
     entity_id: str
     version: int
     body: dict[str, Any] | None = None
+    event: dict[str, Any] | None = None
 
 
 def make_position(segment_id: int, offset: int) -> int:
@@ -112,8 +126,11 @@ def encode_payload(rec: WalRecord, cipher: Cipher) -> bytes:
         if rec.body is None:
             raise ValueError("CREATE/UPDATE records need the full session state")
         body = rec.body
-        if "is_deleted" in body:
+        event = rec.event
+        if "is_deleted" in body or event:
             body = {k: v for k, v in body.items() if k != "is_deleted"}
+            if event:
+                body["_event"] = event
         obj: dict[str, Any] = {"ts": rec.ts, "sid": rec.entity_id}
         if rec.version:
             obj["ver"] = rec.version
@@ -121,6 +138,10 @@ def encode_payload(rec: WalRecord, cipher: Cipher) -> bytes:
         obj["enc_alg"] = cipher.alg
     elif rtype == RecordType.DELETE:
         obj = {"ts": rec.ts, "sid": rec.entity_id}
+        if rec.event:
+            # Names the record it belongs to, so a blob moved between records is caught.
+            obj["enc_event"] = _enc(cipher, {**rec.event, "id": rec.entity_id})
+            obj["enc_alg"] = cipher.alg
     elif rtype == RecordType.KEY_PUT:
         if rec.body is None:
             raise ValueError("KEY_PUT records need the full key state")
@@ -253,8 +274,8 @@ def _dec(obj: dict[str, Any], field: str, cipher: Cipher) -> dict[str, Any]:
     return body
 
 
-def decode_record(rtype: int, payload: bytes, cipher: Cipher) -> WalRecord:
-    """The :class:`WalRecord` in a frame's payload.
+def decode_record(rtype: int, payload: bytes, cipher: Cipher, notes: bool = False) -> WalRecord:
+    """The :class:`WalRecord` in a frame's payload (a DELETE's event note with ``notes``).
 
     Raises :class:`WalCorruptError` for bad JSON / fields / type and :class:`DecryptError`
     for an AEAD failure, a plaintext session state (encryption is mandatory) or an
@@ -285,6 +306,11 @@ def decode_record(rtype: int, payload: bytes, cipher: Cipher) -> WalRecord:
     if type(sid) is not str or not sid:
         raise WalCorruptError("record field 'sid' missing or not a string")
     if kind is RecordType.DELETE:
+        if notes and "enc_event" in obj:
+            event = _dec(obj, "enc_event", cipher)
+            if event.pop("id", None) != sid:
+                raise DecryptError("encrypted event note does not match its record")
+            return WalRecord(kind, ts, sid, 0, None, event)
         return WalRecord(kind, ts, sid, 0, None)
     version = get("ver", 0)
     if type(version) is not int or version < 0:
@@ -293,7 +319,9 @@ def decode_record(rtype: int, payload: bytes, cipher: Cipher) -> WalRecord:
         if "session" in obj:
             raise DecryptError("plaintext session record where encryption is mandatory")
         raise WalCorruptError("CREATE/UPDATE record without session state")
-    return WalRecord(kind, ts, sid, version, _owned(obj, "enc_session", "id", sid, version, cipher))
+    body = _owned(obj, "enc_session", "id", sid, version, cipher)
+    event = body.pop("_event", None)
+    return WalRecord(kind, ts, sid, version, body, event if type(event) is dict else None)
 
 
 def _owned(

@@ -245,6 +245,10 @@ def setup_logging(level: str = "info", stream: IO[str] | None = None) -> logging
     _installed_handler = handler
     # Warnings from the warnings module become log records, hence JSON and redacted.
     logging.captureWarnings(True)
+    # httpx logs every request at INFO: in a cluster that is each etcd keepalive, several
+    # lines a second that drown what the node itself says. Its warnings still come through.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     set_level(level)
     return handler
 

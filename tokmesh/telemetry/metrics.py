@@ -212,6 +212,20 @@ AUDIT_DROPPED: Final = Counter(
     registry=REGISTRY,
 )
 
+# Replication and fencing (cluster part 2).
+
+REPLICATION_STALE_EPOCH: Final = Counter(
+    "tokmesh_replication_stale_epoch_total",
+    "Replication entries a replica refused because their shard has a newer owner "
+    "(the sender was deposed and had not noticed yet).",
+    registry=REGISTRY,
+)
+CLUSTER_FENCED_REFUSALS: Final = Counter(
+    "tokmesh_cluster_fenced_refusals_total",
+    "Requests for its own shards a node refused while it could not confirm its etcd lease.",
+    registry=REGISTRY,
+)
+
 # Overload (issue 15): descriptor exhaustion, the connection cap and periodic actors are
 # answered by waiting, refusing or retrying; these make each of those visible.
 
@@ -645,4 +659,6 @@ EXTRA_METRIC_NAMES: Final[dict[str, str]] = {
     "tokmesh_connections_refused_total": "counter",
     "tokmesh_accept_errors_total": "counter",
     "tokmesh_actor_errors_total": "counter",
+    "tokmesh_replication_stale_epoch_total": "counter",
+    "tokmesh_cluster_fenced_refusals_total": "counter",
 }

@@ -1,0 +1,141 @@
+"""Replication factor 2 on three real nodes: replicas hold copies, a killed owner's shards
+fail over to them within 10 s, revocations survive the failover, a deposed owner's
+late messages are refused by epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.cluster.cluster_support import ClusterNodeProcess, TestCluster, eventually
+from tests.cluster.conftest import EtcdMember
+from tests.support.server import free_port
+
+pytestmark = pytest.mark.cluster_faults
+
+
+@pytest.fixture
+def cluster(tmp_path: Any) -> Iterator[TestCluster]:
+    etcd = EtcdMember(tmp_path / "etcd", "solo", free_port(), free_port())
+    etcd.start()
+    c = TestCluster(tmp_path / "nodes", etcd, 3, replication_factor=2)
+    try:
+        c.start()
+        c.admin = c.admin_key()  # type: ignore[attr-defined]
+        yield c
+    finally:
+        c.stop()
+        etcd.stop()
+
+
+def _key(c: TestCluster) -> str:
+    return c.admin  # type: ignore[attr-defined,no-any-return]
+
+
+def _create(node: ClusterNodeProcess, key: str, user: str) -> dict[str, Any]:
+    with node.client(key) as client:
+        r = client.post("/sessions", json={"user_id": user, "ttl_seconds": 3600})
+    assert r.status_code == 201, r.text
+    return dict(r.json()["data"])
+
+
+def _valid(node: ClusterNodeProcess, key: str, token: str) -> int:
+    with node.client(key) as client:
+        return client.post("/tokens/validate", json={"token": token}).status_code
+
+
+def _status(node: ClusterNodeProcess, key: str) -> dict[str, Any]:
+    with node.client(key) as client:
+        r = client.get("/admin/v1/cluster/status")
+    assert r.status_code == 200, r.text
+    return dict(r.json()["data"])
+
+
+def _drained(c: TestCluster, key: str, nodes: list[ClusterNodeProcess]) -> bool:
+    for node in nodes:
+        peers = _status(node, key)["replication"]["peers"]
+        if any(p["queued"] for p in peers.values()):
+            return False
+    return True
+
+
+def test_replicas_take_over_a_killed_owner_within_10s(cluster: TestCluster) -> None:
+    key = _key(cluster)
+    nodes = cluster.nodes
+    made = [_create(nodes[i % 3], key, f"user-{i}") for i in range(60)]
+    revoked = made[:10]
+    for s in revoked:
+        with nodes[1].client(key) as client:
+            assert client.post(f"/sessions/{s['session_id']}/revoke").status_code == 200
+    status = _status(nodes[0], key)
+    assert status["replication_factor"] == 2
+    assert status["under_replicated_shards"] == []
+    eventually(lambda: _drained(cluster, key, nodes), timeout=10)
+
+    victim = nodes[2]
+    survivors = [n for n in nodes if n is not victim]
+    before = cluster.shard_map()
+    lost = [s for s in made if before.owner_of(s["session_id"]) == victim.node_id]
+    assert lost, "the victim owns some of the sessions"
+    victim.kill9()
+    killed_at = time.monotonic()
+
+    live_lost = [s for s in lost if s not in revoked]
+    eventually(
+        lambda: all(_valid(survivors[0], key, s["token"]) == 200 for s in live_lost[:5]),
+        timeout=15,
+    )
+    took = time.monotonic() - killed_at
+    print(f"failover: traffic moved {took:.2f}s after the kill")
+    assert took < 10, f"traffic moved after {took:.1f}s"
+    after = cluster.shard_map()
+    assert victim.node_id not in after.owners
+    for shard in range(256):
+        if before.owners[shard] == victim.node_id:
+            assert after.epochs[shard] > before.epochs[shard]
+    # Every acknowledged create survives (they were replicated before the kill), every
+    # revocation too, from both survivors.
+    for node in survivors:
+        for s in made:
+            expect = 401 if s in revoked else 200
+            assert _valid(node, key, s["token"]) == expect, (node.node_id, s["session_id"])
+
+
+def test_a_paused_owner_fences_itself_and_its_late_messages_are_refused(
+    cluster: TestCluster,
+) -> None:
+    key = _key(cluster)
+    nodes = cluster.nodes
+    victim = nodes[1]
+    shard_map = cluster.shard_map()
+    mine = [_create(victim, key, f"p-{i}") for i in range(40)]
+    owned = [s for s in mine if shard_map.owner_of(s["session_id"]) == victim.node_id]
+    assert owned
+    eventually(lambda: _drained(cluster, key, nodes), timeout=10)
+    assert victim.proc is not None
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    try:
+        # The lease (2 s) expires; the shards move to the replicas.
+        eventually(lambda: victim.node_id not in cluster.shard_map().owners, timeout=15)
+        other = nodes[0]
+        # A revoke through a survivor, acknowledged while the old owner sleeps.
+        target = owned[0]
+        with other.client(key) as client:
+            assert client.post(f"/sessions/{target['session_id']}/revoke").status_code == 200
+    finally:
+        os.kill(victim.proc.pid, signal.SIGCONT)
+    # The woken node refuses to serve its former shards and never says valid for the
+    # revoked token: it fenced itself, then learnt the new map.
+    for _ in range(20):
+        code = _valid(victim, key, target["token"])
+        assert code in (401, 503), code
+        time.sleep(0.05)
+    eventually(lambda: victim.ready_checks().get("cluster") == "ok", timeout=15)
+    assert _valid(victim, key, target["token"]) == 401
+    for s in owned[1:]:
+        assert _valid(victim, key, s["token"]) == 200

@@ -1,0 +1,607 @@
+"""Replication of each shard from its owner to its backups, fenced by the shard's epoch.
+
+Owner side (:class:`Replicator`). Every commit of a session in a shard this node owns
+(learnt from the commit stream, the one place changes are published) is queued for each
+backup of the shard, stamped ``(shard, epoch, sequence)``: the epoch is the shard map's
+fencing epoch of the shard, the sequence the commit's WAL position on this node. One
+task per peer sends the queue in order, in batches, and counts what the peer confirmed
+having written to its own WAL. A batch that fails (timeout, connection lost, a frame
+that did not decode closed the connection) is sent again as it was: applying is
+idempotent, so the peer resumes from the last batch it confirmed. A peer that falls so
+far behind that its queue would outgrow its bound gets a full copy of its shards
+instead once it answers again.
+
+A backup that is new to a shard (after a map change, or this node's start) gets a full
+copy of the shard first: the sessions held at one synchronous instant, then a marker
+``synced(shard, epoch, position)``, then the commits after that instant, all in one
+ordered queue. The marker is what makes a backup eligible for promotion: a replica that
+restarted, or that lost its queue, is not in sync until it has a fresh copy.
+
+:meth:`Replicator.wait_replicated` is how an acknowledgement waits for a replica: it
+returns once at least one backup of the shard has confirmed everything queued for it up
+to now, which includes the commit the caller just made (commits are queued in the same
+synchronous step that applies them).
+
+Replica side (:class:`ReplicaSide`). It keeps, per shard, the highest epoch it has seen
+(from the shard map or from a message), persisted before anything of a newer epoch is
+applied, and refuses messages of a lower epoch: a deposed owner that has not noticed
+yet (paused, cut off from etcd) cannot write into the new owner's copies. Accepted
+states go through the store's :class:`~tokmesh.actors.messages.Replicate`, which keeps
+the newer version and lets tombstones win, through this node's own WAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from tokmesh.actors import messages as m
+from tokmesh.actors.commit_stream import Commit, CommitKind, CommitStream
+from tokmesh.actors.reply import Reply
+from tokmesh.actors.session_store import SessionStore
+from tokmesh.cluster.shard_map import ShardMap
+from tokmesh.domain.clock import Clock
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.domain.session import Session
+from tokmesh.domain.shards import SHARDS, shard_of
+from tokmesh.telemetry import metrics
+
+__all__ = ["ReplicaSide", "Replicator", "decode_entries"]
+
+log = logging.getLogger("tokmesh.cluster.replication")
+
+#: Entries per ``repl.apply`` call: a few hundred sessions stay well under a cluster frame.
+BATCH = 200
+#: Entries a peer's queue may hold before it is dropped for a full copy later.
+QUEUE_LIMIT = 200_000
+#: How long one ``repl.apply`` call may take.
+CALL_TIMEOUT = 5.0
+#: How long an acknowledgement waits for a replica before the caller gets TM-CLST-5040.
+ACK_TIMEOUT = 5.0
+#: Pause before sending a failed batch again (doubles up to the maximum).
+RETRY_INITIAL = 0.05
+RETRY_MAX = 1.0
+
+EPOCHS_FILE = "replica-epochs.json"
+
+#: Commit kinds that change a session and travel to replicas.
+_REPLICATED = frozenset(
+    {CommitKind.CREATE, CommitKind.UPDATE, CommitKind.REVOKE, CommitKind.EXPIRE}
+)
+
+Call = Callable[[str, str, Any], Awaitable[Any]]
+
+
+class _Entry:
+    """One queued change: a session's state after a commit, or a full-copy item."""
+
+    __slots__ = ("epoch", "queued_at", "seq", "session", "shard", "sid", "user_id")
+
+    def __init__(
+        self,
+        shard: int,
+        epoch: int,
+        seq: int,
+        sid: str,
+        user_id: str,
+        session: Session | None,
+        queued_at: float,
+    ) -> None:
+        self.shard = shard
+        self.epoch = epoch
+        self.seq = seq
+        self.sid = sid
+        self.user_id = user_id
+        self.session = session
+        self.queued_at = queued_at
+
+    def wire(self) -> list[Any]:
+        """``[shard, epoch, seq, session_id, user_id, record or null]``."""
+        record = self.session.to_record() if self.session is not None else None
+        return [self.shard, self.epoch, self.seq, self.sid, self.user_id, record]
+
+
+class _Synced:
+    """The marker after a full copy: the peer now holds the shard as of ``seq``."""
+
+    __slots__ = ("epoch", "queued_at", "seq", "shard")
+
+    def __init__(self, shard: int, epoch: int, seq: int, queued_at: float) -> None:
+        self.shard = shard
+        self.epoch = epoch
+        self.seq = seq
+        self.queued_at = queued_at
+
+
+def decode_entries(
+    body: Any,
+) -> tuple[list[tuple[int, int, int, str, str, Session | None]], list[tuple[int, int, int]]]:
+    """The entries and synced markers of a ``repl.apply`` body; ValueError if malformed."""
+    if not isinstance(body, dict):
+        raise ValueError("not an object")
+    raw_entries = body.get("entries", [])
+    raw_synced = body.get("synced", [])
+    if not isinstance(raw_entries, list) or not isinstance(raw_synced, list):
+        raise ValueError("entries and synced must be lists")
+    entries = []
+    for item in raw_entries:
+        if not isinstance(item, list) or len(item) != 6:
+            raise ValueError("an entry is not a list of six")
+        shard, epoch, seq, sid, user_id, record = item
+        if not (_index(shard) and _count(epoch) and _count(seq)):
+            raise ValueError("bad shard, epoch or sequence")
+        if not isinstance(sid, str) or not isinstance(user_id, str):
+            raise ValueError("bad session or user id")
+        try:
+            session = Session.from_record(record) if record is not None else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad session record ({exc})") from None
+        entries.append((shard, epoch, seq, sid, user_id, session))
+    synced = []
+    for item in raw_synced:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ValueError("a synced marker is not a list of three")
+        shard, epoch, seq = item
+        if not (_index(shard) and _count(epoch) and _count(seq)):
+            raise ValueError("bad synced marker")
+        synced.append((shard, epoch, seq))
+    return entries, synced
+
+
+def _index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SHARDS
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# -- owner side ----------------------------------------------------------------------------
+
+
+class _Peer:
+    """The ordered queue to one backup and what it has confirmed."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.queue: deque[_Entry | _Synced] = deque()
+        #: Items ever queued / confirmed by the peer (counted together: equal when idle).
+        self.queued = 0
+        self.acked = 0
+        #: Bumped when the queue is dropped for a full copy: what was waited for in an
+        #: earlier generation will never be confirmed.
+        self.generation = 0
+        self.changed = trio.Event()
+        self.wakeup = trio.Event()
+
+    def push(self, item: _Entry | _Synced) -> None:
+        self.queue.append(item)
+        self.queued += 1
+        self.wakeup.set()
+
+    def progress(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class Replicator:
+    """The owner side (see the module doc). Subscribe :meth:`on_commit` to the commit
+    stream, call :meth:`map_changed` with each map in force, and run :meth:`run`."""
+
+    def __init__(
+        self,
+        node_id: str,
+        store: SessionStore,
+        commits: CommitStream,
+        current_map: Callable[[], ShardMap | None],
+        address_of: Callable[[str], str | None],
+        call: Call,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.commits = commits
+        self.current_map = current_map
+        self.address_of = address_of
+        self.call = call
+        self.clock = clock
+        self.peers: dict[str, _Peer] = {}
+        self._nursery: trio.Nursery | None = None
+        # (backup, shard) -> the epoch of the last full copy queued for it, and the
+        # queue count at which that copy's marker is confirmed.
+        self._seeded: dict[tuple[str, int], int] = {}
+        self._copy_due: dict[tuple[str, int], int] = {}
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def on_commit(self, commit: Commit) -> None:
+        """Queue a committed change of an owned shard for its backups (cheap: no encoding)."""
+        if commit.kind not in _REPLICATED:
+            return
+        shard_map = self.current_map()
+        if shard_map is None:
+            return
+        sid = commit.entity_id
+        shard = shard_of(sid)
+        if shard_map.owners[shard] != self.node_id:
+            return
+        backups = shard_map.backups[shard]
+        if not backups:
+            return
+        session = commit.session
+        user_id = session.user_id if session is not None else ""
+        state = None if commit.kind is CommitKind.EXPIRE else session
+        now = self.clock()
+        epoch = shard_map.epochs[shard]
+        for node in backups:
+            peer = self._peer(node)
+            peer.push(_Entry(shard, epoch, commit.position, sid, user_id, state, now))
+            if len(peer.queue) > QUEUE_LIMIT:
+                self._overflow(peer)
+
+    def map_changed(self, shard_map: ShardMap) -> None:
+        """Seed every backup that does not hold a copy of this node's shard from us yet."""
+        wanted: dict[str, list[int]] = {}
+        for shard, owner in enumerate(shard_map.owners):
+            if owner != self.node_id:
+                continue
+            epoch = shard_map.epochs[shard]
+            for node in shard_map.backups[shard]:
+                if self._seeded.get((node, shard)) != epoch:
+                    wanted.setdefault(node, []).append(shard)
+        for node, shards in wanted.items():
+            self._copy(node, shards, shard_map)
+
+    def resync(self, node: str) -> None:
+        """A backup asked for fresh copies (it restarted): send every shard it backs up."""
+        shard_map = self.current_map()
+        if shard_map is None:
+            return
+        shards = [
+            s
+            for s, owner in enumerate(shard_map.owners)
+            if owner == self.node_id and node in shard_map.backups[s]
+        ]
+        peer = self._peer(node)
+        # A copy still on its way is as fresh as a new one would be.
+        shards = [s for s in shards if self._copy_due.get((node, s), -1) <= peer.acked]
+        if shards:
+            self._copy(node, shards, shard_map)
+
+    def _peer(self, node: str) -> _Peer:
+        peer = self.peers.get(node)
+        if peer is None:
+            peer = self.peers[node] = _Peer(node)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._send_loop, peer)
+        return peer
+
+    def _overflow(self, peer: _Peer) -> None:
+        """Drop a hopeless queue; the peer gets full copies of its shards instead."""
+        log.warning(
+            "replication queue to %s exceeded %d entries; it will get full copies instead",
+            peer.node, QUEUE_LIMIT,
+        )  # fmt: skip
+        peer.queue.clear()
+        peer.acked = peer.queued
+        peer.generation += 1
+        peer.progress()
+        for key in [k for k in self._seeded if k[0] == peer.node]:
+            del self._seeded[key]
+        shard_map = self.current_map()
+        if shard_map is not None:
+            self.map_changed(shard_map)
+
+    def _copy(self, node: str, shards: list[int], shard_map: ShardMap) -> None:
+        """Queue the sessions of ``shards`` as held now, then a synced marker per shard."""
+        peer = self._peer(node)
+        wanted = set(shards)
+        position = self.commits.position
+        now = self.clock()
+        held = self.store.state.sessions
+        for sid, session in list(held.items()):
+            shard = shard_of(sid)
+            if shard in wanted:
+                peer.queue.append(
+                    _Entry(shard, shard_map.epochs[shard], position, sid, session.user_id,
+                           session, now)
+                )  # fmt: skip
+                peer.queued += 1
+        for shard in shards:
+            epoch = shard_map.epochs[shard]
+            peer.push(_Synced(shard, epoch, position, now))
+            self._seeded[(node, shard)] = epoch
+            self._copy_due[(node, shard)] = peer.queued
+        log.info("seeding %d shards to %s (%d queued)", len(shards), node, len(peer.queue))
+
+    # -- acknowledgements -------------------------------------------------------------------
+
+    async def wait_replicated(self, shard: int | None, timeout: float = ACK_TIMEOUT) -> None:
+        """Return once a backup of ``shard`` (``None``: of every shard this node owns)
+        confirmed everything queued for it so far.
+
+        Raises ``TM-CLST-5030`` when a shard has no backup to wait for, ``TM-CLST-5040``
+        when none confirmed in time (the change is committed here; retrying is safe)."""
+        shard_map = self.current_map()
+        if shard_map is None:
+            raise TokMeshError(E.CLST_NO_NODES, "the cluster has no shard map yet")
+        if shard is None:
+            groups = {
+                shard_map.backups[s]
+                for s, owner in enumerate(shard_map.owners)
+                if owner == self.node_id
+            }
+        else:
+            groups = {shard_map.backups[shard]}
+        if any(not group for group in groups):
+            raise TokMeshError(
+                E.CLST_NO_NODES, "a shard of this change has no replica to acknowledge it"
+            )
+        # What each peer must have confirmed: everything queued for it up to now.
+        targets = {
+            node: (self._peer(node).queued, self._peer(node).generation)
+            for group in groups
+            for node in group
+        }
+
+        def confirmed(node: str) -> bool:
+            peer = self.peers[node]
+            target, generation = targets[node]
+            return peer.generation == generation and peer.acked >= target
+
+        def hopeless(node: str) -> bool:
+            return self.peers[node].generation != targets[node][1]
+
+        with trio.move_on_after(timeout):
+            while True:
+                waiting = [g for g in groups if not any(confirmed(n) for n in g)]
+                if not waiting:
+                    return
+                if any(all(hopeless(n) for n in g) for g in waiting):
+                    break  # what a shard's replicas owed was dropped for a full copy
+                await _first([self.peers[n].changed for g in waiting for n in g])
+        raise TokMeshError(
+            E.CLST_TIMEOUT,
+            "no replica confirmed the change in time; it is committed on the shard's owner "
+            "and retrying is safe",
+        )
+
+    def lag(self, node: str) -> float:
+        """Seconds the oldest unconfirmed item to ``node`` has waited (0 when none)."""
+        peer = self.peers.get(node)
+        if peer is None or not peer.queue:
+            return 0.0
+        return max(0.0, self.clock() - peer.queue[0].queued_at)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send every peer's queue in its own task, and export the lag every second."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for peer in self.peers.values():
+                nursery.start_soon(self._send_loop, peer)
+            unsubscribe = self.commits.subscribe(self.on_commit)
+            task_status.started()
+            try:
+                while True:
+                    for node in list(self.peers):
+                        metrics.REPLICATION_LAG.labels(self.node_id, node).set(self.lag(node))
+                    await trio.sleep(1.0)
+            finally:
+                unsubscribe()
+
+    async def _send_loop(self, peer: _Peer) -> None:
+        delay = RETRY_INITIAL
+        while True:
+            if not peer.queue:
+                peer.wakeup = trio.Event()
+                await peer.wakeup.wait()
+                continue
+            batch = [peer.queue[i] for i in range(min(BATCH, len(peer.queue)))]
+            address = self.address_of(peer.node)
+            ok = False
+            if address is not None:
+                ok = await self._send(peer, address, batch)
+            if not ok:
+                await trio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            delay = RETRY_INITIAL
+            # The queue may have been dropped meanwhile (overflow): only pop what is ours.
+            for item in batch:
+                if peer.queue and peer.queue[0] is item:
+                    peer.queue.popleft()
+                    peer.acked += 1
+            peer.progress()
+
+    async def _send(self, peer: _Peer, address: str, batch: list[_Entry | _Synced]) -> bool:
+        body = {
+            "from": self.node_id,
+            "entries": [item.wire() for item in batch if isinstance(item, _Entry)],
+            "synced": [
+                [item.shard, item.epoch, item.seq] for item in batch if isinstance(item, _Synced)
+            ],
+        }
+        try:
+            answer = await self.call(address, "repl.apply", body)
+        except TokMeshError as exc:
+            log.info("replication to %s failed (%s); sending again", peer.node, exc.message)
+            return False
+        except Exception as exc:  # RpcError and friends: the transport said no
+            log.info("replication to %s failed (%s); sending again", peer.node, exc)
+            return False
+        refused = answer.get("refused") if isinstance(answer, dict) else None
+        if refused:
+            log.warning(
+                "replica %s refused shards %s: it knows a newer epoch (this node is no longer "
+                "their owner)",
+                peer.node, refused,
+            )  # fmt: skip
+        return True
+
+
+async def _first(events: list[trio.Event]) -> None:
+    """Wait until any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
+
+
+# -- replica side ----------------------------------------------------------------------------
+
+
+class ReplicaSide:
+    """Applies what owners send, refusing stale epochs; see the module doc."""
+
+    def __init__(self, data_dir: Path, store: SessionStore, clock: Clock) -> None:
+        self.path = data_dir / EPOCHS_FILE
+        self.store = store
+        self.clock = clock
+        self.epochs = _load_epochs(self.path)
+        #: shard -> (epoch, sequence) of the last applied entry or marker.
+        self.applied: dict[int, tuple[int, int]] = {}
+        #: shard -> epoch for which this node received a full copy since it started.
+        self.synced: dict[int, int] = {}
+
+    def note_map(self, shard_map: ShardMap) -> None:
+        """Learn the epochs of a map in force (persisted when any grows)."""
+        grown = False
+        for shard, epoch in enumerate(shard_map.epochs):
+            if epoch > self.epochs[shard]:
+                self.epochs[shard] = epoch
+                grown = True
+        if grown:
+            _save_epochs(self.path, self.epochs)
+
+    def positions(self, shards: Iterable[int] | None = None) -> dict[str, list[Any]]:
+        """``{shard: [epoch, sequence, in_sync]}`` for promotion decisions."""
+        out: dict[str, list[Any]] = {}
+        wanted = range(SHARDS) if shards is None else shards
+        for shard in wanted:
+            epoch, seq = self.applied.get(shard, (0, 0))
+            in_sync = (
+                self.synced.get(shard) == self.epochs[shard] and self.synced.get(shard) is not None
+            )
+            out[str(shard)] = [epoch, seq, in_sync]
+        return out
+
+    async def apply(self, peer: str, body: Any) -> dict[str, Any]:
+        """The ``repl.apply`` handler."""
+        try:
+            entries, synced = decode_entries(body)
+        except ValueError as exc:
+            raise TokMeshError(E.ARG_INVALID, f"bad replication message: {exc}") from None
+        sender = body.get("from", peer)
+        refused: set[int] = set()
+        grown = False
+        stamps = [(e[0], e[1]) for e in entries] + [(x[0], x[1]) for x in synced]
+        for shard, epoch in stamps:
+            known = self.epochs[shard]
+            if epoch < known:
+                refused.add(shard)
+            elif epoch > known:
+                self.epochs[shard] = epoch
+                grown = True
+        if grown:
+            # Durable before anything of the newer epoch is applied, so a restart cannot
+            # forget that an older owner is deposed.
+            await trio.to_thread.run_sync(_save_epochs, self.path, list(self.epochs))
+        if refused:
+            metrics.REPLICATION_STALE_EPOCH.inc(
+                sum(1 for e in entries if e[0] in refused)
+                + sum(1 for s in synced if s[0] in refused)
+            )
+            log.warning(
+                "refused replication from %s for shards %s: stale epoch (a newer owner exists)",
+                sender, sorted(refused),
+            )  # fmt: skip
+        by_actor: dict[int, list[tuple[str, Session | None]]] = {}
+        actors: dict[int, Any] = {}
+        for shard, epoch, seq, sid, user_id, session in entries:
+            if shard in refused:
+                continue
+            actor = self.store.shard_for(user_id)
+            key = id(actor)
+            actors[key] = actor
+            by_actor.setdefault(key, []).append((sid, session))
+            last = self.applied.get(shard)
+            if last is None or (epoch, seq) > last:
+                self.applied[shard] = (epoch, seq)
+        now = self.clock.now_ms()
+        replies: list[Reply[int]] = []
+        for key, items in by_actor.items():
+            reply: Reply[int] = Reply()
+            await actors[key].send(m.Replicate(items=tuple(items), now_ms=now, reply=reply))
+            replies.append(reply)
+        written = 0
+        for reply in replies:
+            written += await reply.wait()
+        for shard, epoch, seq in synced:
+            if shard in refused:
+                continue
+            self.synced[shard] = epoch
+            last = self.applied.get(shard)
+            if last is None or (epoch, seq) > last:
+                self.applied[shard] = (epoch, seq)
+        return {"written": written, "refused": sorted(refused)}
+
+
+def _load_epochs(path: Path) -> list[int]:
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return [0] * SHARDS
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise TokMeshError(
+            E.CLST_INCONSISTENT,
+            f"{path} cannot be read ({exc}); remove it only if this node's data is to be discarded",
+        ) from None
+    if not isinstance(raw, list) or len(raw) != SHARDS or not all(_count(e) for e in raw):
+        raise TokMeshError(E.CLST_INCONSISTENT, f"{path} is not a list of {SHARDS} epochs")
+    return list(raw)
+
+
+def _save_epochs(path: Path, epochs: list[int]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps(epochs))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def positions_from(answer: Any) -> Mapping[int, tuple[int, int, bool]]:
+    """Decode a ``repl.positions`` answer (malformed entries are left out)."""
+    out: dict[int, tuple[int, int, bool]] = {}
+    if not isinstance(answer, dict):
+        return out
+    for key, value in answer.items():
+        try:
+            shard = int(key)
+        except ValueError:
+            continue
+        if isinstance(value, list) and len(value) == 3 and _index(shard):
+            epoch, seq, in_sync = value
+            if _count(epoch) and _count(seq) and isinstance(in_sync, bool):
+                out[shard] = (epoch, seq, in_sync)
+    return out
