@@ -1,12 +1,14 @@
 """Session events: delivery to 10 watchers under a create load, and what they cost writers.
 
-One node (batch mode); wrk sends ``POST /sessions`` for ``--duration`` seconds, three
-times in one invocation: without watchers, with ``--watchers`` WebSocket watchers of
-``GET /events`` (a separate process counting the events each receives), and without
-again. Prints the creates/s of each run, the throughput lost with watchers against the
-mean of the runs without (goal: at most 10%), and the events delivered per second.
+One node (batch mode); wrk sends ``POST /sessions`` for ``--duration`` seconds, without
+watchers and with ``--watchers`` WebSocket watchers of ``GET /events`` (a separate
+process counting the events each receives). Prints the creates/s of each run, the
+throughput lost with watchers against the mean of the runs without (goal: at most 10%),
+the node's CPU per create with and without, and the events delivered per second.
+Watched and unwatched runs alternate (``--rounds``): on a shared machine the load of
+others moves every figure.
 
-    python bench/events_bench.py [--duration 10] [--connections 64] [--watchers 10]
+    python bench/events_bench.py [--duration 8] [--connections 64] [--watchers 10] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -91,70 +93,83 @@ def run_creates(
     return float(r["rps"]), cpu / max(r["requests"], 1) * 1e6
 
 
+def watched_run(
+    node: ServerProcess, work: Path, issuer: str, admin: str, args: argparse.Namespace
+) -> tuple[float, float, list[int]]:
+    """One wrk run with the watchers connected: creates/s, CPU per create, event counts."""
+    script = work / "watchers.py"
+    script.write_text(WATCHERS)
+    watchers = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            "127.0.0.1",
+            str(node.http_port),
+            "/events?types=created",
+            admin,
+            str(args.watchers),
+            str(args.duration + 3),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert watchers.stdout is not None
+    assert watchers.stdout.readline().strip() == "ready"
+    rps, us = run_creates(node, work, issuer, args.duration, args.connections)
+    report = json.loads(watchers.stdout.readline())
+    watchers.wait(30)
+    return rps, us, list(report["counts"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--watchers", type=int, default=10)
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="watched runs, each between two unwatched ones"
+    )
     args = ap.parse_args()
     node = start_node(name="events")
     work = Path(tempfile.mkdtemp(prefix="tm-events-"))
     try:
         issuer, _ = keys(node)
         admin = node.admin_key
-        assert admin is not None and node.proc is not None
+        assert admin is not None
         print(f"POST /sessions, batch mode, wrk -t2 -c{args.connections} -d{args.duration}s")
-        without_1, us_1 = run_creates(node, work, issuer, args.duration, args.connections)
-        print(f"  without watchers:        {without_1:9.0f} creates/s, {us_1:6.1f} us CPU each")
-        script = work / "watchers.py"
-        script.write_text(WATCHERS)
-        watchers = subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                "127.0.0.1",
-                str(node.http_port),
-                "/events?types=created",
-                admin,
-                str(args.watchers),
-                str(args.duration + 3),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert watchers.stdout is not None
-        assert watchers.stdout.readline().strip() == "ready"
-        started = time.monotonic()
-        with_watchers, us_w = run_creates(node, work, issuer, args.duration, args.connections)
-        report = json.loads(watchers.stdout.readline())
-        elapsed = time.monotonic() - started
-        watchers.wait(30)
-        print(
-            f"  with {args.watchers} watchers:        {with_watchers:9.0f} creates/s, "
-            f"{us_w:6.1f} us CPU each (events included)"
-        )
-        without_2, us_2 = run_creates(node, work, issuer, args.duration, args.connections)
-        print(f"  without watchers again:  {without_2:9.0f} creates/s, {us_2:6.1f} us CPU each")
-        baseline = (without_1 + without_2) / 2
-        loss = 1 - with_watchers / baseline
-        counts = report["counts"]
-        created = with_watchers * args.duration
-        delivered = sum(counts)
-        print(f"throughput with / without watchers: {with_watchers / baseline:.3f}")
+        without: list[tuple[float, float]] = []
+        watched: list[tuple[float, float]] = []
+        counts: list[int] = []
+        for _ in range(args.rounds):
+            without.append(run_creates(node, work, issuer, args.duration, args.connections))
+            print(
+                f"  no watchers:  {without[-1][0]:7.0f} creates/s, "
+                f"{without[-1][1]:6.1f} us CPU each"
+            )
+            rps, us, got = watched_run(node, work, issuer, admin, args)
+            watched.append((rps, us))
+            counts += got
+            print(f"  {args.watchers} watchers:  {rps:7.0f} creates/s, {us:6.1f} us CPU each")
+        without.append(run_creates(node, work, issuer, args.duration, args.connections))
+        print(f"  no watchers:  {without[-1][0]:7.0f} creates/s, {without[-1][1]:6.1f} us CPU each")
+        base_rps = statistics.mean(r for r, _ in without)
+        base_us = statistics.mean(u for _, u in without)
+        with_rps = statistics.mean(r for r, _ in watched)
+        with_us = statistics.mean(u for _, u in watched)
+        loss = 1 - with_rps / base_rps
         verdict = "OK" if loss <= GOAL_LOSS else "NOT MET"
+        print(f"throughput with / without watchers: {with_rps / base_rps:.3f}")
         print(f"throughput lost: {loss * 100:.1f}% (goal <= {GOAL_LOSS * 100:.0f}%: {verdict})")
         print(
-            f"events delivered: {delivered} = {delivered / args.duration:,.0f}/s of load "
-            f"over {args.watchers} watchers (counted until {elapsed:.1f}s after the start)"
+            f"node CPU per create with / without watchers: {with_us / base_us:.3f} "
+            f"(+{with_us - base_us:.1f} us per create for {args.watchers} watchers)"
         )
-        print(f"events per watcher: min {min(counts)}, max {max(counts)}")
+        delivered = sum(counts)
+        expected = sum(r for r, _ in watched) * args.duration * args.watchers
         print(
-            f"delivered / (creates x watchers): {delivered / max(created * args.watchers, 1):.3f}"
-        )
-        us_base = (us_1 + us_2) / 2
-        print(
-            f"node CPU per create with / without watchers: {us_w / us_base:.3f} "
-            f"(the throughput cost on a node that is not shared: {1 - us_base / us_w:.1%})"
+            f"events delivered: {delivered / (args.duration * args.rounds):,.0f}/s over "
+            f"{args.watchers} watchers; delivered / (creates x watchers): "
+            f"{delivered / max(expected, 1):.3f}"
         )
         print(f"load average after: {loadavg()}")
     finally:

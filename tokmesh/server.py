@@ -389,6 +389,13 @@ class TokMeshServer:
                         self._point_to_first_key()
                         task_status.started(self)
                         await self._shutdown.wait()
+                        if self.cluster is not None:
+                            # Move this node's shards (with their data) to the others
+                            # while the listeners still forward to them.
+                            try:
+                                await self.cluster.drain(cfg.cluster.shutdown.timeout)
+                            except Exception as exc:  # etcd or a peer failing: stop anyway
+                                log.warning("could not drain this node's shards: %s", exc)
                     deadline = trio.current_time() + cfg.server.shutdown.timeout
                     await self._drain_listeners()
                     listeners.cancel_scope.cancel()

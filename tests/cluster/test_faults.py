@@ -312,3 +312,54 @@ def _compact(etcd: EtcdCluster) -> None:
         r = httpx.post(m.url + "/v3/kv/compaction", json={"revision": str(revision)})
         assert r.status_code == 200, r.text
         return
+
+
+def test_join_a_fourth_node_then_remove_one_under_load(
+    tmp_path: Path, etcd3: EtcdCluster
+) -> None:
+    c = _start(tmp_path / "nodes", etcd3)
+    key = _key(c)
+    fourth = c.add_node("tmnd-test4")
+    leaving = c.nodes[0]
+    misses: list[str] = []
+    try:
+
+        def fault(load: Load) -> None:
+            # Join: the coordinator moves shards to the new node, with their data.
+            load.down.add(fourth.node_id)
+            fourth.start(wait_ready=False)
+            fourth.wait_ready(30)
+            load.down.discard(fourth.node_id)
+            eventually(lambda: fourth.node_id in c.shard_map().owners, timeout=30)
+            eventually(lambda: _rebalance_done(c, key), timeout=60)
+            # Leave: the node drains its shards to the others first.
+            with leaving.client(key) as client:
+                r = client.post("/admin/v1/cluster/leave", json={}, timeout=70)
+            assert r.status_code == 200, r.text
+            assert r.json()["data"]["data_moved"] is True
+            load.down.add(leaving.node_id)
+
+        load, monitor, fault_at = _run_load(c, fault, seed=17)
+        live = [n for n in c.nodes if n is not leaving]
+        report = check(load, live, fault_at)
+        final = c.shard_map()
+        # Validations never failed for lack of an owner during the moves.
+        misses = [
+            f"{o.node} {o.detail}"
+            for o in load.history.of("validate")
+            if o.outcome != "ok" and o.node != leaving.node_id
+        ]
+    finally:
+        c.stop()
+    assert leaving.node_id not in final.owners
+    assert fourth.node_id in final.owners
+    counts = final.counts()
+    assert max(counts.values()) - min(counts.values()) < 30, counts
+    assert misses == [], misses[:5]
+    _assert_sound(report, monitor, max_loss_window=0.0)
+    assert report.lost_creates == []
+
+
+def _rebalance_done(c: TestCluster, key: str) -> bool:
+    progress = _status(c.nodes[1], key).get("rebalance") or {}
+    return progress.get("state") == "done"

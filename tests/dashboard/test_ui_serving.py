@@ -15,11 +15,15 @@ from tokmesh.ui.serve import CACHE_ASSET, CACHE_INDEX, CONTENT_SECURITY_POLICY, 
 def raw_get(port: int, target: str) -> tuple[int, bytes]:
     """``GET target`` written byte for byte (no client normalises ``..`` or ``%2f``)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        assert length is not None, head
+        while len(body) < int(length.group(1)):
+            body += s.recv(65536)
     return int(head.split(b" ", 2)[1]), body
 
 

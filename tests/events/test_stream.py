@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 import websockets
 from websockets.sync.client import connect
 
 from tests.events.support import Collected, Writers, auth_subprotocol, collect_websockets
 from tests.events.support import events_url as url
-from tests.support.server import ServerProcess
+from tests.integration.runtime_support import write_leaf
+from tests.support.server import ServerProcess, free_port
 
 Factory = Callable[..., ServerProcess]
 
@@ -230,3 +235,54 @@ def test_slow_consumer_is_closed_4429_and_writers_keep_going(
     assert wanted <= {(e["type"], e["session_id"]) for e in fast.events}
     cursors = [int(e["cursor"]) for e in fast.events]
     assert cursors == sorted(set(cursors))
+
+
+def test_tls_listener_serves_the_stream(node_factory: Factory, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert, key_file = tmp_path / "server.crt", tmp_path / "server.key"
+    write_leaf(ca, cert, key_file)
+    port = free_port()
+    node = node_factory(
+        overrides={
+            "server": {
+                "https": {
+                    "enabled": True,
+                    "address": f"127.0.0.1:{port}",
+                    "tls": {"cert_file": str(cert), "key_file": str(key_file)},
+                }
+            }
+        }
+    )
+    key = node.admin_key
+    assert key is not None
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    wss = f"wss://localhost:{port}/events"
+    with node.client(key) as client:
+        with connect(wss, ssl=context, additional_headers=bearer(key)) as ws:
+            sid = create(client, "tls")
+            (event,) = recv_all(ws, 1)
+        assert event["session_id"] == sid and event["type"] == "created"
+        # Resume over TLS from before that event.
+        with connect(
+            wss + "?cursor=0&types=created", ssl=context, additional_headers=bearer(key)
+        ) as ws:
+            assert recv_all(ws, 1)[0] == event
+
+
+def test_a_client_that_vanishes_costs_no_error(node_factory: Factory) -> None:
+    node = node_factory()
+    key = node.admin_key
+    assert key is not None
+    ws = connect(url(node), additional_headers=bearer(key))
+    # Reset the connection (no close frame, no FIN) while events are on their way.
+    ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.socket.close()
+    with node.client(key) as client:
+        for _ in range(20):
+            create(client, "gone")
+        with connect(url(node, "cursor=0"), additional_headers=bearer(key)) as other:
+            assert len(recv_all(other, 20)) == 20
+    node.terminate()
+    log = node.log_path.read_text()
+    assert '"level":"ERROR"' not in log, log[-2000:]

@@ -160,7 +160,7 @@ def _error_codes(document: dict[str, Any], op: dict[str, Any]) -> dict[int, set[
     out: dict[int, set[str]] = {}
     catalogue = all_codes()
     for status, resp in op["responses"].items():
-        if status.startswith("2"):
+        if status.startswith(("1", "2")):  # 101: GET /events switches to WebSocket
             continue
         assert set(resp["headers"]) >= {"X-Request-ID", "X-Error-Code"}
         schema = resp["content"]["application/json"]["schema"]

@@ -266,7 +266,10 @@ def _cluster(call: Call) -> ClusterNode:
 async def cluster_status(call: Call) -> HttpResponse:
     """``GET /admin/v1/cluster/status``: topology, health and shard map as this node sees
     them."""
-    return ok(call.rid, _cluster(call).status())
+    node = _cluster(call)
+    data = node.status()
+    data["rebalance"] = await node.rebalance_progress()
+    return ok(call.rid, data)
 
 
 async def cluster_nodes(call: Call) -> HttpResponse:
@@ -284,8 +287,8 @@ async def cluster_nodes(call: Call) -> HttpResponse:
 
 
 async def cluster_rebalance(call: Call) -> HttpResponse:
-    """``POST /admin/v1/cluster/rebalance``: the node says what it did (today: nothing
-    moves while shards cannot move with their data)."""
+    """``POST /admin/v1/cluster/rebalance``: the coordinator starts moving shards, with
+    their data, to where placement over the live nodes puts them."""
     node = _cluster(call)
     parse_body(call.req.body, {})
     return ok(call.rid, await node.rebalance())

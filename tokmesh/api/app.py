@@ -49,20 +49,18 @@ def build_api(deps: ApiDeps, extra: list[RouteFactory] | None = None) -> Api:
         events_routes,
         *(extra or []),
     ]
+    config = deps.config
+    if config is None or config.server.http.ui.enabled:
+        from tokmesh.ui.serve import ui_routes
+
+        # The dashboard's static files, served beside the API (not documented in it).
+        factories.append(ui_routes)
     for factory in factories:
         routes.extend(factory())
     api = Api(deps, routes)
     from tokmesh.api.openapi import openapi_routes
 
     api.router = type(api.router)(routes + openapi_routes(api))
-    config = deps.config
-    if config is None or config.server.http.ui.enabled:
-        from tokmesh.ui.serve import ui_routes
-
-        # The dashboard's files are not part of the HTTP API: a second Api over the same
-        # deps serves them besides every route, while /openapi.json keeps describing the
-        # first one's table (its handlers read ``api.router.routes`` when asked).
-        return Api(deps, api.router.routes + ui_routes())
     return api
 
 

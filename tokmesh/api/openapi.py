@@ -390,6 +390,8 @@ def build_document(
     seen_ids: set[str] = set()
     tags: list[str] = []
     for route in routes:
+        if not route.documented:
+            continue
         op = OPERATIONS.get((route.method, route.path))
         operation = build_operation(route, op)
         base = operation["operationId"]

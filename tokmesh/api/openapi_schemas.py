@@ -241,6 +241,26 @@ def component_schemas(ttl_max_seconds: int = DEFAULT_TTL_MAX_SECONDS) -> dict[st
         ),
         "EmptyRequest": _obj({}, description="Empty body or {}", maxProperties=0),
         **oauth2_schemas(),
+        "SessionEvent": _obj(
+            {
+                "cursor": _str(
+                    pattern="^[0-9]{1,20}$",
+                    description="WAL position after the change, as a decimal string: "
+                    "resume with ?cursor=",
+                ),
+                "type": {
+                    "enum": ["created", "renewed", "touched", "updated", "revoked", "expired"]
+                },
+                "session_id": _str(),
+                "user_id": {"type": "string"},
+                "device_id": {"type": "string"},
+                "at": _MS,
+                "version": {"type": "integer", "minimum": 0},
+                "by": _str(description='API key ID that caused the change, or "system"'),
+            },
+            ["cursor", "type", "session_id", "user_id", "device_id", "at", "version", "by"],
+            description="The JSON payload of one WebSocket text frame of GET /events",
+        ),
         "SessionList": page_of(ref("SessionFields")),
         "Health": _obj({"status": {"const": "healthy"}, "timestamp": _MS}, ["status", "timestamp"]),
         "ReadyChecks": {
@@ -968,6 +988,39 @@ OPERATIONS: Final[dict[tuple[str, str], OpDoc]] = {
             "token_type_hint is ignored."
         ),
         roles=_ISSUER,
+    ),
+    ("GET", "/events"): OpDoc(
+        "watchEvents",
+        "Sessions",
+        media_schema=ref("SessionEvent"),
+        query=(
+            Param(
+                "cursor",
+                {"type": "string", "pattern": "^[0-9]{1,20}$"},
+                "Resume after this event's cursor (every later event still in the WAL, "
+                "then live); absent: live events from now",
+            ),
+            Param("user_id", {"type": "string"}, "Only events of this user"),
+            Param(
+                "types",
+                {"type": "string"},
+                "Comma-separated event types (touched only with events.include_touch)",
+            ),
+        ),
+        errors=(E.ARG_INVALID,),
+        description=(
+            "A WebSocket (Upgrade: websocket, native HTTP engine; under "
+            "server.http.engine: hypercorn it is not served). 101 Switching Protocols, "
+            "then one JSON text frame per session event (SessionEvent). Credentials as "
+            "for every route, or for browsers as the subprotocol "
+            "tokmesh.auth.<key_id:secret in unpadded base64url> offered beside "
+            "tokmesh.events (which the server selects). Needs the events.read "
+            "permission. Close codes: 1001 server stopping, 1013 not ready, 4400 bad "
+            "cursor or filter, 4401 key no longer valid, 4408 no pong, 4410 cursor "
+            "expired (resync), 4429 too slow. A request without the upgrade is 400 "
+            "TM-ARG-1001. See docs/events.md."
+        ),
+        roles=_ADMIN,
     ),
     ("GET", "/health"): OpDoc(
         "health",

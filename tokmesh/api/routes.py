@@ -82,6 +82,9 @@ class Route:
     #: how this route's errors look (None: the TokMesh error envelope); the OAuth 2.0
     #: routes answer the ``{"error", "error_description"}`` bodies their clients parse
     failure: FailureRenderer | None = None
+    #: part of the HTTP API described by ``/openapi.json`` (the dashboard's static
+    #: files are served beside the API, not part of it)
+    documented: bool = True
     run: Handler = attrs.field(init=False)
     now_handler: NowHandler | None = attrs.field(init=False)
 

@@ -41,6 +41,7 @@ from tokmesh.cluster.etcd import (
     WatchUpdate,
 )
 from tokmesh.cluster.membership import MemberRecord, log_parity, parity
+from tokmesh.cluster.rebalance import Rebalance, RebalancePeers
 from tokmesh.cluster.shard_map import ReplicaPosition, ShardMap, ShardMapError, next_map
 from tokmesh.cluster.shard_map_watch import SHARDMAP_KEY
 
@@ -96,6 +97,11 @@ class CoordinatorSettings:
     def departed_prefix(self) -> bytes:
         """The prefix of the records of nodes that left for good."""
         return (self.prefix + "departed/").encode()
+
+    @property
+    def draining_prefix(self) -> bytes:
+        """The prefix of the keys of nodes moving their shards away (on their lease)."""
+        return (self.prefix + "draining/").encode()
 
 
 #: ``positions(nodes)`` -> what each of ``nodes`` reports holding per shard (nodes that
@@ -161,8 +167,12 @@ class Coordinator:
         settings: CoordinatorSettings,
         lease: LeaseHolder,
         positions: PositionsOf | None = None,
+        peers: RebalancePeers | None = None,
     ) -> None:
         self.client = client
+        #: Moves shards with their data (None: shards cannot move, replication is off).
+        self.rebalance: Rebalance | None = Rebalance(self, peers) if peers is not None else None
+        self._rebalance_wanted = trio.Event()
         #: Asks replicas what they hold, before a failover picks the heir of a shard.
         self.positions = positions
         self.settings = settings
@@ -175,6 +185,9 @@ class Coordinator:
         self._live: dict[str, str] | None = None
         self._wake = trio.Event()
         self._node = settings.node_id.encode()
+        #: Nodes moving their shards away before they stop or leave: placement and
+        #: failover give them nothing (``<prefix>draining/<node_id>``).
+        self.draining: frozenset[str] = frozenset()
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -316,6 +329,18 @@ class Coordinator:
         async def on_departed(update: WatchUpdate) -> None:
             self._wake.set()
 
+        async def on_draining(update: WatchUpdate) -> None:
+            await self._read_draining()
+            self.want_rebalance()
+
+        async def rebalance_forever() -> None:
+            try:
+                await self._rebalance_loop()
+            except _NotCoordinator as exc:
+                lose(str(exc))
+            except EtcdError as exc:
+                lose(f"rebalance could not use etcd: {exc}")
+
         async def check_lease() -> None:
             while self.lease.connected.is_set() and self.lease.lease_id == lease:
                 await trio.sleep(self.settings.lease_check_interval)
@@ -344,6 +369,13 @@ class Coordinator:
                 nursery.start_soon(reconcile_forever)
                 nursery.start_soon(watch, self.settings.coordinator_key, None, on_key)
                 nursery.start_soon(watch, departed, wire.prefix_range_end(departed), on_departed)
+                if self.rebalance is not None:
+                    draining = self.settings.draining_prefix
+                    await self._read_draining()
+                    nursery.start_soon(
+                        watch, draining, wire.prefix_range_end(draining), on_draining
+                    )
+                    nursery.start_soon(rebalance_forever)
                 await lost.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -366,8 +398,10 @@ class Coordinator:
             # A fresh event before reading: a change during the pass triggers another.
             self._wake = trio.Event()
             try:
-                await self.reconcile()
+                written = await self.reconcile()
                 backoff.reset()
+                if self.rebalance is not None and self._idle_nodes(written, await self.read_map()):
+                    self.want_rebalance()
             except EtcdError as exc:
                 delay = backoff.next_delay()
                 log.warning("shard map reconcile failed (%s); retrying in %.1fs", exc, delay)
@@ -382,11 +416,72 @@ class Coordinator:
         when the write finds another coordinator, :class:`EtcdError` on other failures.
         """
         settings = self.settings
+
+        async def compute(current: ShardMap | None) -> ShardMap | None:
+            live = dict(self._live or {})
+            departed = await read_departed(self.client, settings.prefix)
+            positions = await self._heir_positions(current, live)
+            return next_map(
+                current,
+                live,
+                departed=departed,
+                expect_nodes=settings.expect_nodes,
+                replication_factor=settings.replication_factor,
+                hosts=live,
+                positions=positions,
+            )
+
+        return await self.update_map(compute)
+
+    # -- moving shards ----------------------------------------------------------------------
+
+    def want_rebalance(self) -> None:
+        """Ask for a rebalance (run by the coordinator as soon as the current one ends)."""
+        self._rebalance_wanted.set()
+
+    async def _read_draining(self) -> None:
+        start = self.settings.draining_prefix
+        res = await self.client.range(start, wire.prefix_range_end(start))
+        self.draining = frozenset(kv.key[len(start) :].decode("utf-8", "replace") for kv in res.kvs)
+
+    async def _rebalance_loop(self) -> None:
+        """Run a rebalance whenever one is wanted: asked for, a node draining, or a live
+        node owning nothing (it joined, or came back after its shards failed over)."""
+        assert self.rebalance is not None
+        while True:
+            await self._rebalance_wanted.wait()
+            self._rebalance_wanted = trio.Event()
+            live = dict(self._live or {})
+            await self.rebalance.run(live, self.draining)
+
+    def _idle_nodes(self, written: ShardMap | None, current: ShardMap | None) -> bool:
+        shard_map = written or current
+        if shard_map is None or self._live is None:
+            return False
+        owning = set(shard_map.owners)
+        return any(n not in owning and n not in self.draining for n in self._live)
+
+    async def read_map(self) -> ShardMap | None:
+        """The shard map stored in etcd (None if there is none or it does not decode)."""
+        stored = await self.client.get(self.settings.shardmap_key)
+        if stored is None:
+            return None
+        try:
+            return ShardMap.decode(stored.value)
+        except ShardMapError:
+            return None
+
+    async def update_map(
+        self, compute: Callable[[ShardMap | None], Awaitable[ShardMap | None]]
+    ) -> ShardMap | None:
+        """Read the map, ``compute`` the next one and write it with a compare-and-swap;
+        a lost race is recomputed from the map that won. Returns the map written (None
+        when ``compute`` says nothing changes)."""
+        settings = self.settings
         key = settings.shardmap_key
         backoff = Backoff(0.05, settings.retry_max)
         pending: ShardMap | None = None
         while True:
-            live = dict(self._live or {})
             stored = await self.client.get(key)
             if pending is not None and stored is not None and stored.value == pending.encode():
                 # The write whose answer was lost did land.
@@ -404,17 +499,7 @@ class Coordinator:
                         key.decode(), exc,
                     )  # fmt: skip
                     return None
-            departed = await read_departed(self.client, settings.prefix)
-            positions = await self._heir_positions(current, live)
-            nxt = next_map(
-                current,
-                live,
-                departed=departed,
-                expect_nodes=settings.expect_nodes,
-                replication_factor=settings.replication_factor,
-                hosts=live,
-                positions=positions,
-            )
+            nxt = await compute(current)
             if nxt is None:
                 return None
             try:

@@ -51,7 +51,7 @@ from tokmesh.services.session_ops import (
 )
 from tokmesh.services.sessions import SessionService
 
-__all__ = ["ClusterSessions", "Routing", "SessionHandlers"]
+__all__ = ["ClusterSessions", "Routing", "SessionHandlers", "ShardMoving"]
 
 
 class Routing(Protocol):
@@ -77,6 +77,36 @@ class Routing(Protocol):
     async def call(self, address: str, method: str, body: Any) -> Any:
         """Run ``method`` on the node at ``address`` and return its answer."""
         ...
+
+    async def wait_moved(self, shard: int) -> None:
+        """Return once a hand-over of ``shard`` that made :meth:`owner_address` raise
+        :class:`ShardMoving` is over (its new owner is in the map here, or it was
+        called off); ``TM-CLST-5040`` if it takes too long."""
+        ...
+
+    def moved_to(self, shard: int) -> str | None:
+        """Where a forwarded call for ``shard`` that this node no longer owns should go
+        (the owner's address in the map here), or None."""
+        ...
+
+    async def call_local(self, method: str, body: Any) -> Any:
+        """Run cluster-port ``method`` here, as a peer's call would."""
+        ...
+
+
+class ShardMoving(TokMeshError):
+    """``shard`` is being handed to another node: for a moment this node must not
+    answer for it, and the new owner does not yet. Callers wait for the hand-over
+    (:meth:`Routing.wait_moved`) and route again; anything that cannot wait answers
+    503 with ``Retry-After``."""
+
+    def __init__(self, shard: int) -> None:
+        super().__init__(
+            E.CLST_NO_NODES,
+            f"shard {shard} is moving to another node; retry",
+            headers={"Retry-After": "1"},
+        )
+        self.shard = shard
 
 
 def _ctx(ctx: RequestContext) -> dict[str, str]:
@@ -144,10 +174,17 @@ class ClusterSessions:
 
     # -- forwarding --------------------------------------------------------------------------
 
-    async def _forward(self, address: str, method: str, body: dict[str, Any]) -> Any:
+    async def _forward(
+        self, address: str, method: str, body: dict[str, Any], *, retry: bool = True
+    ) -> Any:
         try:
             return await self.routing.call(address, method, body)
         except RpcRemoteError as exc:
+            moved = (exc.details or {}).get("moved_to")
+            if retry and isinstance(moved, str) and moved != address:
+                # The shard changed hands after this node routed the call: the old
+                # owner says where it went (its map is newer than ours). Once only.
+                return await self._forward(moved, method, body, retry=False)
             raise exc.as_tokmesh() from None
         except RpcTimeout:
             raise TokMeshError(
@@ -169,6 +206,14 @@ class ClusterSessions:
                 E.CLST_NO_NODES, f"the owner at {address} is unreachable: {exc}"
             ) from None
 
+    async def _owner(self, shard: int) -> str | None:
+        """:meth:`Routing.owner_address`, waiting out a hand-over of the shard."""
+        try:
+            return self.routing.owner_address(shard)
+        except ShardMoving:
+            await self.routing.wait_moved(shard)
+            return self.routing.owner_address(shard)
+
     def _elsewhere(self, key: object, fetch: Callable[[], Awaitable[Any]]) -> NotLocal:
         async def fetch_and_park() -> None:
             try:
@@ -188,12 +233,29 @@ class ClusterSessions:
         found, value = take_parked(("get", sid))
         if found:
             return _session(value)
-        address = self.routing.owner_address(shard_of(sid))
+        shard = shard_of(sid)
+        body = {"session_id": sid}
+        address = self._read_address(("get", sid), shard, "sessions.get", body)
         if address is None:
             return self.local.get(sid)
-        raise self._elsewhere(
-            ("get", sid), lambda: self._forward(address, "sessions.get", {"session_id": sid})
-        )
+        raise self._elsewhere(("get", sid), lambda: self._forward(address, "sessions.get", body))
+
+    def _read_address(
+        self, key: object, shard: int, method: str, body: dict[str, Any]
+    ) -> str | None:
+        """The owner's address for a read (None: here); during a hand-over of the shard,
+        a fetch that waits for it and then asks whoever owns the shard."""
+        try:
+            return self.routing.owner_address(shard)
+        except ShardMoving:
+
+            async def after_move() -> Any:
+                address = await self._owner(shard)
+                if address is None:  # the hand-over was called off: still ours
+                    return await self.routing.call_local(method, body)
+                return await self._forward(address, method, body)
+
+            raise self._elsewhere(key, after_move) from None
 
     def validate(self, token: str, count: int = 1) -> Session:
         """Validate at the owner of the token's shard (one hop; two for a client token)."""
@@ -204,13 +266,11 @@ class ClusterSessions:
         if found:
             return _session(value)
         shard = token_shard(token)
-        address = self.routing.owner_address(shard)
+        body = {"token": token, "count": count}
+        address = self._read_address(key, shard, "sessions.validate", body)
         if address is None:
             return self._validate_here(token, count, key)
-        raise self._elsewhere(
-            key,
-            lambda: self._forward(address, "sessions.validate", {"token": token, "count": count}),
-        )
+        raise self._elsewhere(key, lambda: self._forward(address, "sessions.validate", body))
 
     def _validate_here(self, token: str, count: int, key: object) -> Session:
         """This node owns the token's shard: the session is here, or a route says where."""
@@ -276,7 +336,7 @@ class ClusterSessions:
     async def _at_owner(
         self, shard: int, method: str, body: dict[str, Any], here: Callable[[], Awaitable[Any]]
     ) -> Any:
-        address = self.routing.owner_address(shard)
+        address = await self._owner(shard)
         if address is None:
             return await here()
         return await self._forward(address, method, body)
@@ -285,7 +345,7 @@ class ClusterSessions:
         """Validate and record the access, at the owner of the token's shard."""
         if not is_valid_token(token):
             return await self.local.validate_touch(ctx, token)
-        address = self.routing.owner_address(token_shard(token))
+        address = await self._owner(token_shard(token))
         if address is None:
             try:
                 return await self.local.validate_touch(ctx, token)
@@ -326,7 +386,7 @@ class ClusterSessions:
             "require_token": require_token,
         }
         shard = _id_shard(session_id) if session_id is not None else shard_of(user_id or "")
-        address = self.routing.owner_address(shard)
+        address = await self._owner(shard)
         if address is None:
             result = await self.local.create(ctx, user_id, **args)
             await self.announce_route(result.session)
@@ -342,7 +402,7 @@ class ClusterSessions:
         held_in = shard_of(session.id)
         if route_shard == held_in:
             return
-        address = self.routing.owner_address(route_shard)
+        address = await self._owner(route_shard)
         body = {"token_hash": session.token_hash.hex(), "shard": held_in}
         if address is None:
             self.routes[session.token_hash] = held_in
@@ -538,27 +598,36 @@ class SessionHandlers:
             "routes.put": self._route_put,
         }
 
-    def _own(self, shard: int) -> None:
+    async def _own(self, shard: int) -> None:
+        """Serve only for a shard this node owns; while it hands the shard over, wait
+        for the hand-over and then tell the caller where the shard went (``moved_to``
+        in the details: the caller retries there once)."""
+        try:
+            self.routing.owner_address(shard)
+        except ShardMoving:
+            await self.routing.wait_moved(shard)
         if not self.routing.owns(shard):
+            moved = self.routing.moved_to(shard)
             raise TokMeshError(
                 E.CLST_NO_NODES,
                 f"shard {shard} is not owned by node {self.routing.node_id} (its map moved on)",
+                {"moved_to": moved} if moved else None,
             )
 
-    def _own_sid(self, session_id: Any) -> str:
+    async def _own_sid(self, session_id: Any) -> str:
         sid = str(session_id)
-        self._own(_id_shard(sid))
+        await self._own(_id_shard(sid))
         return sid
 
     async def _get(self, peer: str, body: Any) -> Any:
-        return self.local.get(self._own_sid(body["session_id"])).to_record()
+        return self.local.get(await self._own_sid(body["session_id"])).to_record()
 
     async def _validate(self, peer: str, body: Any) -> Any:
         token = str(body["token"])
         count = int(body.get("count", 1))
         if not is_valid_token(token):
             return self.local.validate(token, count).to_record()
-        self._own(token_shard(token))
+        await self._own(token_shard(token))
 
         async def here() -> Session:
             # A client token may be held elsewhere: relayed once, to the session's owner.
@@ -568,12 +637,14 @@ class SessionHandlers:
 
     async def _validate_held(self, peer: str, body: Any) -> Any:
         token = str(body["token"])
-        return self.local.validate(token, int(body.get("count", 1))).to_record()
+        session = self.local.validate(token, int(body.get("count", 1)))
+        await self._own(shard_of(session.id))  # not a replica's copy
+        return session.to_record()
 
     async def _validate_touch(self, peer: str, body: Any) -> Any:
         token = str(body["token"])
         if is_valid_token(token):
-            self._own(token_shard(token))
+            await self._own(token_shard(token))
         session = await self.sessions.validate_touch(_unctx(body["ctx"]), token)
         return session.to_record()
 
@@ -585,7 +656,7 @@ class SessionHandlers:
         ctx = _unctx(body["ctx"])
         sid = body.get("session_id")
         user_id = body.get("user_id")
-        self._own(_id_shard(str(sid)) if sid is not None else shard_of(user_id or ""))
+        await self._own(_id_shard(str(sid)) if sid is not None else shard_of(user_id or ""))
         args = {name: body.get(name) for name in _CREATE_ARGS}
         args["require_token"] = bool(args["require_token"])
         result = await self.local.create(ctx, user_id, **args)
@@ -593,7 +664,7 @@ class SessionHandlers:
         return {"session": result.session.to_record(), "token": result.token}
 
     async def _put(self, peer: str, body: Any) -> Any:
-        sid = self._own_sid(body["session_id"])
+        sid = await self._own_sid(body["session_id"])
         ctx = _unctx(body["ctx"])
         created = await self.local.put(
             ctx,
@@ -609,18 +680,18 @@ class SessionHandlers:
         return created
 
     async def _touch(self, peer: str, body: Any) -> Any:
-        sid = self._own_sid(body["session_id"])
+        sid = await self._own_sid(body["session_id"])
         return (await self.local.touch(_unctx(body["ctx"]), sid)).to_record()
 
     async def _renew(self, peer: str, body: Any) -> Any:
-        sid = self._own_sid(body["session_id"])
+        sid = await self._own_sid(body["session_id"])
         session = await self.local.renew(
             _unctx(body["ctx"]), sid, body.get("ttl_seconds"), body.get("expected_version")
         )
         return session.to_record()
 
     async def _update(self, peer: str, body: Any) -> Any:
-        sid = self._own_sid(body["session_id"])
+        sid = await self._own_sid(body["session_id"])
         session = await self.local.update(
             _unctx(body["ctx"]),
             sid,
@@ -633,7 +704,7 @@ class SessionHandlers:
         return session.to_record()
 
     async def _revoke(self, peer: str, body: Any) -> Any:
-        sid = self._own_sid(body["session_id"])
+        sid = await self._own_sid(body["session_id"])
         return await self.local.revoke(_unctx(body["ctx"]), sid)
 
     async def _revoke_user_held(self, peer: str, body: Any) -> Any:

@@ -36,7 +36,7 @@ from tokmesh.cluster import swim_wire
 from tokmesh.cluster.coordinator import Coordinator, CoordinatorSettings
 from tokmesh.cluster.coordinator import leave as record_departure
 from tokmesh.cluster.etcd import EtcdClient, EtcdSettings, EtcdTLS
-from tokmesh.cluster.forwarding import ClusterSessions, SessionHandlers
+from tokmesh.cluster.forwarding import ClusterSessions, SessionHandlers, ShardMoving
 from tokmesh.cluster.membership import (
     JoinRefused,
     MemberRecord,
@@ -72,6 +72,11 @@ log = logging.getLogger("tokmesh.cluster")
 
 #: How long a forwarded call may take before the caller gets ``TM-CLST-5040``.
 FORWARD_TIMEOUT = 5.0
+#: How long a request for a shard being handed over waits for the new map.
+HANDOVER_WAIT = 5.0
+#: How long a hand-over may stay unconfirmed by a new map before this node checks etcd
+#: and takes the shard back if the map still gives it to this node.
+HANDOVER_TIMEOUT = 10.0
 #: Sessions looked at between two checkpoints when routes are sent again.
 ROUTE_SCAN_CHUNK = 5000
 #: Attempts (and the pause between them) to reach a node that asked for its routes.
@@ -98,6 +103,14 @@ class ClusterSettings:
     replication_factor: int
     #: ``cluster.replication.ack``: "revoke" or "replica".
     ack: str = "revoke"
+    #: ``cluster.shutdown.*``: how long a leave or a stop may spend moving shards away,
+    #: and whether a leave goes ahead when they did not all move.
+    shutdown_timeout: float = 60.0
+    force_leave: bool = False
+    #: ``cluster.rebalance.*``: bits per second of full copies, and the remaining
+    #: lifetime (seconds) below which a moving shard's sessions are not copied.
+    rebalance_max_rate: int = 0
+    rebalance_min_ttl: float = 60.0
 
     @classmethod
     def from_config(
@@ -134,6 +147,10 @@ class ClusterSettings:
             expect_nodes=c.bootstrap.expect_nodes,
             replication_factor=c.data.replication_factor,
             ack=c.replication.ack,
+            shutdown_timeout=c.shutdown.timeout,
+            force_leave=c.shutdown.force_leave,
+            rebalance_max_rate=c.rebalance.max_rate,
+            rebalance_min_ttl=c.rebalance.min_ttl,
         )
 
 
@@ -176,7 +193,8 @@ class ClusterNode:
                 replication_factor=settings.replication_factor,
             ),
             self.membership,
-            positions=self._positions,
+            positions=self.positions,
+            peers=self if settings.replication_factor >= 2 else None,
         )
         self.watcher = ShardMapWatcher(self.etcd, settings.prefix, on_map=self._map_changed)
         # Routing reads the prober's beliefs directly (state_of); it logs the changes.
@@ -192,8 +210,14 @@ class ClusterNode:
         # may be one that gave its shards away).
         self._map_confirmed_lease = 0
         self._last_map: ShardMap | None = None
+        # Shards this node is handing to another owner: it answers for none of them from
+        # its confirmation to the coordinator until the map that moves them is in force
+        # here (or the hand-over is called off). Set when that happens.
+        self._handing_over: dict[int, trio.Event] = {}
         self.server.register("swim", self._on_probe)
         self.server.register("routes.resend", self._on_resend)
+        self.server.register("cluster.rebalance", self._on_rebalance)
+        self.server.register("cluster.rebalance_status", self._on_rebalance_status)
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -212,11 +236,15 @@ class ClusterNode:
             lambda: self.watcher.current,
             self._peer_address,
             self.call,
+            replication_factor=self.settings.replication_factor,
+            max_rate=self.settings.rebalance_max_rate // 8,  # configured in bits/s
+            min_ttl_ms=int(self.settings.rebalance_min_ttl * 1000),
         )
         # Copies of shards owned elsewhere take no part in this node's by-user answers.
         store.state.foreign = self._foreign
         self.server.register("repl.apply", self.replica.apply)
         self.server.register("repl.positions", self._on_positions)
+        self.server.register("repl.handover", self._on_handover)
         replicator = self.replicator
         return ReplicatedSessions(
             store,
@@ -318,6 +346,9 @@ class ClusterNode:
             self.replica.note_map(shard_map)
         if self.replicator is not None:
             self.replicator.map_changed(shard_map)
+        moved = [s for s in self._handing_over if shard_map.owner(s) != self.node_id]
+        if moved:
+            self._end_handover(moved, "the new map is in force")
         if previous is not None and self._nursery is not None:
             # Routes of client-chosen tokens live with their token shard's owner: the
             # new owners of moved shards get them from the sessions' owners.
@@ -392,7 +423,7 @@ class ClusterNode:
             return {}
         return self.replica.positions()
 
-    async def _positions(
+    async def positions(
         self, nodes: Collection[str]
     ) -> Mapping[str, Mapping[int, ReplicaPosition]]:
         """What each of ``nodes`` holds per shard, asked in parallel (2 s each); nodes
@@ -418,6 +449,91 @@ class ClusterNode:
             for node in nodes:
                 nursery.start_soon(ask, node)
         return out
+
+    async def _on_handover(self, peer: str, body: Any) -> Any:
+        """The coordinator moves ``shards`` to ``to``: stop answering for them, make sure
+        everything committed for them reached ``to``, then confirm. From here until the
+        map that moves them is in force (or the hand-over is called off) requests for
+        them wait, then go to the new owner."""
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str):
+            raise TokMeshError(E.ARG_INVALID, "repl.handover needs shards, epochs and to")
+        target: str = body["to"]
+        try:
+            wanted = {int(k): int(v) for k, v in dict(body.get("epochs", {})).items()}
+        except (TypeError, ValueError):
+            raise TokMeshError(E.ARG_INVALID, "repl.handover epochs are not integers") from None
+        shard_map = self._map()
+        replicator = self.replicator
+        if replicator is None or self._nursery is None:
+            raise TokMeshError(E.CLST_NO_NODES, "this node does not replicate")
+        self._refuse_if_fenced()
+        for shard, epoch in wanted.items():
+            if shard_map.owner(shard) != self.node_id or shard_map.epoch(shard) != epoch:
+                raise TokMeshError(
+                    E.CLST_INCONSISTENT, f"shard {shard} at epoch {epoch} is not owned here"
+                )
+            if target not in shard_map.backups[shard]:
+                raise TokMeshError(E.CLST_INCONSISTENT, f"{target} holds no copy of shard {shard}")
+        for shard in wanted:
+            self._handing_over.setdefault(shard, trio.Event())
+        self._nursery.start_soon(self._handover_watchdog, dict(wanted))
+        try:
+            # Writes already accepted commit first; then everything queued for the new
+            # owner up to that point must be confirmed by it.
+            assert self.sessions is not None
+            await self.sessions.local.store.barrier()
+            await replicator.wait_peer(target)
+        except BaseException:
+            self._end_handover(wanted, "its new owner did not confirm the last changes")
+            raise
+        log.info("handing shards %s over to %s", sorted(wanted), target)
+        return {"ok": True}
+
+    def _end_handover(self, shards: Collection[int], why: str) -> None:
+        for shard in shards:
+            done = self._handing_over.pop(shard, None)
+            if done is not None:
+                done.set()
+        log.info("hand-over of shards %s ended: %s", sorted(shards), why)
+
+    async def _handover_watchdog(self, epochs: dict[int, int]) -> None:
+        """Take the shards back if no map moved them in time and etcd still gives them to
+        this node at the same epochs (the coordinator died or gave up); never before
+        etcd says so, since a new owner may already serve them."""
+        await trio.sleep(HANDOVER_TIMEOUT)
+        while any(shard in self._handing_over for shard in epochs):
+            try:
+                stored = await self.etcd.get(self.watcher.key)
+            except Exception as exc:  # EtcdError: ask again shortly
+                log.info("cannot check a stalled hand-over yet: %s", exc)
+                await trio.sleep(1.0)
+                continue
+            if stored is not None:
+                self.watcher.offer(stored)
+            shard_map = self._map()
+            back = [
+                shard
+                for shard, epoch in epochs.items()
+                if shard in self._handing_over
+                and shard_map.owner(shard) == self.node_id
+                and shard_map.epoch(shard) == epoch
+            ]
+            self._end_handover(back, "called off (no new map moved them), serving again")
+            return
+
+    async def handover(self, owner: str, epochs: Mapping[int, int], to: str) -> None:
+        """Ask ``owner`` to hand shards over to ``to`` (the rebalance's switch)."""
+        body = {"epochs": {str(k): v for k, v in epochs.items()}, "to": to}
+        if owner == self.node_id:
+            await self._on_handover(self.node_id, body)
+            return
+        address = self._peer_address(owner)
+        if address is None:
+            raise TokMeshError(E.CLST_NO_NODES, f"{owner} is not a member")
+        try:
+            await self.rpc.call(address, "repl.handover", body, timeout=HANDOVER_WAIT + 5)
+        except RpcError as exc:
+            raise TokMeshError(E.CLST_NO_NODES, f"{owner} did not hand over: {exc}") from None
 
     def fenced(self) -> bool:
         """True while this node must not act as the owner of its shards: its lease may
@@ -496,12 +612,37 @@ class ClusterNode:
 
     def owner_address(self, shard: int) -> str | None:
         """``None`` when this node owns ``shard``, else the owner's cluster address.
-        A fenced owner refuses (``TM-CLST-5030``) instead of answering for the shard."""
+        A fenced owner refuses (``TM-CLST-5030``) instead of answering for the shard,
+        and an owner handing the shard over raises :class:`ShardMoving`."""
         owner = self._map().owner(shard)
         if owner == self.node_id:
             self._refuse_if_fenced()
+            if shard in self._handing_over:
+                raise ShardMoving(shard)
             return None
         return self._address_of(owner)
+
+    async def wait_moved(self, shard: int) -> None:
+        """Return once the hand-over of ``shard`` is over (see ``forwarding.Routing``)."""
+        done = self._handing_over.get(shard)
+        if done is None:
+            return
+        with trio.move_on_after(HANDOVER_WAIT):
+            await done.wait()
+            return
+        raise TokMeshError(E.CLST_TIMEOUT, f"shard {shard} is still being handed over")
+
+    def moved_to(self, shard: int) -> str | None:
+        """The address of ``shard``'s owner in the map here when it is another node."""
+        shard_map = self.watcher.current
+        if shard_map is None or shard_map.owner(shard) == self.node_id:
+            return None
+        record = self.members.get(shard_map.owner(shard))
+        return record.advertise_address if record is not None else None
+
+    async def call_local(self, method: str, body: Any) -> Any:
+        """Run cluster-port ``method`` on this node, as a peer's call would."""
+        return await self.server.handlers[method](self.node_id, body)
 
     def owns(self, shard: int) -> bool:
         """True when the map in force here gives ``shard`` to this node and this node is
@@ -623,22 +764,93 @@ class ClusterNode:
             },
         }
 
+    async def rebalance(self) -> dict[str, Any]:
+        """Start a rebalance at the coordinator (shards move with their data)."""
+        if self.coordinator.rebalance is None:
+            return {
+                "status": "not_started",
+                "reason": "shards move with their data only with replication_factor >= 2",
+            }
+        if self.coordinator.is_coordinator:
+            return self._start_rebalance()
+        holder = self.coordinator.coordinator_id
+        address = self._peer_address(holder) if holder else None
+        if address is None:
+            raise TokMeshError(E.CLST_NO_NODES, "no coordinator is known right now")
+        try:
+            answer = await self.rpc.call(address, "cluster.rebalance", {}, timeout=5)
+        except RpcError as exc:
+            raise TokMeshError(E.CLST_NO_NODES, f"the coordinator did not answer: {exc}") from None
+        return dict(answer)
+
+    def _start_rebalance(self) -> dict[str, Any]:
+        rebalance = self.coordinator.rebalance
+        assert rebalance is not None
+        if rebalance.running:
+            return {"status": "already_running", "progress": rebalance.progress}
+        self.coordinator.want_rebalance()
+        return {"status": "started", "coordinator": self.node_id}
+
+    async def _on_rebalance(self, peer: str, body: Any) -> Any:
+        if not self.coordinator.is_coordinator:
+            raise TokMeshError(E.CLST_NO_NODES, f"{self.node_id} is not the coordinator")
+        return self._start_rebalance()
+
+    async def _on_rebalance_status(self, peer: str, body: Any) -> Any:
+        rebalance = self.coordinator.rebalance
+        return dict(rebalance.progress) if rebalance is not None else {"state": "unavailable"}
+
+    async def rebalance_progress(self) -> dict[str, Any]:
+        """The coordinator's rebalance progress (asked of it when it is another node)."""
+        if self.coordinator.rebalance is None:
+            return {"state": "unavailable"}
+        if self.coordinator.is_coordinator:
+            return dict(self.coordinator.rebalance.progress)
+        holder = self.coordinator.coordinator_id
+        address = self._peer_address(holder) if holder else None
+        if address is None:
+            return {"state": "unknown"}
+        try:
+            return dict(await self.rpc.call(address, "cluster.rebalance_status", {}, timeout=2))
+        except RpcError:
+            return {"state": "unknown"}
+
+    async def drain(self, timeout: float) -> bool:
+        """Move this node's shards to the others (with their data) and wait until it
+        owns none, at most ``timeout`` seconds; True when it owns none. The draining
+        mark is on this node's lease, so it goes away with the node."""
+        if self.coordinator.rebalance is None or not self.membership.lease_valid():
+            return False
+        if not any(node != self.node_id for node in self.members):
+            return False  # nobody to take them: the last node stops with its data
+        key = (self.settings.prefix + "draining/" + self.node_id).encode()
+        await self.etcd.put(key, b"{}", lease=self.membership.lease_id)
+        log.info("draining: moving this node's shards to the others (up to %.0fs)", timeout)
+        with trio.move_on_after(timeout):
+            while True:
+                shard_map = self.watcher.current
+                if shard_map is not None and not shard_map.shards_of(self.node_id):
+                    log.info("drained: this node owns no shards any more")
+                    return True
+                await trio.sleep(0.1)
+        log.warning("drain did not finish within %.0fs", timeout)
+        return False
+
     async def leave(self) -> dict[str, Any]:
-        """Leave the cluster for good: the coordinator gives this node's shards to the
-        others. Their data does not move with them yet (that comes with replication)."""
+        """Leave the cluster for good. With replicas, the shards move away with their data
+        first (up to ``cluster.shutdown.timeout``); a leave whose shards did not all move
+        is refused unless ``cluster.shutdown.force_leave`` (then their replicas take over,
+        or they move without data)."""
+        drained = await self.drain(self.settings.shutdown_timeout)
+        force = self.settings.force_leave
+        if self.coordinator.rebalance is not None and not drained and not force:
+            key = (self.settings.prefix + "draining/" + self.node_id).encode()
+            await self.etcd.delete(key)
+            raise TokMeshError(
+                E.CLST_TIMEOUT,
+                "this node's shards did not all move in time; it stays a member "
+                "(cluster.shutdown.force_leave leaves anyway)",
+            )
         await record_departure(self.etcd, self.node_id, prefix=self.settings.prefix)
         await self.membership.leave()
-        return {
-            "status": "left",
-            "node_id": self.node_id,
-            "data_moved": False,
-            "note": "shards are reassigned without their sessions until replication lands",
-        }
-
-    async def rebalance(self) -> dict[str, Any]:
-        """Nothing moves yet: live shards keep their owner until shards can move with their
-        data. Answered honestly instead of pretending."""
-        return {
-            "status": "not_started",
-            "reason": "moving live shards with their data needs replication (not yet provided)",
-        }
+        return {"status": "left", "node_id": self.node_id, "data_moved": drained}

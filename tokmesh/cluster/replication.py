@@ -83,7 +83,7 @@ Call = Callable[[str, str, Any], Awaitable[Any]]
 class _Entry:
     """One queued change: a session's state after a commit, or a full-copy item."""
 
-    __slots__ = ("epoch", "queued_at", "seq", "session", "shard", "sid", "user_id")
+    __slots__ = ("copy", "epoch", "queued_at", "seq", "session", "shard", "sid", "user_id")
 
     def __init__(
         self,
@@ -94,7 +94,10 @@ class _Entry:
         user_id: str,
         session: Session | None,
         queued_at: float,
+        copy: bool = False,
     ) -> None:
+        #: Part of a full copy (its bytes count against ``cluster.rebalance.max_rate``).
+        self.copy = copy
         self.shard = shard
         self.epoch = epoch
         self.seq = seq
@@ -206,8 +209,19 @@ class Replicator:
         call: Call,
         *,
         clock: Callable[[], float] = time.monotonic,
+        replication_factor: int = 2,
+        max_rate: int = 0,
+        min_ttl_ms: int = 0,
     ) -> None:
         self.node_id = node_id
+        #: Backups beyond ``replication_factor - 1`` are shards' move targets.
+        self.width = max(1, replication_factor - 1)
+        #: Bytes per second of full copies (0: no cap), and the remaining lifetime below
+        #: which a moving shard's sessions are not copied.
+        self.max_rate = max_rate
+        self.min_ttl_ms = min_ttl_ms
+        self._allowance = float(min(max_rate, 1 << 20))
+        self._allowance_at = clock()
         self.store = store
         self.commits = commits
         self.current_map = current_map
@@ -305,17 +319,29 @@ class Replicator:
         """Queue the sessions of ``shards`` as held now, then a synced marker per shard."""
         peer = self._peer(node)
         wanted = set(shards)
+        # A move target (a backup beyond the replication factor) skips sessions about to
+        # expire anyway; a backup that must survive a failover gets everything.
+        moving = {s for s in shards if node in shard_map.backups[s][self.width :]}
         position = self.commits.position
         now = self.clock()
+        keep_until = self.store_clock_ms() + self.min_ttl_ms
         held = self.store.state.sessions
         for sid, session in list(held.items()):
             shard = shard_of(sid)
-            if shard in wanted:
-                peer.queue.append(
-                    _Entry(shard, shard_map.epochs[shard], position, sid, session.user_id,
-                           session, now)
-                )  # fmt: skip
-                peer.queued += 1
+            if shard not in wanted:
+                continue
+            if (
+                shard in moving
+                and not session.is_deleted
+                and session.expires_at
+                and session.expires_at < keep_until
+            ):
+                continue
+            peer.queue.append(
+                _Entry(shard, shard_map.epochs[shard], position, sid, session.user_id,
+                       session, now, copy=True)
+            )  # fmt: skip
+            peer.queued += 1
         for shard in shards:
             epoch = shard_map.epochs[shard]
             peer.push(_Synced(shard, epoch, position, now))
@@ -375,6 +401,18 @@ class Replicator:
             "and retrying is safe",
         )
 
+    async def wait_peer(self, node: str, timeout: float = ACK_TIMEOUT) -> None:
+        """Return once ``node`` confirmed everything queued for it so far (a shard's
+        hand-over to it); ``TM-CLST-5040`` when it does not in time."""
+        peer = self._peer(node)
+        target, generation = peer.queued, peer.generation
+        with trio.move_on_after(timeout):
+            while peer.generation == generation and peer.acked < target:
+                await peer.changed.wait()
+            if peer.generation == generation:
+                return
+        raise TokMeshError(E.CLST_TIMEOUT, f"{node} did not confirm the last changes in time")
+
     def lag(self, node: str) -> float:
         """Seconds the oldest unconfirmed item to ``node`` has waited (0 when none)."""
         peer = self.peers.get(node)
@@ -424,6 +462,23 @@ class Replicator:
                     peer.acked += 1
             peer.progress()
 
+    def store_clock_ms(self) -> int:
+        """Wall-clock milliseconds, as session expiries are kept."""
+        return int(time.time() * 1000)
+
+    async def _throttle(self, size: int) -> None:
+        """Wait until ``size`` bytes of full copy fit under ``max_rate`` (a token bucket
+        with a burst of one MiB, or of the rate when smaller)."""
+        if self.max_rate <= 0:
+            return
+        burst = float(min(self.max_rate, 1 << 20))
+        now = self.clock()
+        self._allowance = min(burst, self._allowance + (now - self._allowance_at) * self.max_rate)
+        self._allowance_at = now
+        self._allowance -= size
+        if self._allowance < 0:
+            await trio.sleep(-self._allowance / self.max_rate)
+
     async def _send(self, peer: _Peer, address: str, batch: list[_Entry | _Synced]) -> bool:
         body = {
             "from": self.node_id,
@@ -432,6 +487,9 @@ class Replicator:
                 [item.shard, item.epoch, item.seq] for item in batch if isinstance(item, _Synced)
             ],
         }
+        copied = [e for e in batch if isinstance(e, _Entry) and e.copy]
+        if copied:
+            await self._throttle(len(orjson.dumps([e.wire() for e in copied])))
         try:
             answer = await self.call(address, "repl.apply", body)
         except TokMeshError as exc:

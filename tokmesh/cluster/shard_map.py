@@ -31,7 +31,7 @@ import orjson
 from tokmesh.cluster.placement import owner_counts, place, shards_owned
 from tokmesh.domain.shards import SHARDS, shard_of
 
-__all__ = ["ReplicaPosition", "ShardMap", "ShardMapError", "next_map"]
+__all__ = ["ReplicaPosition", "ShardMap", "ShardMapError", "next_map", "switched", "with_incoming"]
 
 _FORMAT = 1
 
@@ -227,12 +227,56 @@ def _heir(
 def _keep_heirs(
     old: tuple[str, ...], placed: tuple[str, ...], owner: str, live: set[str], width: int
 ) -> tuple[str, ...]:
-    """Backups for a shard: the live ones it already had first (they hold its data, so
-    keeping them avoids a copy), then placement's choices, ``width`` in all."""
+    """Backups for a shard: every live one it already had (they hold its data, so
+    keeping them avoids a copy; a shard being moved has one more than ``width`` until
+    the move switches it), then placement's choices up to ``width``."""
     out = [n for n in old if n in live and n != owner]
     for node in placed:
         if len(out) >= width:
             break
         if node not in out and node != owner:
             out.append(node)
-    return tuple(out[:width])
+    return tuple(out)
+
+
+def with_incoming(current: ShardMap, targets: Mapping[int, str]) -> ShardMap | None:
+    """The first step of moving shards: each target joins its shard's backups (its
+    owner then seeds it with a full copy and streams every later change). None when
+    every target already is one."""
+    backups = list(current.backups)
+    changed = False
+    for shard, node in targets.items():
+        if node != current.owners[shard] and node not in backups[shard]:
+            backups[shard] = (*backups[shard], node)
+            changed = True
+    if not changed:
+        return None
+    return ShardMap(current.version + 1, current.owners, current.epochs, tuple(backups))
+
+
+def switched(
+    current: ShardMap,
+    moves: Mapping[int, tuple[str, int, str]],
+    width: int,
+) -> ShardMap | None:
+    """The second step: each shard in ``moves`` (``shard -> (from, epoch, to)``) whose
+    owner and epoch are still ``from`` and ``epoch`` gets owner ``to`` with the new
+    version as its epoch; the old owner stays a backup (it holds the data) and the
+    backups are trimmed back to ``width``. Shards that changed meanwhile are left alone.
+    None when nothing switches."""
+    version = current.version + 1
+    owners = list(current.owners)
+    epochs = list(current.epochs)
+    backups = list(current.backups)
+    changed = False
+    for shard, (old, epoch, new) in moves.items():
+        if owners[shard] != old or epochs[shard] != epoch:
+            continue
+        owners[shard] = new
+        epochs[shard] = version
+        rest = [n for n in backups[shard] if n not in (new, old)]
+        backups[shard] = tuple([old, *rest][:width]) if width else ()
+        changed = True
+    if not changed:
+        return None
+    return ShardMap(version, tuple(owners), tuple(epochs), tuple(backups))

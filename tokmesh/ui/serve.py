@@ -167,9 +167,23 @@ def ui_routes(bundle: Bundle | None = None) -> list[Route]:
         return _answer(call, item)
 
     return [
-        Route("GET", UI_PATH, index, SCOPE_OPEN, summary="Operations dashboard"),
-        Route("GET", UI_PATH + "/", index, SCOPE_OPEN, summary="Operations dashboard"),
-        Route("GET", ASSETS_PATH + "{name}", asset, SCOPE_OPEN, summary="Dashboard file"),
+        Route("GET", UI_PATH, index, SCOPE_OPEN, summary="Operations dashboard", documented=False),
+        Route(
+            "GET",
+            UI_PATH + "/",
+            index,
+            SCOPE_OPEN,
+            summary="Operations dashboard",
+            documented=False,
+        ),
+        Route(
+            "GET",
+            ASSETS_PATH + "{name}",
+            asset,
+            SCOPE_OPEN,
+            summary="Dashboard file",
+            documented=False,
+        ),
     ]
 
 

@@ -234,6 +234,7 @@
     state.role = null;
     stopPolling();
     stopEvents();
+    hideSecret();
     $("nav").hidden = true;
     $("who").hidden = true;
     showPage("login");
@@ -266,6 +267,7 @@
     if (state.role !== "admin" && name !== "overview") name = "overview";
     showPage(name);
     if (name !== "events") stopEvents();
+    if (name !== "keys") hideSecret(); // a shown secret does not outlive the page
     const load = { overview: refreshOverview, sessions: searchSessions, keys: loadKeys, backups: loadSnapshots, events: startEvents }[name];
     guarded(load);
   }
@@ -625,6 +627,11 @@
     $("secret-value").select();
   }
 
+  function hideSecret() {
+    $("secret").hidden = true;
+    $("secret-value").value = "";
+  }
+
   async function copySecret() {
     const input = $("secret-value");
     try {
@@ -776,17 +783,18 @@
   const RESUMABLE = new Set([1001, 1006, 4429]);
   const CURSOR_EXPIRED = 4410;
 
-  function startEvents(cursor = null) {
+  function startEvents(cursor = null, attempt = 0) {
     stopEvents();
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol.
     const protocols = ["tokmesh.events", `tokmesh.auth.${base64url(state.key)}`];
     const query = cursor ? `?cursor=${encodeURIComponent(cursor)}` : "";
     const socket = new WebSocket(`${scheme}//${location.host}/events${query}`, protocols);
-    const stream = { socket, cursor };
+    const stream = { socket, cursor, opened: false, attempt };
     state.events = stream;
     $("events-state").textContent = "Connecting…";
     socket.addEventListener("open", () => {
+      stream.opened = true;
       $("events-state").textContent = "Live.";
     });
     socket.addEventListener("close", (ev) => {
@@ -797,15 +805,28 @@
         return;
       }
       $("events-state").textContent = `Not connected (close code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""}).`;
-      if (RESUMABLE.has(ev.code) || ev.code === CURSOR_EXPIRED) {
+      let from = stream.cursor;
+      let attempt = 0;
+      if (!stream.opened) {
+        // The handshake failed, and a browser is not told why: a first connection is not
+        // retried (the node refused it); a reconnection is, a few times (a restarting node).
+        if (stream.attempt === 0 || stream.attempt >= 5) {
+          $("events-state").textContent = "The node refused the event stream (it needs the native HTTP engine and a key allowed to read events).";
+          return;
+        }
+        attempt = stream.attempt + 1;
+      } else if (RESUMABLE.has(ev.code) || ev.code === CURSOR_EXPIRED) {
         // An expired cursor cannot be resumed: start again from now (events in between
         // are not shown).
-        const from = ev.code === CURSOR_EXPIRED ? null : stream.cursor;
-        $("events-state").textContent += " Reconnecting in 2 s…";
-        setTimeout(() => {
-          if (state.events === stream && state.key) startEvents(from);
-        }, 2000);
+        if (ev.code === CURSOR_EXPIRED) from = null;
+        attempt = 1;
+      } else {
+        return;
       }
+      $("events-state").textContent += " Reconnecting in 2 s…";
+      setTimeout(() => {
+        if (state.events === stream && state.key) startEvents(from, attempt);
+      }, 2000);
     });
     socket.addEventListener("message", (ev) => {
       let event;
@@ -879,10 +900,7 @@
     $("revoke-user").addEventListener("click", () => guarded(revokeUser));
     $("key-create").addEventListener("submit", (ev) => guarded(() => createKey(ev)));
     $("secret-copy").addEventListener("click", () => guarded(copySecret));
-    $("secret-hide").addEventListener("click", () => {
-      $("secret").hidden = true;
-      $("secret-value").value = "";
-    });
+    $("secret-hide").addEventListener("click", hideSecret);
     $("snapshot-form").addEventListener("submit", (ev) => guarded(() => takeSnapshot(ev)));
     $("upload-form").addEventListener("submit", (ev) => guarded(() => uploadRestore(ev)));
     $("events-type").addEventListener("change", refilterEvents);
