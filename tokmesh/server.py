@@ -148,7 +148,7 @@ def auth_settings(cfg: Config) -> AuthSettings:
 
 def _count_commit(commit: Commit) -> None:
     """Commit-stream subscriber of the session metrics."""
-    if commit.kind is CommitKind.CREATE:
+    if commit.kind is CommitKind.CREATE and not commit.replicated:
         metrics.SESSION_CREATE.inc()
 
 

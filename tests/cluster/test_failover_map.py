@@ -98,9 +98,7 @@ def test_a_backup_not_in_sync_or_of_another_epoch_is_never_promoted() -> None:
     outsider = next(n for n in (B, C, D) if n not in first.backups[dead[0]])
     positions.setdefault(outsider, {})[dead[0]] = (1, 99_999, True)
     second = next_map(first, [B, C, D], replication_factor=RF, positions=positions)
-    assert second is None or all(
-        second.owners[s] == A and second.epochs[s] == 1 for s in dead
-    )
+    assert second is None or all(second.owners[s] == A and second.epochs[s] == 1 for s in dead)
     # One eligible backup, even far behind, is promoted over those.
     shard = dead[0]
     b0, b1 = first.backups[shard]
@@ -128,11 +126,10 @@ def test_a_dead_backup_is_never_promoted() -> None:
 
 def test_without_positions_nothing_is_promoted() -> None:
     first = _first()
-    for positions in (None, {}):
+    nothing: tuple[Positions | None, ...] = (None, {})
+    for positions in nothing:
         second = next_map(first, [B, C, D], replication_factor=RF, positions=positions)
-        assert second is None or (
-            second.owners == first.owners and second.epochs == first.epochs
-        )
+        assert second is None or (second.owners == first.owners and second.epochs == first.epochs)
         if second is not None:
             _check_backups(second, {B, C, D}, RF, first)
 
@@ -143,9 +140,7 @@ def test_a_departed_owner_without_heir_goes_where_placement_puts_it() -> None:
     heir_shard = dead[0]
     heir = first.backups[heir_shard][1]
     positions: Positions = {heir: {heir_shard: (1, 3, True)}}
-    second = next_map(
-        first, [B, C, D], departed=[A], replication_factor=RF, positions=positions
-    )
+    second = next_map(first, [B, C, D], departed=[A], replication_factor=RF, positions=positions)
     assert second is not None
     target = place({B, C, D}, replication_factor=RF)
     for shard in range(SHARDS):
@@ -203,9 +198,7 @@ def test_backups_keep_their_live_members_first_and_never_the_owner() -> None:
 _ALL = [A, B, C, D, E]
 
 
-def _positions(
-    shard_map: ShardMap, profiles: Mapping[str, tuple[int, int, bool]]
-) -> Positions:
+def _positions(shard_map: ShardMap, profiles: Mapping[str, tuple[int, int, bool]]) -> Positions:
     """Per node a profile (epoch skew, seed, claims sync), spread over the shards."""
     out: Positions = {}
     for node, (skew, seed, syncs) in profiles.items():
@@ -252,9 +245,7 @@ def test_epochs_never_decrease_and_owners_change_only_by_the_rules(
         departed |= leaving
         live_set = set(live) - departed
         positions = _positions(current, profiles) if report else None
-        new = next_map(
-            current, live, departed=departed, replication_factor=rf, positions=positions
-        )
+        new = next_map(current, live, departed=departed, replication_factor=rf, positions=positions)
         if not live_set:
             assert new is None
             continue

@@ -228,7 +228,7 @@ async def test_owned_commits_are_sent_in_order_stamped_with_shard_epoch_and_sequ
     await _until(lambda: len(owner.transport.entries()) >= len(owned))
     await trio.sleep(0.05)  # anything more would be a bug: give it the chance to show
     epochs = _epochs()
-    expected = []
+    expected: list[list[Any]] = []
     for c in owned:
         shard = shard_of(c.entity_id)
         assert c.session is not None
@@ -517,6 +517,28 @@ async def test_a_newer_epoch_is_persisted_before_anything_is_applied(
     assert store is not _store(engine)
 
 
+async def test_an_epoch_that_could_not_be_persisted_is_not_taken_as_known(
+    engine: StorageEngine, clock: ManualClock, tmp_path: Path
+) -> None:
+    """Saving the epochs file fails (here its directory is gone; a full disk does the
+    same): nothing is applied. The same message again, once saving works, must persist the
+    epoch before applying, not find it already "known" in memory and apply unpersisted."""
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    replica = ReplicaSide(data_dir, _store(engine), clock)
+    session = _session(clock, 10, "user-f")
+    body = {"entries": [_entry(session, 10, 6, 1)]}
+    data_dir.rmdir()
+    with pytest.raises((OSError, TokMeshError)):
+        await replica.apply(OTHER, body)
+    assert session.id not in engine.state.sessions
+    data_dir.mkdir()
+    await replica.apply(OTHER, body)
+    assert session.id in engine.state.sessions
+    assert (data_dir / EPOCHS_FILE).exists(), "applied under an epoch that is not durable"
+    assert _epochs_file(data_dir)[10] == 6
+
+
 async def test_note_map_raises_the_known_epochs(
     engine: StorageEngine, clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -661,7 +683,8 @@ def test_decode_entries_raises_only_value_error(body: Any) -> None:
 def test_decode_entries_round_trips_what_the_owner_sends() -> None:
     clock = ManualClock(1_750_000_000_000)
     session = _session(clock, 12, "user-d")
-    body = _json({"from": NODE, "entries": [_entry(session, 12, 3, 7), _entry(None, 12, 3, 8, "tmss-gone")], "synced": [[12, 3, 8]]})  # noqa: E501
+    entries_sent = [_entry(session, 12, 3, 7), _entry(None, 12, 3, 8, "tmss-gone")]
+    body = _json({"from": NODE, "entries": entries_sent, "synced": [[12, 3, 8]]})
     entries, synced = decode_entries(body)
     assert entries[0][:5] == (12, 3, 7, session.id, "user-d") and entries[0][5] == session
     assert entries[1] == (12, 3, 8, "tmss-gone", "nobody", None)

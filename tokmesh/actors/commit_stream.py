@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokmesh.commits")
 
+#: The event-note cause of the records a replica writes from its owner's stream.
+REPLICATED_CAUSE = "replicate"
+
 #: Commits an async subscription may hold unread before it is cut off. A WAL batch holds
 #: at most ``batch_count`` (100 by default) records, so this is a few hundred batches.
 DEFAULT_LIMIT = 50_000
@@ -104,6 +107,16 @@ class Commit:
     def logged(self) -> bool:
         """Whether the commit has a WAL record (every kind but ``TOMBSTONE_END``)."""
         return self.record is not None
+
+    @property
+    def replicated(self) -> bool:
+        """Whether a replica wrote it from its owner's stream (not a change made here)."""
+        record = self.record
+        return (
+            record is not None
+            and record.event is not None
+            and record.event.get("cause") == REPLICATED_CAUSE
+        )
 
     def __repr__(self) -> str:
         return f"Commit({self.position:#x}, {self.kind.name}, {self.entity_id!r})"

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import orjson
 
+from tokmesh.actors.commit_stream import REPLICATED_CAUSE
 from tokmesh.storage.wal_codec import RecordType, WalRecord
 
 CREATED: Final = "created"
@@ -121,7 +122,7 @@ def event_of(position: int, record: WalRecord, lookup: Lookup | None = None) -> 
     """
     rtype = record.type
     note = record.event
-    if note is not None and note.get("cause") == "replicate":
+    if note is not None and note.get("cause") == REPLICATED_CAUSE:
         # A replica applying its owner's states: the owner streams that event.
         return None
     if rtype is RecordType.CREATE:

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from tokmesh.actors.commit_stream import Commit, CommitKind, CommitStream
+from tokmesh.actors.commit_stream import REPLICATED_CAUSE, Commit, CommitKind, CommitStream
 from tokmesh.actors.messages import (
     Barrier,
     Create,
@@ -504,32 +504,49 @@ class SessionShard:
         )
 
     async def _replicate(self, msg: Replicate) -> None:
-        """Write the owner's states that are newer than ours (see :class:`Replicate`)."""
+        """Write the owner's states that are newer than ours (see :class:`Replicate`).
+
+        A tombstone is logged as a DELETE of the state just before it, written first
+        when this node does not hold exactly that state: a WAL DELETE carries no state
+        (a revoke keeps the record and bumps its version), so recovery then rebuilds the
+        owner's tombstone exactly, also for a session this node never held alive. Each
+        record's event note says ``replicate``, so the event stream and the metrics
+        leave copies out.
+        """
         todo: list[tuple[RecordType, str, Session | None, bool]] = []
+        latest: dict[str, Session | None] = {}
         for sid, state in msg.items:
-            cur = self._latest(sid)
+            cur = latest[sid] if sid in latest else self._latest(sid)
             if state is None:
                 # The owner purged an expired session; a tombstone here is newer news.
                 if cur is not None and not cur.is_deleted:
                     todo.append((RecordType.DELETE, sid, None, False))
+                    latest[sid] = None
                 continue
             if cur is not None:
-                if cur.is_deleted and not state.is_deleted:
+                if cur.is_deleted:
                     continue  # a tombstone is final: a revoked session never revives
-                if state.version <= cur.version and cur.is_deleted == state.is_deleted:
+                if state.version <= cur.version and not state.is_deleted:
                     continue  # a duplicate or an older state
             if state.is_deleted:
+                before = state.evolve(is_deleted=False, version=max(1, state.version - 1))
+                if cur is None or cur.version != before.version:
+                    rtype = RecordType.CREATE if cur is None else RecordType.UPDATE
+                    todo.append((rtype, sid, before, False))
                 todo.append((RecordType.DELETE, sid, state, True))
             else:
                 rtype = RecordType.CREATE if cur is None else RecordType.UPDATE
                 todo.append((rtype, sid, state, False))
+            latest[sid] = state
         if not todo:
             msg.reply.set(0)
             return
         counter = _Countdown(len(todo), msg.reply)
         await self._log_many(
             [
-                self._prepare(rtype, sid, new, msg.now_ms, counter.ok, counter.failed, tomb)
+                self._prepare(
+                    rtype, sid, new, msg.now_ms, counter.ok, counter.failed, tomb, REPLICATED_CAUSE
+                )
                 for rtype, sid, new, tomb in todo
             ]
         )

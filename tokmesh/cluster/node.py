@@ -239,6 +239,7 @@ class ClusterNode:
             replication_factor=self.settings.replication_factor,
             max_rate=self.settings.rebalance_max_rate // 8,  # configured in bits/s
             min_ttl_ms=int(self.settings.rebalance_min_ttl * 1000),
+            now_ms=clock.now_ms,
         )
         # Copies of shards owned elsewhere take no part in this node's by-user answers.
         store.state.foreign = self._foreign

@@ -32,6 +32,7 @@ the newer version and lets tombstones win, through this node's own WAL.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import time
@@ -112,6 +113,16 @@ class _Entry:
         return [self.shard, self.epoch, self.seq, self.sid, self.user_id, record]
 
 
+class _Answer(enum.Enum):
+    """What became of one ``repl.apply`` batch."""
+
+    CONFIRMED = "confirmed"
+    #: The replica knows a newer epoch for some of its shards and applied none of those.
+    REFUSED = "refused"
+    #: No answer (send it again).
+    FAILED = "failed"
+
+
 class _Synced:
     """The marker after a full copy: the peer now holds the shard as of ``seq``."""
 
@@ -145,7 +156,7 @@ def decode_entries(
             raise ValueError("bad session or user id")
         try:
             session = Session.from_record(record) if record is not None else None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"bad session record ({exc})") from None
         entries.append((shard, epoch, seq, sid, user_id, session))
     synced = []
@@ -212,8 +223,11 @@ class Replicator:
         replication_factor: int = 2,
         max_rate: int = 0,
         min_ttl_ms: int = 0,
+        now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.node_id = node_id
+        #: The clock session expiries are compared with (the store's).
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         #: Backups beyond ``replication_factor - 1`` are shards' move targets.
         self.width = max(1, replication_factor - 1)
         #: Bytes per second of full copies (0: no cap), and the remaining lifetime below
@@ -264,6 +278,16 @@ class Replicator:
 
     def map_changed(self, shard_map: ShardMap) -> None:
         """Seed every backup that does not hold a copy of this node's shard from us yet."""
+        # A backup that stopped being one (or a shard no longer ours) forgets its copy:
+        # if it becomes a backup again it gets a fresh one, never counting on one that
+        # missed what happened meanwhile.
+        for key in [
+            (node, shard)
+            for node, shard in self._seeded
+            if shard_map.owners[shard] != self.node_id or node not in shard_map.backups[shard]
+        ]:
+            del self._seeded[key]
+            self._copy_due.pop(key, None)
         wanted: dict[str, list[int]] = {}
         for shard, owner in enumerate(shard_map.owners):
             if owner != self.node_id:
@@ -324,7 +348,7 @@ class Replicator:
         moving = {s for s in shards if node in shard_map.backups[s][self.width :]}
         position = self.commits.position
         now = self.clock()
-        keep_until = self.store_clock_ms() + self.min_ttl_ms
+        keep_until = self.now_ms() + self.min_ttl_ms
         held = self.store.state.sessions
         for sid, session in list(held.items()):
             shard = shard_of(sid)
@@ -447,10 +471,10 @@ class Replicator:
                 continue
             batch = [peer.queue[i] for i in range(min(BATCH, len(peer.queue)))]
             address = self.address_of(peer.node)
-            ok = False
+            answer: _Answer = _Answer.FAILED
             if address is not None:
-                ok = await self._send(peer, address, batch)
-            if not ok:
+                answer = await self._send(peer, address, batch)
+            if answer is _Answer.FAILED:
                 await trio.sleep(delay)
                 delay = min(RETRY_MAX, delay * 2)
                 continue
@@ -460,11 +484,11 @@ class Replicator:
                 if peer.queue and peer.queue[0] is item:
                     peer.queue.popleft()
                     peer.acked += 1
+            if answer is _Answer.REFUSED:
+                # The replica knows a newer owner: what waited on this batch was not
+                # replicated and never will be from here.
+                peer.generation += 1
             peer.progress()
-
-    def store_clock_ms(self) -> int:
-        """Wall-clock milliseconds, as session expiries are kept."""
-        return int(time.time() * 1000)
 
     async def _throttle(self, size: int) -> None:
         """Wait until ``size`` bytes of full copy fit under ``max_rate`` (a token bucket
@@ -479,7 +503,7 @@ class Replicator:
         if self._allowance < 0:
             await trio.sleep(-self._allowance / self.max_rate)
 
-    async def _send(self, peer: _Peer, address: str, batch: list[_Entry | _Synced]) -> bool:
+    async def _send(self, peer: _Peer, address: str, batch: list[_Entry | _Synced]) -> _Answer:
         body = {
             "from": self.node_id,
             "entries": [item.wire() for item in batch if isinstance(item, _Entry)],
@@ -494,10 +518,10 @@ class Replicator:
             answer = await self.call(address, "repl.apply", body)
         except TokMeshError as exc:
             log.info("replication to %s failed (%s); sending again", peer.node, exc.message)
-            return False
+            return _Answer.FAILED
         except Exception as exc:  # RpcError and friends: the transport said no
             log.info("replication to %s failed (%s); sending again", peer.node, exc)
-            return False
+            return _Answer.FAILED
         refused = answer.get("refused") if isinstance(answer, dict) else None
         if refused:
             log.warning(
@@ -505,7 +529,8 @@ class Replicator:
                 "their owner)",
                 peer.node, refused,
             )  # fmt: skip
-        return True
+            return _Answer.REFUSED
+        return _Answer.CONFIRMED
 
 
 async def _first(events: list[trio.Event]) -> None:
@@ -559,47 +584,41 @@ class ReplicaSide:
         return out
 
     async def apply(self, peer: str, body: Any) -> dict[str, Any]:
-        """The ``repl.apply`` handler."""
+        """The ``repl.apply`` handler: apply what is not stale, report what is."""
         try:
             entries, synced = decode_entries(body)
         except ValueError as exc:
             raise TokMeshError(E.ARG_INVALID, f"bad replication message: {exc}") from None
         sender = body.get("from", peer)
-        refused: set[int] = set()
-        grown = False
         stamps = [(e[0], e[1]) for e in entries] + [(x[0], x[1]) for x in synced]
+        epochs = list(self.epochs)
         for shard, epoch in stamps:
-            known = self.epochs[shard]
-            if epoch < known:
-                refused.add(shard)
-            elif epoch > known:
-                self.epochs[shard] = epoch
-                grown = True
-        if grown:
+            epochs[shard] = max(epochs[shard], epoch)
+        if epochs != self.epochs:
             # Durable before anything of the newer epoch is applied, so a restart cannot
-            # forget that an older owner is deposed.
-            await trio.to_thread.run_sync(_save_epochs, self.path, list(self.epochs))
+            # forget that an older owner is deposed; known only once it is on disk.
+            await trio.to_thread.run_sync(_save_epochs, self.path, epochs)
+            self.epochs = epochs
+        # Each item is fenced by itself: a stale one beside newer ones of its shard (a
+        # shard that moved away and back) does not take them down with it.
+        fresh = [e for e in entries if e[1] >= epochs[e[0]]]
+        markers = [x for x in synced if x[1] >= epochs[x[0]]]
+        refused = sorted({e[0] for e in entries if e[1] < epochs[e[0]]}
+                         | {x[0] for x in synced if x[1] < epochs[x[0]]})  # fmt: skip
         if refused:
             metrics.REPLICATION_STALE_EPOCH.inc(
-                sum(1 for e in entries if e[0] in refused)
-                + sum(1 for s in synced if s[0] in refused)
+                len(entries) - len(fresh) + len(synced) - len(markers)
             )
             log.warning(
                 "refused replication from %s for shards %s: stale epoch (a newer owner exists)",
-                sender, sorted(refused),
+                sender, refused,
             )  # fmt: skip
         by_actor: dict[int, list[tuple[str, Session | None]]] = {}
         actors: dict[int, Any] = {}
-        for shard, epoch, seq, sid, user_id, session in entries:
-            if shard in refused:
-                continue
+        for _, _, _, sid, user_id, session in fresh:
             actor = self.store.shard_for(user_id)
-            key = id(actor)
-            actors[key] = actor
-            by_actor.setdefault(key, []).append((sid, session))
-            last = self.applied.get(shard)
-            if last is None or (epoch, seq) > last:
-                self.applied[shard] = (epoch, seq)
+            actors[id(actor)] = actor
+            by_actor.setdefault(id(actor), []).append((sid, session))
         now = self.clock.now_ms()
         replies: list[Reply[int]] = []
         for key, items in by_actor.items():
@@ -609,14 +628,18 @@ class ReplicaSide:
         written = 0
         for reply in replies:
             written += await reply.wait()
-        for shard, epoch, seq in synced:
-            if shard in refused:
-                continue
+        # Positions move only once what they claim is written.
+        for shard, epoch, seq, *_ in fresh:
+            self._advance(shard, epoch, seq)
+        for shard, epoch, seq in markers:
             self.synced[shard] = epoch
-            last = self.applied.get(shard)
-            if last is None or (epoch, seq) > last:
-                self.applied[shard] = (epoch, seq)
-        return {"written": written, "refused": sorted(refused)}
+            self._advance(shard, epoch, seq)
+        return {"written": written, "refused": refused}
+
+    def _advance(self, shard: int, epoch: int, seq: int) -> None:
+        last = self.applied.get(shard)
+        if last is None or (epoch, seq) > last:
+            self.applied[shard] = (epoch, seq)
 
 
 def _load_epochs(path: Path) -> list[int]:
