@@ -163,6 +163,45 @@ def make_cluster(
     return c
 
 
+#: Nodes that exited on their own during the run: (where, the log's last error line).
+CRASHES: list[tuple[str, str]] = []
+
+
+def last_error(node: ServerProcess) -> str:
+    """The last line of ``node``'s log that names an exception (or its last line)."""
+    lines = node.log_tail(20_000).splitlines() or [""]
+    hits = [ln.strip(" |") for ln in lines if "Error" in ln or "Exception" in ln]
+    return (hits or lines)[-1][:300]
+
+
+def note_crashes(where: str, nodes: list[ClusterNodeProcess]) -> int:
+    """Record every node of ``nodes`` that exited on its own; returns how many did."""
+    dead = [n for n in nodes if n.proc is not None and n.proc.poll() is not None]
+    for n in dead:
+        CRASHES.append((f"{where} {n.node_id} (exit {n.proc.returncode if n.proc else '?'})",
+                        last_error(n)))  # fmt: skip
+    return len(dead)
+
+
+def start_cluster(
+    root: Path, etcd: EtcdMember, size: int, rf: int, ack: str, lease: str
+) -> TestCluster:
+    """:func:`make_cluster` started; a node that exits while starting is recorded in
+    :data:`CRASHES` and the cluster started afresh (3 attempts)."""
+    for attempt in range(3):
+        c = make_cluster(root / f"try{attempt}", etcd, size, rf, ack, lease)
+        try:
+            c.start(90)
+            return c
+        except (RuntimeError, TimeoutError):
+            if not note_crashes(f"start of {root.name}", c.nodes):
+                end(c.nodes, graceful=False)
+                raise
+            print(f"  (a node of {root.name} exited while starting: {CRASHES[-1][1]})")
+            end(c.nodes, graceful=False)
+    raise RuntimeError(f"{root.name}: no clean start in 3 attempts")
+
+
 def end(nodes: list[ClusterNodeProcess] | list[ServerProcess], graceful: bool = True) -> None:
     """Stop ``nodes`` all at once (SIGTERM, or SIGKILL when not ``graceful``)."""
     procs = [n.proc for n in nodes if n.proc is not None and n.proc.poll() is None]
@@ -265,9 +304,8 @@ def part_cost(args: argparse.Namespace, root: Path, etcd: EtcdMember) -> dict[st
     clusters: list[tuple[str, TestCluster, str, str, list[str]]] = []
     try:
         for label, rf, ack in configs:
-            c = make_cluster(work / f"rf{rf}{ack}", etcd, 2, rf, ack, "5s")
+            c = start_cluster(work / f"rf{rf}{ack}", etcd, 2, rf, ack, "5s")
             clusters.append((label, c, "", "", []))
-            c.start(90)
         ready: list[tuple[str, TestCluster, str, str, list[str]]] = []
         for label, c, _, _, _ in clusters:
             n1, n2 = c.nodes
@@ -385,9 +423,8 @@ def failover_once(
     root: Path, etcd: EtcdMember, lease: str, kill_coordinator: bool
 ) -> dict[str, Any]:
     """One failover on a fresh 3-node RF 2 cluster (see the module doc)."""
-    c = make_cluster(root, etcd, 3, 2, "revoke", lease)
+    c = start_cluster(root, etcd, 3, 2, "revoke", lease)
     try:
-        c.start(90)
         admin = c.admin_key()
         coordinator = etcd_get(c, "coordinator")
         smap = c.shard_map()
@@ -447,7 +484,9 @@ def failover_once(
         stop.set()
         victim.proc.wait(10)
         victim.proc = None
+        crashed = note_crashes(f"failover {root.name}", c.nodes)
         return {
+            "crashed": crashed,
             "moved_s": moved if answer else float("nan"),
             "map_s": map_moved[0] if map_moved else float("nan"),
             "answer": answer,
@@ -479,13 +518,17 @@ def part_failover(args: argparse.Namespace, root: Path, etcd: EtcdMember) -> Non
             who = "coordinator" if res["victim_is_coordinator"] else "owner"
             print(
                 f"| {lease} | {who} | {i + 1} | {res['map_s']:.2f} | {res['moved_s']:.2f} | "
-                f"{res['answer']} | {res['meanwhile']} | {res['load']} |",
+                f"{res['answer']} | {res['meanwhile']} | {res['load']} |"
+                + (f" {res['crashed']} survivor(s) crashed" if res["crashed"] else ""),
                 flush=True,
             )
-        if runs:
+        moved = [x for x in moved if x == x]  # a run whose probe never answered is NaN
+        mapped = [x for x in mapped if x == x]
+        if moved and mapped:
+            failed = f" ({runs - len(moved)} never answered)" if len(moved) < runs else ""
             summary.append(
-                f"| {lease} | {'coordinator' if coord else 'owner (not coordinator)'} | {runs} "
-                f"| {statistics.median(mapped):.2f} / {max(mapped):.2f} "
+                f"| {lease} | {'coordinator' if coord else 'owner (not coordinator)'} | {runs}"
+                f"{failed} | {statistics.median(mapped):.2f} / {max(mapped):.2f} "
                 f"| {statistics.median(moved):.2f} | {min(moved):.2f} | {max(moved):.2f} |"
             )
     print()
@@ -573,14 +616,13 @@ def part_throughput(
     )
     work = root / "tp"
     work.mkdir()
-    c = make_cluster(work / "cluster", etcd, 3, 2, "revoke", "5s")
+    c = start_cluster(work / "cluster", etcd, 3, 2, "revoke", "5s")
     sa = ServerProcess(
         work / "standalone",
         {"storage": {"wal": {"sync_mode": "batch"}},
          "security": {"auth": {"argon2": {"memory": 8192, "iterations": 1, "parallelism": 1}}}},
     )  # fmt: skip
     try:
-        c.start(90)
         sa.start()
         c_key, _ = keys(c.nodes[0], list(c.nodes[1:]))
         s_key, _ = keys(sa, [])
@@ -687,6 +729,9 @@ def main() -> None:
     finally:
         etcd.stop()
         shutil.rmtree(root, ignore_errors=True)
+    print(f"\nnodes that exited on their own: {len(CRASHES)}")
+    for where, why in CRASHES:
+        print(f"  {where}: {why}")
     print(f"\ntotal {time.monotonic() - started:.0f} s; load average at the end {loadavg()}")
 
 

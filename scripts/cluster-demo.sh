@@ -60,6 +60,9 @@ cluster:
     endpoints: ["http://127.0.0.1:2379"]
   bootstrap:
     expect_nodes: 3
+  data:
+    # Each shard on two nodes: kill one and its shards fail over to the others.
+    replication_factor: 2
 EOF
   tokmesh-server --config "node$n/config.yaml" > "node$n/server.log" 2>&1 &
   echo $! > "node$n/pid"

@@ -32,10 +32,11 @@ import attrs
 import trio
 
 from tokmesh.actors.session_store import SessionStore
+from tokmesh.cluster import etcd_wire as wire
 from tokmesh.cluster import swim_wire
 from tokmesh.cluster.coordinator import Coordinator, CoordinatorSettings
 from tokmesh.cluster.coordinator import leave as record_departure
-from tokmesh.cluster.etcd import EtcdClient, EtcdSettings, EtcdTLS
+from tokmesh.cluster.etcd import EtcdClient, EtcdError, EtcdSettings, EtcdTLS
 from tokmesh.cluster.forwarding import ClusterSessions, SessionHandlers, ShardMoving
 from tokmesh.cluster.membership import (
     JoinRefused,
@@ -505,7 +506,7 @@ class ClusterNode:
         while any(shard in self._handing_over for shard in epochs):
             try:
                 stored = await self.etcd.get(self.watcher.key)
-            except Exception as exc:  # EtcdError: ask again shortly
+            except EtcdError as exc:  # ask again shortly
                 log.info("cannot check a stalled hand-over yet: %s", exc)
                 await trio.sleep(1.0)
                 continue
@@ -551,7 +552,7 @@ class ClusterNode:
             if lease and lease != self._map_confirmed_lease and self.membership.lease_valid():
                 try:
                     stored = await self.etcd.get(self.watcher.key)
-                except Exception as exc:  # EtcdError: try again shortly
+                except EtcdError as exc:  # try again shortly
                     log.info("cannot confirm the shard map yet: %s", exc)
                 else:
                     if stored is not None:
@@ -828,14 +829,30 @@ class ClusterNode:
         await self.etcd.put(key, b"{}", lease=self.membership.lease_id)
         log.info("draining: moving this node's shards to the others (up to %.0fs)", timeout)
         with trio.move_on_after(timeout):
+            checked = trio.current_time()
             while True:
                 shard_map = self.watcher.current
                 if shard_map is not None and not shard_map.shards_of(self.node_id):
                     log.info("drained: this node owns no shards any more")
                     return True
+                if trio.current_time() - checked >= 0.5:
+                    checked = trio.current_time()
+                    if not await self._someone_to_drain_to():
+                        log.warning("drain stopped: every other node is stopping too")
+                        return False
                 await trio.sleep(0.1)
         log.warning("drain did not finish within %.0fs", timeout)
         return False
+
+    async def _someone_to_drain_to(self) -> bool:
+        """Whether a member that is not draining itself can take this node's shards."""
+        start = (self.settings.prefix + "draining/").encode()
+        try:
+            res = await self.etcd.range(start, wire.prefix_range_end(start))
+        except EtcdError:
+            return False
+        draining = {kv.key[len(start) :].decode("utf-8", "replace") for kv in res.kvs}
+        return any(node != self.node_id and node not in draining for node in self.members)
 
     async def leave(self) -> dict[str, Any]:
         """Leave the cluster for good. With replicas, the shards move away with their data
