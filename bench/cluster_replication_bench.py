@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -156,7 +157,8 @@ def make_cluster(
     root: Path, etcd: EtcdMember, size: int, rf: int, ack: str, lease: str
 ) -> TestCluster:
     """A cluster (not started) of ``size`` nodes: batch WAL sync, lease ``lease``."""
-    c = TestCluster(root, etcd, size, replication_factor=rf, ack=ack)
+    prefix = f"/tm-bench-{root.parent.name}-{root.name}-{uuid.uuid4().hex[:8]}/"
+    c = TestCluster(root, etcd, size, prefix, replication_factor=rf, ack=ack)
     for node in c.nodes:
         node.config["cluster"]["etcd"]["lease_ttl"] = lease
         node.config["storage"]["wal"]["sync_mode"] = "batch"
@@ -170,7 +172,7 @@ CRASHES: list[tuple[str, str]] = []
 def last_error(node: ServerProcess) -> str:
     """The last line of ``node``'s log that names an exception (or its last line)."""
     lines = node.log_tail(20_000).splitlines() or [""]
-    hits = [ln.strip(" |") for ln in lines if "Error" in ln or "Exception" in ln]
+    hits = [ln.strip(" |") for ln in lines if any(w in ln for w in ("Error", "ERROR", "Exception"))]
     return (hits or lines)[-1][:300]
 
 
@@ -428,7 +430,7 @@ def failover_once(
         admin = c.admin_key()
         coordinator = etcd_get(c, "coordinator")
         smap = c.shard_map()
-        others = [n for n in c.nodes if n.node_id != coordinator]
+        others = [n for n in c.nodes if n.node_id != coordinator and smap.shards_of(n.node_id)]
         victim = c.node(coordinator) if kill_coordinator else random.choice(others)
         survivors = [n for n in c.nodes if n is not victim]
         headers = {"Authorization": f"Bearer {admin}"}

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Build the dashboard's static files into tokmesh/ui/static (committed, so `pip install .`
-# needs no Node and the page works offline).
+# Vendor the dashboard's third-party files into tokmesh/ui/static/vendor (committed, so
+# `pip install .` needs no Node and the page works offline). The page's own files are
+# written by hand in tokmesh/ui/static and need no build.
 #
 #   1. `npm ci` in ui/: installs exactly what ui/package-lock.json pins (version and
 #      sha512 integrity of every tarball); no install scripts run.
-#   2. Copies the page's own files (ui/src) and the third-party files it loads (uPlot)
-#      into the package, and records the vendored package's version, lock integrity and
+#   2. Copies the third-party files the page loads (uPlot) into the package, and records the vendored package's version, lock integrity and
 #      the sha256 of each copied file in vendor/VENDOR.json, which
 #      tests/dashboard/test_ui_files.py checks against the lock.
 #
@@ -16,9 +16,8 @@ cd "$(dirname "$0")/.."
 (cd ui && npm ci --ignore-scripts --no-audit --no-fund)
 
 out=tokmesh/ui/static
-rm -rf "$out"
+rm -rf "$out/vendor"
 mkdir -p "$out/vendor"
-cp ui/src/index.html ui/src/app.js ui/src/app.css "$out/"
 uplot=ui/node_modules/uplot
 cp "$uplot/dist/uPlot.iife.min.js" "$uplot/dist/uPlot.min.css" "$uplot/LICENSE" "$out/vendor/"
 
@@ -38,4 +37,4 @@ files = {
 record = {"uplot": {"version": lock["version"], "integrity": lock["integrity"], "files": files}}
 (vendor / "VENDOR.json").write_text(json.dumps(record, indent=2) + "\n")
 PY
-echo "dashboard files written to $out"
+echo "dashboard vendor files written to $out/vendor"

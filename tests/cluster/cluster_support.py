@@ -141,9 +141,12 @@ class TestCluster:
         return self.nodes[0].create_admin_key()
 
     def stop(self) -> None:
-        """Stop every node still running."""
+        """End every node still running (kill -9: a graceful stop would first move each
+        node's shards to the others, which a test's teardown does not need)."""
         for node in self.nodes:
-            node.stop()
+            if node.proc is not None and node.proc.poll() is None:
+                node.kill9()
+            node.proc = None
 
 
 def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -1,4 +1,4 @@
-"""The dashboard's committed files: built from ui/src, vendored as the npm lock pins, and
+"""The dashboard's committed files: vendored as the npm lock pins, and
 shipped in the wheel."""
 
 from __future__ import annotations
@@ -25,12 +25,6 @@ def _lock_entry() -> dict[str, str]:
     lock = json.loads((ROOT / "ui" / "package-lock.json").read_text())
     entry: dict[str, str] = lock["packages"]["node_modules/uplot"]
     return entry
-
-
-def test_page_files_are_the_sources() -> None:
-    # scripts/build-ui.sh copies ui/src; an edit there without a rebuild is caught here.
-    for source in sorted((ROOT / "ui" / "src").iterdir()):
-        assert (STATIC / source.name).read_bytes() == source.read_bytes(), source.name
 
 
 def test_vendored_uplot_is_the_locked_version() -> None:

@@ -355,15 +355,19 @@ class SessionShard:
         if "last_active" not in changes and last_active != cur.last_active:
             changes["last_active"] = last_active
         new = cur.evolve(version=cur.version + 1, **changes)
+        await self._log_update(msg, new, "touch")
+
+    async def _log_update(self, msg: Touch | Renew | Update, new: Session, cause: str) -> None:
+        """Log ``new`` as the UPDATE that answers ``msg`` once it is committed."""
         reply = msg.reply
         await self._log(
             RecordType.UPDATE,
             msg.sid,
             new,
-            now,
+            msg.now_ms,
             lambda: reply.set(new),
             reply.fail,
-            cause="touch",
+            cause=cause,
             by=msg.by,
         )
 
@@ -377,17 +381,7 @@ class SessionShard:
             last_active=max(cur.last_active, now),
             version=cur.version + 1,
         )
-        reply = msg.reply
-        await self._log(
-            RecordType.UPDATE,
-            msg.sid,
-            new,
-            now,
-            lambda: reply.set(new),
-            reply.fail,
-            cause="renew",
-            by=msg.by,
-        )
+        await self._log_update(msg, new, "renew")
 
     async def _update(self, msg: Update) -> None:
         cur = self._must_exist(msg.sid, msg.now_ms)
@@ -407,17 +401,7 @@ class SessionShard:
             changes["expires_at"] = now + msg.ttl_ms
             changes["ttl"] = msg.ttl_ms
         new = cur.evolve(**changes)
-        reply = msg.reply
-        await self._log(
-            RecordType.UPDATE,
-            msg.sid,
-            new,
-            now,
-            lambda: reply.set(new),
-            reply.fail,
-            cause="update",
-            by=msg.by,
-        )
+        await self._log_update(msg, new, "update")
 
     async def _revoke(self, msg: Revoke) -> None:
         cur = self._latest(msg.sid)
