@@ -15,6 +15,7 @@ import pytest
 from tests.cluster.cluster_support import ClusterNodeProcess, TestCluster, eventually
 from tests.cluster.conftest import EtcdMember
 from tests.support.server import free_port
+from tokmesh.domain.shards import shard_of
 
 pytestmark = pytest.mark.cluster_faults
 
@@ -139,3 +140,42 @@ def test_a_paused_owner_fences_itself_and_its_late_messages_are_refused(
     assert _valid(victim, key, target["token"]) == 401
     for s in owned[1:]:
         assert _valid(victim, key, s["token"]) == 200
+
+
+def _held(node: ClusterNodeProcess, key: str) -> int:
+    with node.client(key) as client:
+        text = client.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith("tokmesh_shard_keys_count{"):
+            return int(float(line.split()[-1]))
+    raise AssertionError("no tokmesh_shard_keys_count")
+
+
+def test_a_joining_node_gets_shards_with_data_and_old_copies_are_dropped(
+    cluster: TestCluster,
+) -> None:
+    key = _key(cluster)
+    made = [_create(cluster.nodes[i % 3], key, f"j-{i}") for i in range(90)]
+    fourth = cluster.add_node("tmnd-test4")
+    fourth.start()
+    eventually(lambda: fourth.node_id in cluster.shard_map().owners, timeout=30)
+    eventually(lambda: _status(fourth, key)["rebalance"].get("state") == "done", timeout=30)
+    # Every session validates from the new node, and is held exactly where the map says:
+    # by its owner and its backup, nowhere else (copies no longer needed are dropped).
+    for s in made:
+        assert _valid(fourth, key, s["token"]) == 200
+
+    def held_as_mapped() -> bool:
+        shard_map = cluster.shard_map()
+        for node in cluster.nodes:
+            expected = sum(
+                1
+                for s in made
+                if node.node_id == shard_map.owner_of(s["session_id"])
+                or node.node_id in shard_map.backups[shard_of(s["session_id"])]
+            )
+            if _held(node, key) != expected:
+                return False
+        return True
+
+    eventually(held_as_mapped, timeout=20, interval=0.5)

@@ -545,14 +545,23 @@ async def test_note_map_raises_the_known_epochs(
     replica = ReplicaSide(tmp_path, _store(engine), clock)
     epochs = list(_epochs())
     epochs[5] = 8
-    replica.note_map(_map(version=8, epochs=tuple(epochs)))
-    assert _epochs_file(tmp_path) == epochs
-    # A map with lower epochs lowers nothing.
-    replica.note_map(_map(version=9, epochs=(1,) * SHARDS))
-    assert replica.epochs == epochs and _epochs_file(tmp_path) == epochs
-    session = _session(clock, 5, "user-m")
-    answer = await replica.apply("tmnd-old", {"entries": [_entry(session, 5, 7, 1)]})
-    assert answer["refused"] == [5]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(replica.run)
+        replica.note_map(_map(version=8, epochs=tuple(epochs)))
+        # Fenced with at once; on disk as soon as the writer task has run.
+        assert replica.epochs == epochs
+        with trio.fail_after(5):
+            while not (tmp_path / "replica-epochs.json").exists():
+                await trio.sleep(0.01)
+        assert _epochs_file(tmp_path) == epochs
+        # A map with lower epochs lowers nothing.
+        replica.note_map(_map(version=9, epochs=(1,) * SHARDS))
+        await trio.sleep(0.05)
+        assert replica.epochs == epochs and _epochs_file(tmp_path) == epochs
+        session = _session(clock, 5, "user-m")
+        answer = await replica.apply("tmnd-old", {"entries": [_entry(session, 5, 7, 1)]})
+        assert answer["refused"] == [5]
+        nursery.cancel_scope.cancel()
     assert ReplicaSide(tmp_path, _store(engine), clock).epochs == epochs
 
 

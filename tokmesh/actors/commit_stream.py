@@ -69,6 +69,11 @@ class CommitKind(enum.Enum):
     #: drops it by the same rule, so logging it would only cost a write). ``session`` is
     #: the tombstone dropped; ``record`` is ``None``.
     TOMBSTONE_END = "tombstone_end"
+    #: No WAL record: a cluster node dropped its copy of a session of a shard it neither
+    #: owns nor backs up any more (the shard moved on). ``session`` is the copy dropped;
+    #: ``record`` is ``None``. Recovery brings such copies back until the first shard map
+    #: is in force, which drops them again by the same rule.
+    DROPPED = "dropped"
     #: WAL ``KEY_PUT``: an API key created or changed (disabled, rotated, used...);
     #: ``key`` is the new state.
     KEY_PUT = "key_put"

@@ -119,17 +119,27 @@ class Replicate:
 
 
 @attrs.frozen
+class Drop:
+    """Forget copies of sessions this node no longer holds for anyone (no WAL record);
+    ids with a write in flight are kept. Replies with the number dropped."""
+
+    sids: tuple[str, ...]
+    reply: Reply[int]
+
+
+@attrs.frozen
 class Barrier:
     """Resolves once every earlier message of this shard has been committed or failed."""
 
     reply: Reply[None]
 
 
-Message = Create | Touch | Renew | Update | Revoke | RevokeUser | Purge | Replicate | Barrier
+Message = Create | Touch | Renew | Update | Revoke | RevokeUser | Purge | Replicate | Drop | Barrier
 
 __all__ = [
     "Barrier",
     "Create",
+    "Drop",
     "Message",
     "Purge",
     "Renew",

@@ -24,6 +24,7 @@ from tokmesh.actors.commit_stream import REPLICATED_CAUSE, Commit, CommitKind, C
 from tokmesh.actors.messages import (
     Barrier,
     Create,
+    Drop,
     Message,
     Purge,
     Renew,
@@ -258,6 +259,8 @@ class SessionShard:
             await self._purge(msg)
         elif isinstance(msg, Replicate):
             await self._replicate(msg)
+        elif isinstance(msg, Drop):
+            self._drop(msg)
         elif isinstance(msg, Barrier):
             await self._idle.wait()
             msg.reply.set(None)
@@ -534,6 +537,20 @@ class SessionShard:
                 for rtype, sid, new, tomb in todo
             ]
         )
+
+    def _drop(self, msg: Drop) -> None:
+        """Forget copies (see :class:`Drop`): no record, published as ``DROPPED``."""
+        state = self.state
+        commits = self.commits
+        dropped = 0
+        for sid in msg.sids:
+            if sid in self._pending:
+                continue
+            copy = state.remove(sid)
+            if copy is not None:
+                dropped += 1
+                commits.publish(Commit(commits.position, CommitKind.DROPPED, sid, None, copy))
+        msg.reply.set(dropped)
 
 
 def _check_version(cur: Session, expected: int | None, method: str) -> None:

@@ -31,6 +31,8 @@ from typing import Any
 import attrs
 import trio
 
+from tokmesh.actors import messages as m
+from tokmesh.actors.reply import Reply
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.cluster import etcd_wire as wire
 from tokmesh.cluster import swim_wire
@@ -78,6 +80,8 @@ HANDOVER_WAIT = 5.0
 #: How long a hand-over may stay unconfirmed by a new map before this node checks etcd
 #: and takes the shard back if the map still gives it to this node.
 HANDOVER_TIMEOUT = 10.0
+#: Seconds after the last map change before copies nobody needs any more are dropped.
+CLEANUP_DELAY = 5.0
 #: Sessions looked at between two checkpoints when routes are sent again.
 ROUTE_SCAN_CHUNK = 5000
 #: Attempts (and the pause between them) to reach a node that asked for its routes.
@@ -215,6 +219,10 @@ class ClusterNode:
         # its confirmation to the coordinator until the map that moves them is in force
         # here (or the hand-over is called off). Set when that happens.
         self._handing_over: dict[int, trio.Event] = {}
+        # Dropping copies of shards this node no longer holds for anyone: due this long
+        # after the last map change (a rebalance writes many maps in a row).
+        self._cleanup_due = 0.0
+        self._cleanup_running = False
         self.server.register("swim", self._on_probe)
         self.server.register("routes.resend", self._on_resend)
         self.server.register("cluster.rebalance", self._on_rebalance)
@@ -241,6 +249,7 @@ class ClusterNode:
             max_rate=self.settings.rebalance_max_rate // 8,  # configured in bits/s
             min_ttl_ms=int(self.settings.rebalance_min_ttl * 1000),
             now_ms=clock.now_ms,
+            may_send=lambda: not self.fenced(),
         )
         # Copies of shards owned elsewhere take no part in this node's by-user answers.
         store.state.foreign = self._foreign
@@ -261,6 +270,8 @@ class ClusterNode:
         call (they route every request to the owner of its shard)."""
         if self.replicator is not None and self._root is not None:
             self._root.start_soon(self.replicator.run)
+            assert self.replica is not None
+            self._root.start_soon(self.replica.run)
             if self.watcher.current is not None:
                 self._map_changed(self.watcher.current)
         sessions = ClusterSessions(local, self)
@@ -348,6 +359,11 @@ class ClusterNode:
             self.replica.note_map(shard_map)
         if self.replicator is not None:
             self.replicator.map_changed(shard_map)
+        if self.replicator is not None:
+            self._cleanup_due = trio.current_time() + CLEANUP_DELAY
+            if not self._cleanup_running and self._nursery is not None:
+                self._cleanup_running = True
+                self._nursery.start_soon(self._drop_copies)
         moved = [s for s in self._handing_over if shard_map.owner(s) != self.node_id]
         if moved:
             self._end_handover(moved, "the new map is in force")
@@ -843,6 +859,45 @@ class ClusterNode:
                 await trio.sleep(0.1)
         log.warning("drain did not finish within %.0fs", timeout)
         return False
+
+    async def _drop_copies(self) -> None:
+        """Forget the sessions of shards this node neither owns nor backs up any more (a
+        shard moved on, a backup was replaced): the old owner of a moved shard keeps its
+        copy until the switch and as long as it stays a backup, and only then lets go."""
+        try:
+            while trio.current_time() < self._cleanup_due:
+                await trio.sleep(self._cleanup_due - trio.current_time())
+            shard_map = self.watcher.current
+            sessions = self.sessions
+            if shard_map is None or sessions is None:
+                return
+            mine = self.node_id
+            keep = {
+                shard
+                for shard in range(len(shard_map.owners))
+                if shard_map.owners[shard] == mine or mine in shard_map.backups[shard]
+            }
+            store = sessions.local.store
+            held = list(store.state.sessions.items())
+            dropped = 0
+            for start in range(0, len(held), ROUTE_SCAN_CHUNK):
+                by_actor: dict[int, tuple[Any, list[str]]] = {}
+                for sid, session in held[start : start + ROUTE_SCAN_CHUNK]:
+                    if shard_of(sid) in keep:
+                        continue
+                    actor = store.shard_for(session.user_id)
+                    by_actor.setdefault(id(actor), (actor, []))[1].append(sid)
+                for actor, sids in by_actor.values():
+                    reply: Reply[int] = Reply()
+                    await actor.send(m.Drop(tuple(sids), reply))
+                    dropped += await reply.wait()
+                await trio.sleep(0)
+            if dropped:
+                log.info(
+                    "dropped %d copies of sessions of shards this node no longer holds", dropped
+                )
+        finally:
+            self._cleanup_running = False
 
     async def _someone_to_drain_to(self) -> bool:
         """Whether a member that is not draining itself can take this node's shards."""

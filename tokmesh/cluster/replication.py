@@ -224,8 +224,11 @@ class Replicator:
         max_rate: int = 0,
         min_ttl_ms: int = 0,
         now_ms: Callable[[], int] | None = None,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         self.node_id = node_id
+        #: False while this node must not act as an owner (fenced): nothing is sent then.
+        self.may_send = may_send
         #: The clock session expiries are compared with (the store's).
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         #: Backups beyond ``replication_factor - 1`` are shards' move targets.
@@ -472,7 +475,7 @@ class Replicator:
             batch = [peer.queue[i] for i in range(min(BATCH, len(peer.queue)))]
             address = self.address_of(peer.node)
             answer: _Answer = _Answer.FAILED
-            if address is not None:
+            if address is not None and self.may_send():
                 answer = await self._send(peer, address, batch)
             if answer is _Answer.FAILED:
                 await trio.sleep(delay)
@@ -555,21 +558,46 @@ class ReplicaSide:
         self.path = data_dir / EPOCHS_FILE
         self.store = store
         self.clock = clock
+        #: The epochs this node fences with, and those known to be on disk. Only
+        #: :meth:`_persist` writes the file, one write at a time and never a lower epoch.
         self.epochs = _load_epochs(self.path)
+        self._on_disk = list(self.epochs)
+        self._lock = trio.Lock()
+        self._map_epochs = trio.Event()
         #: shard -> (epoch, sequence) of the last applied entry or marker.
         self.applied: dict[int, tuple[int, int]] = {}
         #: shard -> epoch for which this node received a full copy since it started.
         self.synced: dict[int, int] = {}
 
     def note_map(self, shard_map: ShardMap) -> None:
-        """Learn the epochs of a map in force (persisted when any grows)."""
+        """Learn the epochs of a map in force: fenced with at once, written to disk by
+        :meth:`run` (the map itself is durable in etcd; the file keeps them across a
+        restart that happens before the map is read again)."""
         grown = False
         for shard, epoch in enumerate(shard_map.epochs):
             if epoch > self.epochs[shard]:
                 self.epochs[shard] = epoch
                 grown = True
         if grown:
-            _save_epochs(self.path, self.epochs)
+            self._map_epochs.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write the epochs learnt from maps to disk, whenever there are new ones."""
+        task_status.started()
+        while True:
+            await self._map_epochs.wait()
+            self._map_epochs = trio.Event()
+            await self._persist(list(self.epochs))
+
+    async def _persist(self, epochs: list[int]) -> None:
+        """Make at least ``epochs`` durable (merged with what is on disk), then fence with
+        them: an epoch is relied on only once a restart cannot forget it."""
+        async with self._lock:
+            merged = [max(a, b) for a, b in zip(epochs, self._on_disk, strict=True)]
+            if merged != self._on_disk:
+                await trio.to_thread.run_sync(_save_epochs, self.path, merged)
+                self._on_disk = merged
+        self.epochs = [max(a, b) for a, b in zip(self.epochs, merged, strict=True)]
 
     def positions(self, shards: Iterable[int] | None = None) -> dict[str, list[Any]]:
         """``{shard: [epoch, sequence, in_sync]}`` for promotion decisions."""
@@ -597,8 +625,8 @@ class ReplicaSide:
         if epochs != self.epochs:
             # Durable before anything of the newer epoch is applied, so a restart cannot
             # forget that an older owner is deposed; known only once it is on disk.
-            await trio.to_thread.run_sync(_save_epochs, self.path, epochs)
-            self.epochs = epochs
+            await self._persist(epochs)
+        epochs = self.epochs
         # Each item is fenced by itself: a stale one beside newer ones of its shard (a
         # shard that moved away and back) does not take them down with it.
         fresh = [e for e in entries if e[1] >= epochs[e[0]]]
