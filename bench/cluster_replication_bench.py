@@ -27,9 +27,13 @@ One invocation runs the three parts and prints Markdown tables and ratios:
    standalone node, each loaded in turn by three wrk processes (``-t1``, a third of
    ``--connections`` each; one per node for the cluster, all on the one node standalone):
    80% ``POST /tokens/validate`` of distinct tokens made beforehand, 20% ``POST
-   /sessions`` of distinct users. Per node: requests entered, CPU µs per request; for
-   the cluster, all nodes' CPU over all requests; efficiency = standalone CPU/req ÷
-   cluster CPU/req; then the model for N nodes on N machines.
+   /sessions`` of distinct users. The cluster runs twice: clients on random nodes (each
+   wrk sends every token and user to its node, so (N-1)/N of the requests are
+   forwarded) and owner-routed (each wrk sends only tokens and users of its node's
+   shards: nothing forwarded). Per node: requests entered, CPU µs per request; for the
+   cluster, all nodes' CPU over all requests; efficiency = standalone CPU/req ÷ cluster
+   CPU/req; then the model for N nodes on N machines, with the cost of a forwarded
+   request taken from the difference of the two cluster runs.
 
 Everything runs on this machine: etcd on free loopback ports, ``tokmesh-server``
 processes (batch WAL sync, mTLS between nodes from one ``trustme`` CA, via
@@ -120,7 +124,8 @@ end
 )
 
 #: 80% ``POST /tokens/validate`` (the tokens of ``TM_INPUTS``, from offset ``TM_OFFSET``),
-#: 20% ``POST /sessions`` of a user no other request uses (``TM_PREFIX`` + counter).
+#: 20% ``POST /sessions`` of a user no other request uses (``TM_PREFIX`` + counter), or of
+#: the users of ``TM_USERS`` in turn when that names a file.
 MIXED_LUA = (
     r"""
 local headers = {["Authorization"] = "Bearer " .. os.getenv("TM_AUTH"),
@@ -129,11 +134,17 @@ local prefix = os.getenv("TM_PREFIX")
 local offset = tonumber(os.getenv("TM_OFFSET"))
 local tokens = {}
 for line in io.lines(os.getenv("TM_INPUTS")) do tokens[#tokens + 1] = line end
+local users = {}
+if os.getenv("TM_USERS") ~= "" then
+  for line in io.lines(os.getenv("TM_USERS")) do users[#users + 1] = line end
+end
 local n = 0
 request = function()
   n = n + 1
   if n % 5 == 0 then
-    return wrk.format("POST", "/sessions", headers, '{"user_id":"' .. prefix .. n .. '"}')
+    local user = prefix .. n
+    if #users > 0 then user = users[(n / 5) % #users + 1] end
+    return wrk.format("POST", "/sessions", headers, '{"user_id":"' .. user .. '"}')
   end
   local tok = tokens[(n + offset) % #tokens + 1]
   return wrk.format("POST", "/tokens/validate", headers, '{"token":"' .. tok .. '"}')
@@ -572,21 +583,23 @@ def mixed_run(
     watch: list[ServerProcess],
     work: Path,
     key: str,
-    tokens: Path,
+    inputs: list[tuple[Path, Path | None]],
     duration: int,
     connections: int,
 ) -> dict[str, Any]:
-    """Three wrk processes (one per target) at once; figures per target and CPU per node."""
+    """Three wrk processes (one per target) at once; figures per target and CPU per node.
+    ``inputs``: per target, its tokens file and its users file (``None``: made-up users)."""
     script = work / "mixed.lua"
     script.write_text(MIXED_LUA)
     per = max(connections // len(targets), 1)
     load = loadavg()
     cpu0 = cpu(watch)
     procs = []
-    for i, node in enumerate(targets):
+    for i, (node, (tokens, users)) in enumerate(zip(targets, inputs, strict=True)):
         env = {
             "TM_AUTH": key,
             "TM_INPUTS": str(tokens),
+            "TM_USERS": str(users) if users else "",
             "TM_OFFSET": str(i * 1000),
             "TM_PREFIX": f"m{random.getrandbits(40):010x}w{i}n",
         }
@@ -634,29 +647,49 @@ def part_throughput(
         t_sa = work / "tokens-standalone.txt"
         t_sa.write_text("\n".join(make_tokens([sa], s_key, args.tokens)) + "\n")
         wait_drained(c.nodes, admin)
-        print(f"{args.tokens:,} distinct tokens made on each; shards {c.shard_map().counts()}")
+        smap = c.shard_map()
+        print(f"{args.tokens:,} distinct tokens made on each; shards {smap.counts()}")
+        # owner-routed: each node gets only tokens and users of the shards it owns
+        owned: dict[str, list[str]] = {node.node_id: [] for node in c.nodes}
+        for tok in t_cluster.read_text().split():
+            owned[smap.owner(token_shard(tok))].append(tok)
+        routed_tokens = []
+        for node in c.nodes:
+            path = work / f"tokens-{node.node_id}.txt"
+            path.write_text("\n".join(owned[node.node_id]) + "\n")
+            routed_tokens.append(path)
         print()
         print("| round | setup | req/s | P50 ms | P99 ms | requests entered per node | "
               "CPU µs per entered request, per node | CPU µs/req (all nodes) | "
               "cores used by the server(s) | non-2xx | load avg |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        res: dict[str, list[dict[str, Any]]] = {"cluster": [], "standalone": []}
+        setups = ("standalone", "cluster, clients on random nodes", "cluster, owner-routed")
+        res: dict[str, list[dict[str, Any]]] = {label: [] for label in setups}
         for rnd in range(args.rounds):
-            for label in ("standalone", "cluster"):
-                if label == "cluster":
+            for label in setups:
+                if label == "standalone":
+                    r = mixed_run([sa, sa, sa], [sa], work, s_key, [(t_sa, None)] * 3,
+                                  args.duration, args.connections)  # fmt: skip
+                    per = f"{r['cpu_us_req']:.0f}"
+                    entered = f"{sum(r['entered']):,}"
+                else:
                     targets: list[ServerProcess] = list(c.nodes)
-                    r = mixed_run(targets, targets, work, c_key, t_cluster, args.duration,
+                    if label.endswith("routed"):
+                        ins: list[tuple[Path, Path | None]] = []
+                        for i, node in enumerate(c.nodes):
+                            users = work / f"users-{node.node_id}.txt"
+                            mine = users_owned_by(smap, node.node_id, 8_000, f"r{rnd}{i}x")
+                            users.write_text("\n".join(mine) + "\n")
+                            ins.append((routed_tokens[i], users))
+                    else:
+                        ins = [(t_cluster, None)] * 3
+                    r = mixed_run(targets, targets, work, c_key, ins, args.duration,
                                   args.connections)  # fmt: skip
                     per = " / ".join(
                         f"{s / max(e, 1) * 1e6:.0f}"
                         for s, e in zip(r["cpu_s"], r["entered"], strict=True)
                     )
                     entered = " / ".join(f"{e:,}" for e in r["entered"])
-                else:
-                    r = mixed_run([sa, sa, sa], [sa], work, s_key, t_sa, args.duration,
-                                  args.connections)  # fmt: skip
-                    per = f"{r['cpu_us_req']:.0f}"
-                    entered = f"{sum(r['entered']):,}"
                 res[label].append(r)
                 print(
                     f"| {rnd + 1} | {label} | {r['rps']:,.0f} | {r['p50']:.2f} | "
@@ -664,33 +697,40 @@ def part_throughput(
                     f"{r['cores']:.2f} | {r['bad']} | {r['load']} |",
                     flush=True,
                 )
-        s = statistics.fmean(r["cpu_us_req"] for r in res["standalone"])
-        cl = statistics.fmean(r["cpu_us_req"] for r in res["cluster"])
-        s_rps = statistics.fmean(r["rps"] for r in res["standalone"])
-        c_rps = statistics.fmean(r["rps"] for r in res["cluster"])
-        eff = s / cl
+        s = statistics.fmean(r["cpu_us_req"] for r in res[setups[0]])
+        cl = statistics.fmean(r["cpu_us_req"] for r in res[setups[1]])
+        rt = statistics.fmean(r["cpu_us_req"] for r in res[setups[2]])
+        rps = {label: statistics.fmean(r["rps"] for r in res[label]) for label in setups}
         print()
-        print(
-            f"standalone {s_rps:,.0f} req/s at {s:.1f} CPU µs/req; 3-node cluster "
-            f"{c_rps:,.0f} req/s at {cl:.1f} CPU µs/req (sum of nodes) ⇒ efficiency "
-            f"{eff:.3f}; throughput cluster/standalone on this 2-core box {c_rps / s_rps:.2f}"
-        )
+        for label, cost in zip(setups, (s, cl, rt), strict=True):
+            print(
+                f"{label}: {rps[label]:,.0f} req/s, {cost:.1f} CPU µs/req (sum of nodes), "
+                f"efficiency {s / cost:.3f}, throughput vs standalone on this box "
+                f"{rps[label] / rps[setups[0]]:.2f}"
+            )
         w = 0.2
         repl = repl_us or 0.0
         n = 3
-        fwd = (cl - s - w * repl) * n / (n - 1)
+        fwd = (cl - rt) * n / (n - 1)
+        other = rt - s - w * repl
         print(
-            f"model: CPU/req(N) = {s:.1f} (standalone) + (N-1)/N × {fwd:.1f} (extra of a "
-            f"forwarded request, fitted at N = 3) + {w} × {repl:.1f} (replication per write, "
-            f"part 1)"
+            f"model: CPU/req(N) = {rt:.1f} (owner-routed 3-node cluster: standalone {s:.1f} "
+            f"+ {w} × {repl:.1f} replication per write (part 1) + {other:.1f} the rest: "
+            f"cluster mode, 3 servers on 2 cores) + (N-1)/N × {fwd:.1f} (extra CPU of a "
+            f"forwarded request, measured: (random - routed) × N/(N-1) at N = 3)"
         )
-        print("| N | forwarded | CPU µs/req | efficiency | throughput ≈ N × single × eff |")
-        print("|---|---|---|---|---|")
+        print("| N | forwarded (random entry) | CPU µs/req | efficiency | "
+              "throughput ≈ N × single × eff | owner-routed: N × single × eff |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
         for nn in (1, 2, 3, 5, 10, 20):
             f = (nn - 1) / nn
-            cost = s + f * fwd + (w * repl if nn > 1 else 0.0)
+            cost = s if nn == 1 else rt + f * fwd
             e = s / cost
-            print(f"| {nn} | {f:.2f} | {cost:.1f} | {e:.2f} | {nn * e:.2f} × single |")
+            er = 1.0 if nn == 1 else s / rt
+            print(
+                f"| {nn} | {f:.2f} | {cost:.1f} | {e:.2f} | {nn * e:.2f} × single | "
+                f"{nn * er:.2f} × single |"
+            )
         print(f"load average after: {loadavg()}")
     finally:
         end([sa])

@@ -538,13 +538,18 @@ class Replicator:
 
 async def _first(events: list[trio.Event]) -> None:
     """Wait until any of ``events`` is set."""
+    distinct = list({id(e): e for e in events}.values())
+    if len(distinct) == 1:
+        # The usual case (one backup): no nursery and task per wait.
+        await distinct[0].wait()
+        return
     async with trio.open_nursery() as nursery:
 
         async def wait(event: trio.Event) -> None:
             await event.wait()
             nursery.cancel_scope.cancel()
 
-        for event in events:
+        for event in distinct:
             nursery.start_soon(wait, event)
 
 
