@@ -5,6 +5,11 @@ tokens with a validator key, against the native front and against
 Target: native ≥ 10,000 req/s, P99 < 10 ms, no non-2xx.
 
     python bench/http_validate.py [--duration 10] [--connections 64] [--vary-head]
+                                  [--compare-ui ROUNDS]
+
+``--compare-ui`` (issue 16) runs only the native front, with the dashboard served and
+with ``server.http.ui.enabled: false``, alternating for ROUNDS rounds, and prints the
+ratio of the medians (serving ``/ui`` must cost the hot path nothing: within ±5%).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,9 +60,10 @@ def children_cpu_seconds() -> float:
 
 
 def run_one(
-    engine: str, duration: int, connections: int, vary_head: bool = False
+    engine: str, duration: int, connections: int, vary_head: bool = False, ui: bool = True
 ) -> dict[str, float]:
-    srv = start_node({"server": {"http": {"engine": engine}}}, name=engine)
+    http = {"engine": engine, "ui": {"enabled": ui}}
+    srv = start_node({"server": {"http": http}}, name=engine)
     try:
         issuer = srv.create_key("issuer", rate_limit=1_000_000)
         validator = srv.create_key("validator", rate_limit=1_000_000)
@@ -127,10 +134,14 @@ def main() -> None:
         action="store_true",
         help="also run the native front with a distinct X-Request-ID on every request",
     )
+    ap.add_argument("--compare-ui", type=int, default=0, metavar="ROUNDS")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
     print(f"machine: {os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.duration}s")
+    if args.compare_ui:
+        compare_ui(args.compare_ui, args.duration, args.connections)
+        return
     native = run_one("native", args.duration, args.connections)
     print("native   ", json.dumps(native))
     hyper = run_one("hypercorn", args.duration, args.connections)
@@ -143,6 +154,20 @@ def main() -> None:
         # so each request is parsed by llhttp in full (no reuse of the previous head).
         varied = run_one("native", args.duration, args.connections, vary_head=True)
         print("native, X-Request-ID per request (information)", json.dumps(varied))
+
+
+def compare_ui(rounds: int, duration: int, connections: int) -> None:
+    """The native front with the dashboard on and off, alternating; ratio of medians."""
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(rounds):
+        for ui in (True, False) if i % 2 == 0 else (False, True):
+            result = run_one("native", duration, connections, ui=ui)
+            runs[ui].append(result["rps"])
+            print(f"round {i + 1} ui={'on ' if ui else 'off'}", json.dumps(result))
+    on, off = statistics.median(runs[True]), statistics.median(runs[False])
+    ratio = on / off
+    print(f"median req/s with /ui {on:,.0f}, without {off:,.0f}: ratio {ratio:.3f}")
+    print(f"target within ±5%: {'PASS' if abs(ratio - 1) <= 0.05 else 'FAIL'}")
 
 
 if __name__ == "__main__":

@@ -188,7 +188,12 @@ async def cluster_nodes(ctx: click.Context) -> None:
 # -- rebalance ------------------------------------------------------------------------------
 
 
-@leaf(cluster, "rebalance", help="Ask the cluster to rebalance its shards; says what it did.")
+@leaf(
+    cluster,
+    "rebalance",
+    help="Ask the coordinator to move shards, with their data, to where placement over the "
+    "live nodes puts them (needs replicas); says what it did.",
+)
 @click.pass_context
 async def cluster_rebalance(ctx: click.Context) -> None:
     """``POST /admin/v1/cluster/rebalance``."""
@@ -225,7 +230,8 @@ async def cluster_rebalance(ctx: click.Context) -> None:
     cluster,
     "leave",
     help="The target node leaves the cluster for good (asks unless --yes).\n\n"
-    "Its shards go to the other nodes, without their sessions until replication lands. "
+    "With replicas its shards move to the other nodes with their sessions first; without, "
+    "they go to the others without their sessions. "
     "--node-id asks for another node to be forced out instead.",
     examples=("tokmesh-cli -t node3 cluster leave --yes",),
 )
@@ -251,8 +257,8 @@ async def cluster_leave(ctx: click.Context, node_id: str | None, yes: bool) -> N
         if not yes:
             await confirm(
                 state,
-                f"Are you sure node '{who}' should leave the cluster? Its shards go to "
-                "the other nodes without their sessions.",
+                f"Are you sure node '{who}' should leave the cluster? Its shards move to "
+                "the other nodes (without their sessions unless the cluster has replicas).",
             )
         assert conn.http is not None
         path = f"{P}/nodes/{quote(target_id, safe='')}/remove" if target_id else f"{P}/leave"
@@ -264,8 +270,8 @@ async def cluster_leave(ctx: click.Context, node_id: str | None, yes: bool) -> N
     def human() -> None:
         left = _text(data.get("node_id") or who)
         printer.out(printer.paint(f"Node {left} left the cluster.", "ok"))
-        if data.get("data_moved") is False:
-            printer.out("  Data moved: no")
+        if "data_moved" in data:
+            printer.out(f"  Data moved: {'yes' if data['data_moved'] else 'no'}")
         if data.get("note"):
             printer.out(f"  Note: {data['note']}")
 

@@ -926,4 +926,11 @@ class ClusterNode:
             )
         await record_departure(self.etcd, self.node_id, prefix=self.settings.prefix)
         await self.membership.leave()
-        return {"status": "left", "node_id": self.node_id, "data_moved": drained}
+        answer: dict[str, Any] = {"status": "left", "node_id": self.node_id, "data_moved": drained}
+        if not drained:
+            answer["note"] = (
+                "its shards go to the other nodes without their sessions"
+                if self.coordinator.rebalance is None
+                else "its shards did not all move in time; their replicas take over"
+            )
+        return answer
