@@ -179,3 +179,45 @@ def test_a_joining_node_gets_shards_with_data_and_old_copies_are_dropped(
         return True
 
     eventually(held_as_mapped, timeout=20, interval=0.5)
+
+
+def test_a_replica_restarted_at_once_catches_up_from_the_wal_and_can_take_over(
+    cluster: TestCluster,
+) -> None:
+    key = _key(cluster)
+    nodes = cluster.nodes
+    replica = nodes[1]
+    shard_map = cluster.shard_map()
+    # Users whose shard node 1 owns and the replica backs up (sessions live in their
+    # user's shard), so creates keep working while the replica is down.
+    users = [
+        u
+        for u in (f"r-{i}" for i in range(4000))
+        if shard_map.owners[shard_of(u)] == nodes[0].node_id
+        and replica.node_id in shard_map.backups[shard_of(u)]
+    ][:80]
+    first = [_create(nodes[0], key, u) for u in users[:40]]
+    eventually(lambda: _drained(cluster, key, nodes), timeout=10)
+
+    # Sessions owned by node 1 whose backup is the replica that will restart.
+    def backed_up_by_replica(s: dict[str, Any]) -> bool:
+        shard = shard_of(s["session_id"])
+        return (
+            shard_map.owners[shard] == nodes[0].node_id
+            and replica.node_id in (shard_map.backups[shard])
+        )
+
+    # A crash and an immediate restart (as a supervisor does): the lease is still alive,
+    # so the map does not change and the owners bring it up to date.
+    replica.kill9()
+    later = [_create(nodes[0], key, u) for u in users[40:]]
+    replica.start()
+    eventually(lambda: _drained(cluster, key, nodes), timeout=15)
+    assert cluster.shard_map().version == shard_map.version
+    owner_log = nodes[0].log_tail(200_000)
+    assert f"caught {replica.node_id} up" in owner_log, owner_log[-3000:]
+    # Proof it holds what happened while it was down: its owner dies, it takes over.
+    mine = [s for s in first + later if backed_up_by_replica(s)]
+    assert mine
+    nodes[0].kill9()
+    eventually(lambda: all(_valid(replica, key, s["token"]) == 200 for s in mine), timeout=15)

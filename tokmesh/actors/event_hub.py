@@ -38,17 +38,10 @@ from tokmesh.actors.event_codec import (
 )
 from tokmesh.storage.cipher import Cipher
 from tokmesh.storage.wal_codec import (
-    MAGIC,
-    MAGIC_LEN,
-    TRAILER_LEN,
-    StopReason,
     WalCorruptError,
-    decode_frames,
     decode_record,
-    make_position,
-    split_position,
 )
-from tokmesh.storage.wal_files import is_sealed, list_segments
+from tokmesh.storage.wal_files import WalGap, frames_after
 
 log = logging.getLogger("tokmesh.events")
 
@@ -269,52 +262,17 @@ def read_events(
     passed over in silence. ``wants`` filters the events (touch events included only if
     the caller's filter says so).
     """
-    if after > upto:
-        raise CursorExpired("the cursor is ahead of this node's WAL")
-    if after == upto:
-        return
-    first_seg, first_off = split_position(after)
-    last_seg, _ = split_position(upto)
-    first_seg = max(first_seg, 1)
-    present = dict(list_segments(wal_dir))
-    for seg_id in range(first_seg, last_seg + 1):
-        path = present.get(seg_id)
-        if path is None:
-            raise CursorExpired("the events after the cursor are no longer in the WAL")
-        try:
-            buf = path.read_bytes()
-        except FileNotFoundError:
-            raise CursorExpired("the WAL segment of the cursor was just removed") from None
-        if buf[:MAGIC_LEN] != MAGIC:
-            raise CursorExpired(f"WAL segment {path.name} is damaged")
-        end = len(buf) - TRAILER_LEN if is_sealed(buf) else len(buf)
-        start = MAGIC_LEN
-        if seg_id == first_seg and first_off > MAGIC_LEN:
-            # The cursor must be the end of a record: scan the frames before it (no
-            # decryption) and check one ends exactly there.
-            head = decode_frames(buf, MAGIC_LEN, first_off)
-            if head.stop is not StopReason.END or head.stop_offset != first_off:
-                raise CursorExpired("the cursor is not a position of this node's WAL")
-            start = first_off
-        scan = decode_frames(buf, start, end)
-        out: list[SessionEvent] = []
-        reached = False
-        for frame_end, rtype, payload in scan.frames:
-            position = make_position(seg_id, frame_end)
-            if position > upto:
-                reached = True
-                break
-            try:
-                record = decode_record(rtype, payload, cipher, notes=True)
-            except WalCorruptError:
-                raise CursorExpired(f"WAL segment {path.name} is damaged") from None
-            event = event_of(position, record, lookup)
-            if event is not None and wants(event):
-                out.append(event)
-        if not reached and seg_id == last_seg and scan.stop is not StopReason.END:
-            # Damage before the live position: records the watcher needs are unreadable.
-            if make_position(seg_id, scan.stop_offset) < upto:
-                raise CursorExpired(f"WAL segment {path.name} is damaged")
-        elif not reached and seg_id < last_seg and scan.stop is not StopReason.END:
-            raise CursorExpired(f"WAL segment {path.name} is damaged")
-        yield out
+    try:
+        for frames in frames_after(wal_dir, after, upto):
+            out: list[SessionEvent] = []
+            for position, rtype, payload in frames:
+                try:
+                    record = decode_record(rtype, payload, cipher, notes=True)
+                except WalCorruptError:
+                    raise CursorExpired("a WAL segment after the cursor is damaged") from None
+                event = event_of(position, record, lookup)
+                if event is not None and wants(event):
+                    out.append(event)
+            yield out
+    except WalGap as gap:
+        raise CursorExpired(str(gap)) from None

@@ -52,7 +52,7 @@ from tokmesh.cluster.membership import (
 from tokmesh.cluster.placement import VNODES_PER_NODE
 from tokmesh.cluster.prober import Prober, TransportError
 from tokmesh.cluster.replicated_ops import ReplicatedSessions
-from tokmesh.cluster.replication import ReplicaSide, Replicator, positions_from
+from tokmesh.cluster.replication import ReplicaSide, Replicator, points_from, positions_from
 from tokmesh.cluster.rpc_client import RpcClient
 from tokmesh.cluster.rpc_server import RpcServer
 from tokmesh.cluster.shard_map import ReplicaPosition, ShardMap
@@ -250,12 +250,15 @@ class ClusterNode:
             min_ttl_ms=int(self.settings.rebalance_min_ttl * 1000),
             now_ms=clock.now_ms,
             may_send=lambda: not self.fenced(),
+            wal_dir=store.wal.wal_dir,
+            resume_points=self._resume_points,
         )
         # Copies of shards owned elsewhere take no part in this node's by-user answers.
         store.state.foreign = self._foreign
         self.server.register("repl.apply", self.replica.apply)
         self.server.register("repl.positions", self._on_positions)
         self.server.register("repl.handover", self._on_handover)
+        self.server.register("repl.resume_points", self._on_resume_points)
         replicator = self.replicator
         return ReplicatedSessions(
             store,
@@ -435,6 +438,17 @@ class ClusterNode:
         """True for a session held here only as a replica (its shard is owned elsewhere)."""
         shard_map = self.watcher.current
         return shard_map is not None and shard_map.owners[shard_of(session_id)] != self.node_id
+
+    async def _on_resume_points(self, peer: str, body: Any) -> Any:
+        return self.replica.resume_from() if self.replica is not None else {}
+
+    async def _resume_points(self, node: str) -> Mapping[int, tuple[int, int]]:
+        """Up to where ``node`` holds each shard completely (empty when it cannot say)."""
+        address = self._peer_address(node)
+        if address is None:
+            return {}
+        answer = await self.rpc.call(address, "repl.resume_points", {}, timeout=2.0)
+        return points_from(answer)
 
     async def _on_positions(self, peer: str, body: Any) -> Any:
         if self.replica is None:
@@ -878,6 +892,9 @@ class ClusterNode:
                 if shard_map.owners[shard] == mine or mine in shard_map.backups[shard]
             }
             store = sessions.local.store
+            if self.replica is not None:
+                # Before the copies go: nobody may resume from what is being dropped.
+                self.replica.forget(s for s in range(len(shard_map.owners)) if s not in keep)
             held = list(store.state.sessions.items())
             dropped = 0
             for start in range(0, len(held), ROUTE_SCAN_CHUNK):

@@ -53,6 +53,8 @@ from tokmesh.domain.clock import Clock
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
 from tokmesh.domain.shards import SHARDS, shard_of
+from tokmesh.storage.wal_codec import RecordType
+from tokmesh.storage.wal_files import WalGap, frames_after
 from tokmesh.telemetry import metrics
 
 __all__ = ["ReplicaSide", "Replicator", "decode_entries"]
@@ -72,6 +74,7 @@ RETRY_INITIAL = 0.05
 RETRY_MAX = 1.0
 
 EPOCHS_FILE = "replica-epochs.json"
+POSITIONS_FILE = "replica-positions.json"
 
 #: Commit kinds that change a session and travel to replicas.
 _REPLICATED = frozenset(
@@ -79,6 +82,9 @@ _REPLICATED = frozenset(
 )
 
 Call = Callable[[str, str, Any], Awaitable[Any]]
+#: ``resume_points(node)`` -> ``{shard: (epoch, sequence)}``: up to where ``node`` holds
+#: each shard completely (it may not know: then nothing).
+ResumePoints = Callable[[str], Awaitable[Mapping[int, tuple[int, int]]]]
 
 
 class _Entry:
@@ -225,8 +231,15 @@ class Replicator:
         min_ttl_ms: int = 0,
         now_ms: Callable[[], int] | None = None,
         may_send: Callable[[], bool] = lambda: True,
+        wal_dir: Path | None = None,
+        resume_points: ResumePoints | None = None,
     ) -> None:
         self.node_id = node_id
+        #: Where this node's WAL is, and how to ask a backup up to where it holds each
+        #: shard completely: together they let a returning backup catch up with what
+        #: changed since instead of a full copy.
+        self.wal_dir = wal_dir
+        self.resume_points = resume_points
         #: False while this node must not act as an owner (fenced): nothing is sent then.
         self.may_send = may_send
         #: The clock session expiries are compared with (the store's).
@@ -300,7 +313,7 @@ class Replicator:
                 if self._seeded.get((node, shard)) != epoch:
                     wanted.setdefault(node, []).append(shard)
         for node, shards in wanted.items():
-            self._copy(node, shards, shard_map)
+            self._seed(node, shards, shard_map)
 
     def resync(self, node: str) -> None:
         """A backup asked for fresh copies (it restarted): send every shard it backs up."""
@@ -316,7 +329,7 @@ class Replicator:
         # A copy still on its way is as fresh as a new one would be.
         shards = [s for s in shards if self._copy_due.get((node, s), -1) <= peer.acked]
         if shards:
-            self._copy(node, shards, shard_map)
+            self._seed(node, shards, shard_map)
 
     def _peer(self, node: str) -> _Peer:
         peer = self.peers.get(node)
@@ -341,6 +354,82 @@ class Replicator:
         shard_map = self.current_map()
         if shard_map is not None:
             self.map_changed(shard_map)
+
+    def _seed(self, node: str, shards: list[int], shard_map: ShardMap) -> None:
+        """Bring ``node`` up to date on ``shards``: only what changed since it last held
+        them completely when it can say so and the WAL still has it, else a full copy."""
+        if self.resume_points is None or self.wal_dir is None or self._nursery is None:
+            self._copy(node, shards, shard_map)
+            return
+        for shard in shards:
+            # Counted as seeded now (no second seeding meanwhile); confirmed once the
+            # marker queued by the task is.
+            self._seeded[(node, shard)] = shard_map.epochs[shard]
+            self._copy_due[(node, shard)] = 1 << 62
+        self._nursery.start_soon(self._seed_task, node, shards, shard_map)
+
+    async def _seed_task(self, node: str, shards: list[int], shard_map: ShardMap) -> None:
+        assert self.resume_points is not None and self.wal_dir is not None
+        try:
+            points = await self.resume_points(node)
+        except Exception as exc:  # the peer did not answer: it gets full copies
+            log.info("%s did not say what it holds (%s); full copies", node, exc)
+            points = {}
+        resumable = {
+            s: points[s][1] for s in shards if s in points and points[s][0] == shard_map.epochs[s]
+        }
+        changed: dict[int, set[str]] | None = {}
+        if resumable:
+            try:
+                changed = await trio.to_thread.run_sync(
+                    _changed_ids, self.wal_dir, resumable, self.commits.position
+                )
+            except WalGap as gap:
+                log.info("catching %s up from the WAL is not possible (%s); full copies", node, gap)
+                changed = None
+        # From here on synchronous: what is queued reflects one instant.
+        current = self.current_map()
+        if current is None:
+            return
+        still = [
+            s
+            for s in shards
+            if current.owners[s] == self.node_id
+            and node in current.backups[s]
+            and current.epochs[s] == shard_map.epochs[s]
+        ]
+        caught_up = [s for s in still if changed is not None and s in resumable]
+        full = [s for s in still if s not in caught_up]
+        if full:
+            self._copy(node, full, current)
+        if caught_up and changed is not None:
+            self._catch_up(node, caught_up, changed, current)
+
+    def _catch_up(
+        self, node: str, shards: list[int], changed: dict[int, set[str]], shard_map: ShardMap
+    ) -> None:
+        """Queue the current state of every session of ``shards`` changed since the
+        backup's resume point (a removal where it is gone), then a synced marker."""
+        peer = self._peer(node)
+        position = self.commits.position
+        now = self.clock()
+        held = self.store.state.sessions
+        sent = 0
+        for shard in shards:
+            epoch = shard_map.epochs[shard]
+            for sid in sorted(changed.get(shard, ())):
+                session = held.get(sid)
+                user_id = session.user_id if session is not None else ""
+                peer.queue.append(_Entry(shard, epoch, position, sid, user_id, session, now))
+                peer.queued += 1
+                sent += 1
+            peer.push(_Synced(shard, epoch, position, now))
+            self._seeded[(node, shard)] = epoch
+            self._copy_due[(node, shard)] = peer.queued
+        log.info(
+            "caught %s up on %d shards from the WAL (%d sessions changed)",
+            node, len(shards), sent,
+        )  # fmt: skip
 
     def _copy(self, node: str, shards: list[int], shard_map: ShardMap) -> None:
         """Queue the sessions of ``shards`` as held now, then a synced marker per shard."""
@@ -573,6 +662,12 @@ class ReplicaSide:
         self.applied: dict[int, tuple[int, int]] = {}
         #: shard -> epoch for which this node received a full copy since it started.
         self.synced: dict[int, int] = {}
+        #: shard -> (epoch, sequence) up to which this node holds the shard completely
+        #: (a marker, and everything after it, applied): where its owner can resume from
+        #: after a restart. Kept in ``replica-positions.json``, written once a second.
+        self.positions_path = data_dir / POSITIONS_FILE
+        self.complete = _load_points(self.positions_path)
+        self._points_saved = dict(self.complete)
 
     def note_map(self, shard_map: ShardMap) -> None:
         """Learn the epochs of a map in force: fenced with at once, written to disk by
@@ -587,12 +682,29 @@ class ReplicaSide:
             self._map_epochs.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write the epochs learnt from maps to disk, whenever there are new ones."""
+        """Write the epochs learnt from maps to disk whenever there are new ones, and the
+        resume points once a second when they moved."""
         task_status.started()
         while True:
-            await self._map_epochs.wait()
-            self._map_epochs = trio.Event()
-            await self._persist(list(self.epochs))
+            with trio.move_on_after(1.0):
+                await self._map_epochs.wait()
+            if self._map_epochs.is_set():
+                self._map_epochs = trio.Event()
+                await self._persist(list(self.epochs))
+            if self.complete != self._points_saved:
+                points = dict(self.complete)
+                await trio.to_thread.run_sync(_save_points, self.positions_path, points)
+                self._points_saved = points
+
+    def resume_from(self) -> dict[str, list[int]]:
+        """The ``repl.resume_points`` answer: ``{shard: [epoch, sequence]}``."""
+        return {str(shard): [e, q] for shard, (e, q) in self.complete.items()}
+
+    def forget(self, shards: Iterable[int]) -> None:
+        """This node no longer holds ``shards`` (its copies are being dropped)."""
+        for shard in shards:
+            self.complete.pop(shard, None)
+            self.synced.pop(shard, None)
 
     async def _persist(self, epochs: list[int]) -> None:
         """Make at least ``epochs`` durable (merged with what is on disk), then fence with
@@ -648,7 +760,14 @@ class ReplicaSide:
             )  # fmt: skip
         by_actor: dict[int, list[tuple[str, Session | None]]] = {}
         actors: dict[int, Any] = {}
+        held = self.store.state.sessions
         for _, _, _, sid, user_id, session in fresh:
+            if not user_id:
+                # A removal its owner could not name the user of: ours names it.
+                copy = held.get(sid)
+                if copy is None:
+                    continue
+                user_id = copy.user_id
             actor = self.store.shard_for(user_id)
             actors[id(actor)] = actor
             by_actor.setdefault(id(actor), []).append((sid, session))
@@ -661,7 +780,8 @@ class ReplicaSide:
         written = 0
         for reply in replies:
             written += await reply.wait()
-        # Positions move only once what they claim is written.
+        # Positions move only once what they claim is written. Entries first: a marker
+        # says everything up to it is here, including the entries before it.
         for shard, epoch, seq, *_ in fresh:
             self._advance(shard, epoch, seq)
         for shard, epoch, seq in markers:
@@ -673,6 +793,10 @@ class ReplicaSide:
         last = self.applied.get(shard)
         if last is None or (epoch, seq) > last:
             self.applied[shard] = (epoch, seq)
+        if self.synced.get(shard) == epoch:
+            done = self.complete.get(shard)
+            if done is None or (epoch, seq) > done:
+                self.complete[shard] = (epoch, seq)
 
 
 def _load_epochs(path: Path) -> list[int]:
@@ -688,6 +812,42 @@ def _load_epochs(path: Path) -> list[int]:
     if not isinstance(raw, list) or len(raw) != SHARDS or not all(_count(e) for e in raw):
         raise TokMeshError(E.CLST_INCONSISTENT, f"{path} is not a list of {SHARDS} epochs")
     return list(raw)
+
+
+def points_from(raw: Any) -> dict[int, tuple[int, int]]:
+    """Resume points ``{"shard": [epoch, sequence]}`` as kept on disk and sent by
+    ``repl.resume_points`` (malformed entries are left out)."""
+    out: dict[int, tuple[int, int]] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if (
+                isinstance(key, str)
+                and key.isdigit()
+                and _index(int(key))
+                and isinstance(value, list)
+                and len(value) == 2
+                and all(_count(v) for v in value)
+            ):
+                out[int(key)] = (value[0], value[1])
+    return out
+
+
+def _load_points(path: Path) -> dict[int, tuple[int, int]]:
+    """The resume points kept by :class:`ReplicaSide` (none when the file is missing or
+    unreadable: the owners then send full copies, which is always safe)."""
+    try:
+        return points_from(orjson.loads(path.read_bytes()))
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+
+
+def _save_points(path: Path, points: dict[int, tuple[int, int]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps({str(k): list(v) for k, v in points.items()}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _save_epochs(path: Path, epochs: list[int]) -> None:
@@ -718,4 +878,27 @@ def positions_from(answer: Any) -> Mapping[int, tuple[int, int, bool]]:
             epoch, seq, in_sync = value
             if _count(epoch) and _count(seq) and isinstance(in_sync, bool):
                 out[shard] = (epoch, seq, in_sync)
+    return out
+
+
+def _changed_ids(wal_dir: Path, resume: Mapping[int, int], upto: int) -> dict[int, set[str]]:
+    """Per shard of ``resume``, the session ids logged after its resume position up to
+    ``upto`` (blocking: run in a worker thread). :class:`WalGap` when the WAL no longer
+    holds all of it. Payloads are not decrypted: the id is in clear in each record."""
+    out: dict[int, set[str]] = {shard: set() for shard in resume}
+    session_types = (RecordType.CREATE, RecordType.UPDATE, RecordType.DELETE)
+    for frames in frames_after(wal_dir, min(resume.values()), upto):
+        for position, rtype, payload in frames:
+            if rtype not in session_types:
+                continue
+            try:
+                sid = orjson.loads(payload).get("sid")
+            except orjson.JSONDecodeError:
+                raise WalGap("a WAL record after the resume point does not decode") from None
+            if not isinstance(sid, str):
+                continue
+            shard = shard_of(sid)
+            since = resume.get(shard)
+            if since is not None and position > since:
+                out[shard].add(sid)
     return out

@@ -645,3 +645,62 @@ def compact(
         fsync_dir(Path(wal_dir))
         _log.info("WAL compaction removed %d segments (%d bytes)", len(removed), freed)
     return removed, freed
+
+
+class WalGap(Exception):
+    """What follows a position cannot be read in full from the retained WAL: its segment
+    was removed (after a snapshot), it is not a record boundary of this node, or a
+    segment on the way is damaged. The message says which."""
+
+
+def frames_after(wal_dir: Path, after: int, upto: int) -> Iterator[list[tuple[int, int, bytes]]]:
+    """The frames ``(position, record type, payload)`` logged after ``after`` up to
+    ``upto``, one list per segment, payloads undecrypted.
+
+    Blocking file I/O (run each step in a worker thread). Raises :class:`WalGap` rather
+    than pass over anything it cannot read: a reader resuming from ``after`` either gets
+    every record since, or knows it must start over from a full copy.
+    """
+    if after > upto:
+        raise WalGap("the position is ahead of this node's WAL")
+    if after == upto:
+        return
+    first_seg, first_off = split_position(after)
+    last_seg, _ = split_position(upto)
+    first_seg = max(first_seg, 1)
+    present = dict(list_segments(wal_dir))
+    for seg_id in range(first_seg, last_seg + 1):
+        path = present.get(seg_id)
+        if path is None:
+            raise WalGap("the records after the position are no longer in the WAL")
+        try:
+            buf = path.read_bytes()
+        except FileNotFoundError:
+            raise WalGap("the WAL segment of the position was just removed") from None
+        if buf[:MAGIC_LEN] != MAGIC:
+            raise WalGap(f"WAL segment {path.name} is damaged")
+        end = len(buf) - TRAILER_LEN if is_sealed(buf) else len(buf)
+        start = MAGIC_LEN
+        if seg_id == first_seg and first_off > MAGIC_LEN:
+            # The position must be the end of a record: scan the frames before it (no
+            # decryption) and check one ends exactly there.
+            head = decode_frames(buf, MAGIC_LEN, first_off)
+            if head.stop is not StopReason.END or head.stop_offset != first_off:
+                raise WalGap("the position is not a record boundary of this node's WAL")
+            start = first_off
+        scan = decode_frames(buf, start, end)
+        out: list[tuple[int, int, bytes]] = []
+        reached = False
+        for frame_end, rtype, payload in scan.frames:
+            position = make_position(seg_id, frame_end)
+            if position > upto:
+                reached = True
+                break
+            out.append((position, rtype, payload))
+        if not reached and seg_id == last_seg and scan.stop is not StopReason.END:
+            # Damage before the live position: records the reader needs are unreadable.
+            if make_position(seg_id, scan.stop_offset) < upto:
+                raise WalGap(f"WAL segment {path.name} is damaged")
+        elif not reached and seg_id < last_seg and scan.stop is not StopReason.END:
+            raise WalGap(f"WAL segment {path.name} is damaged")
+        yield out
