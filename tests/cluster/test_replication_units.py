@@ -30,7 +30,9 @@ from tokmesh.cluster.replication import (
     EPOCHS_FILE,
     ReplicaSide,
     Replicator,
+    _changed_ids,
     decode_entries,
+    points_from,
 )
 from tokmesh.cluster.shard_map import ShardMap
 from tokmesh.cluster.transport import RpcUnreachable
@@ -39,6 +41,7 @@ from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.ids import new_session_id_in_shard
 from tokmesh.domain.session import Session
 from tokmesh.domain.shards import SHARDS, shard_of
+from tokmesh.storage.wal_files import WalGap
 from tokmesh.telemetry import metrics
 
 NODE = "tmnd-a"
@@ -737,3 +740,33 @@ async def test_lease_valid_follows_the_lease_on_this_nodes_clock(
         mock_clock.jump(0.02)
         assert not membership.lease_valid()
         nursery.cancel_scope.cancel()
+
+
+async def test_changed_ids_are_read_from_the_wal_after_each_resume_point(
+    engine: StorageEngine, clock: ManualClock
+) -> None:
+    store = _store(engine)
+    before = await _create(store, clock, 3, "user-a")
+    mark = store.commits.position
+    after = await _create(store, clock, 3, "user-b")
+    other = await _create(store, clock, 4, "user-c")
+    await _revoke(store, clock, before)
+    wal_dir = engine.settings.wal_dir
+    upto = store.commits.position
+    changed = _changed_ids(wal_dir, {3: mark, 4: 0}, upto)
+    # Shard 3: what was logged after its resume point (the revoke of the earlier session
+    # too); shard 4: everything; other shards: not asked for.
+    assert changed == {3: {after.id, before.id}, 4: {other.id}}
+    assert _changed_ids(wal_dir, {3: upto}, upto) == {3: set()}
+    # A position that is not a record boundary, or ahead of the WAL, is a gap: the owner
+    # then sends a full copy instead of guessing.
+    with pytest.raises(WalGap):
+        _changed_ids(wal_dir, {3: mark + 1}, upto)
+    with pytest.raises(WalGap):
+        _changed_ids(wal_dir, {3: upto + 10}, upto)
+
+
+def test_resume_points_decode_only_well_formed_entries() -> None:
+    raw = {"3": [2, 100], "300": [1, 1], "x": [1, 1], "4": [1], "5": [-1, 3], "6": [1, 7]}
+    assert points_from(raw) == {3: (2, 100), 6: (1, 7)}
+    assert points_from([1, 2]) == {}
