@@ -190,7 +190,8 @@ def test_cluster_profiles_match_spec(profile: str) -> None:
             "cluster.shutdown.timeout": "60s",
             "cluster.shutdown.force_leave": False,
             "cluster.etcd.prefix": "/tokmesh/",
-            "cluster.etcd.lease_ttl": "10s",
+            "cluster.etcd.lease_ttl": "5s",
+            "cluster.replication.ack": "revoke",
         }
     assert {k: get(doc, k) for k in expected} == expected
     # With etcd as the control plane, seeds are not needed (and would only be ignored).
