@@ -66,7 +66,9 @@ class History:
 
     def of(self, kind: str, outcome: str | None = None) -> list[Op]:
         with self.lock:
-            return [o for o in self.ops if o.kind == kind and (outcome is None or o.outcome == outcome)]
+            return [
+                o for o in self.ops if o.kind == kind and (outcome is None or o.outcome == outcome)
+            ]
 
 
 def _outcome(r: httpx.Response, ok: int) -> tuple[str, str]:

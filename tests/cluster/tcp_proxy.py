@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 
 from tests.support.server import free_port
@@ -44,7 +45,8 @@ class TcpProxy:
             conns, self._open = self._open, set()
         for conn in conns:
             with contextlib.suppress(OSError):
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                # Linger on for 0 s: the close sends a reset, as a cut link looks.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
 
     def heal(self) -> None:

@@ -179,9 +179,7 @@ def _etcd_through_proxies(etcd: EtcdCluster, index: int, into: list[TcpProxy]) -
     return prepare
 
 
-def test_cut_a_node_off_from_etcd_and_compact_meanwhile(
-    tmp_path: Path, etcd3: EtcdCluster
-) -> None:
+def test_cut_a_node_off_from_etcd_and_compact_meanwhile(tmp_path: Path, etcd3: EtcdCluster) -> None:
     proxies: list[TcpProxy] = []
     c = _start(tmp_path / "nodes", etcd3, prepare=_etcd_through_proxies(etcd3, 2, proxies))
     key = _key(c)
@@ -317,9 +315,7 @@ def _compact(etcd: EtcdCluster) -> None:
         return
 
 
-def test_join_a_fourth_node_then_remove_one_under_load(
-    tmp_path: Path, etcd3: EtcdCluster
-) -> None:
+def test_join_a_fourth_node_then_remove_one_under_load(tmp_path: Path, etcd3: EtcdCluster) -> None:
     c = _start(tmp_path / "nodes", etcd3)
     key = _key(c)
     fourth = c.add_node("tmnd-test4")
