@@ -9,8 +9,9 @@ cover 127.0.0.1. Leases are short (2 s) so that a killed node is seen dead quick
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,14 @@ class TestCluster:
         *,
         replication_factor: int = 1,
         ack: str = "revoke",
+        lease_ttl: str = LEASE_TTL,
     ) -> None:
         self.root = root
         self.etcd_members = etcd if isinstance(etcd, list) else [etcd]
         self.etcd = self.etcd_members[0]
         self.replication_factor = replication_factor
         self.ack = ack
+        self.lease_ttl = lease_ttl
         self.prefix = prefix or f"/tm-{root.name}/"
         self.ca = trustme.CA()
         self.ca_path = root / "ca.pem"
@@ -92,7 +95,7 @@ class TestCluster:
                 "etcd": {
                     "endpoints": [m.url for m in self.etcd_members],
                     "prefix": self.prefix,
-                    "lease_ttl": LEASE_TTL,
+                    "lease_ttl": self.lease_ttl,
                 },
                 "bootstrap": {"expect_nodes": expect},
                 "data": {"replication_factor": self.replication_factor},
@@ -147,6 +150,21 @@ class TestCluster:
             if node.proc is not None and node.proc.poll() is None:
                 node.kill9()
             node.proc = None
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, size: int = 3, **options: Any) -> Iterator[TestCluster]:
+    """A started cluster of ``size`` nodes on one etcd of its own, ended on exit.
+    ``options`` go to :class:`TestCluster` (``replication_factor``, ``ack``)."""
+    etcd = EtcdMember(root / "etcd", "solo", free_port(), free_port())
+    etcd.start()
+    cluster = TestCluster(root / "nodes", etcd, size, **options)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        etcd.stop()
 
 
 def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -14,24 +14,14 @@ from typing import Any
 import pytest
 import redis
 
-from tests.cluster.cluster_support import TestCluster
-from tests.cluster.conftest import EtcdMember
-from tests.support.server import free_port
+from tests.cluster.cluster_support import TestCluster, running_cluster
 from tokmesh.domain.ids import new_session_id_in_shard
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
-    root = tmp_path_factory.mktemp("cluster")
-    etcd = EtcdMember(root / "etcd", "solo", free_port(), free_port())
-    etcd.start()
-    c = TestCluster(root / "nodes", etcd, 3)
-    try:
-        c.start()
+    with running_cluster(tmp_path_factory.mktemp("cluster"), 3) as c:
         yield c
-    finally:
-        c.stop()
-        etcd.stop()
 
 
 def pipeline(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:

@@ -13,23 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster.cluster_support import ClusterNodeProcess, TestCluster
-from tests.cluster.conftest import EtcdMember
-from tests.support.server import free_port
+from tests.cluster.cluster_support import ClusterNodeProcess, TestCluster, running_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
-    root = tmp_path_factory.mktemp("oauth2-cluster")
-    etcd = EtcdMember(root / "etcd", "solo", free_port(), free_port())
-    etcd.start()
-    c = TestCluster(root / "nodes", etcd, 2)
-    try:
-        c.start()
+    with running_cluster(tmp_path_factory.mktemp("oauth2-cluster"), 2) as c:
         yield c
-    finally:
-        c.stop()
-        etcd.stop()
 
 
 def _introspect(node: ClusterNodeProcess, key: str, token: str) -> dict[str, Any]:

@@ -362,10 +362,26 @@ class Membership:
                 if not isinstance(found, wire.RangeResult) or not found.kvs:
                     continue  # it vanished in between: try again
                 held = found.kvs[0]
-                if held.lease and held.lease in (grant.lease_id, previous):
+                if held.lease and held.lease == previous and held.lease != grant.lease_id:
+                    # Our own key from before a restart, its lease still alive: move it to
+                    # the new lease in place. Deleting it first would show the cluster a
+                    # node that died and came back (a failover for a crash-restart).
                     log.info("taking over this node's own leftover member key %s", key.decode())
-                    await self.client.lease_revoke(held.lease)
-                    continue
+                    moved = await self.client.txn(
+                        [wire.compare(key, "MOD", "EQUAL", held.mod_revision)],
+                        [wire.op_put(key, self.record.encode(), lease=grant.lease_id)],
+                    )
+                    if not moved.succeeded:
+                        continue  # it changed in between: look again
+                    with contextlib.suppress(EtcdError):
+                        await self.client.lease_revoke(previous, timeout=2.0)
+                    self.lease_id = grant.lease_id
+                    return grant.ttl
+                if held.lease and held.lease == grant.lease_id:
+                    # An earlier attempt of this very registration landed (its answer was
+                    # lost): the key is already ours, on this lease.
+                    self.lease_id = grant.lease_id
+                    return grant.ttl
                 try:
                     holder = MemberRecord.decode(held.value).advertise_address
                 except ValueError:
