@@ -770,3 +770,24 @@ def test_resume_points_decode_only_well_formed_entries() -> None:
     raw = {"3": [2, 100], "300": [1, 1], "x": [1, 1], "4": [1], "5": [-1, 3], "6": [1, 7]}
     assert points_from(raw) == {3: (2, 100), 6: (1, 7)}
     assert points_from([1, 2]) == {}
+
+
+async def test_a_replica_removed_from_a_shards_backups_is_not_in_sync_until_a_new_copy(
+    engine: StorageEngine, clock: ManualClock, tmp_path: Path
+) -> None:
+    replica = ReplicaSide(tmp_path, _store(engine), clock, NODE)
+    shard = next(s for s in range(SHARDS) if s not in OWNED)  # NODE backs it up
+    epoch = _epochs()[shard]
+    replica.note_map(_map())
+    await replica.apply(OTHER, {"entries": [], "synced": [[shard, epoch, 10]]})
+    assert replica.positions([shard])[str(shard)][2] is True
+    # A map without NODE among the shard's backups: from then on it misses changes.
+    without = _map(owned=OWNED | {shard}, backups=(BACKUP,))
+    replica.note_map(without)
+    assert replica.positions([shard])[str(shard)][2] is False
+    # Back as a backup under the same epoch: still not in sync (it missed what happened
+    # meanwhile) until the owner's new copy ends with a marker.
+    replica.note_map(_map())
+    assert replica.positions([shard])[str(shard)][2] is False
+    await replica.apply(OTHER, {"entries": [], "synced": [[shard, epoch, 20]]})
+    assert replica.positions([shard])[str(shard)][2] is True

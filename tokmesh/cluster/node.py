@@ -237,7 +237,7 @@ class ClusterNode:
         writes wait for a replica where they must (see ``replicated_ops``)."""
         if self.settings.replication_factor < 2:
             return SessionService(store, settings, clock, cluster=True)
-        self.replica = ReplicaSide(self.settings.data_dir, store, clock)
+        self.replica = ReplicaSide(self.settings.data_dir, store, clock, self.node_id)
         self.replicator = Replicator(
             self.node_id,
             store,

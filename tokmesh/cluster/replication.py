@@ -648,7 +648,11 @@ async def _first(events: list[trio.Event]) -> None:
 class ReplicaSide:
     """Applies what owners send, refusing stale epochs; see the module doc."""
 
-    def __init__(self, data_dir: Path, store: SessionStore, clock: Clock) -> None:
+    def __init__(
+        self, data_dir: Path, store: SessionStore, clock: Clock, node_id: str = ""
+    ) -> None:
+        #: This node (empty: not known, as in tests of the file alone).
+        self.node_id = node_id
         self.path = data_dir / EPOCHS_FILE
         self.store = store
         self.clock = clock
@@ -670,14 +674,18 @@ class ReplicaSide:
         self._points_saved = dict(self.complete)
 
     def note_map(self, shard_map: ShardMap) -> None:
-        """Learn the epochs of a map in force: fenced with at once, written to disk by
+        """Learn a map in force. Its epochs are fenced with at once and written to disk by
         :meth:`run` (the map itself is durable in etcd; the file keeps them across a
-        restart that happens before the map is read again)."""
+        restart that happens before the map is read again). A shard this node does not
+        back up in it is no longer in sync here: it misses what happens from now on, so
+        it counts as in sync again only after a new copy's marker, whatever it held."""
         grown = False
         for shard, epoch in enumerate(shard_map.epochs):
             if epoch > self.epochs[shard]:
                 self.epochs[shard] = epoch
                 grown = True
+            if self.node_id and self.node_id not in shard_map.backups[shard]:
+                self.synced.pop(shard, None)
         if grown:
             self._map_epochs.set()
 
