@@ -334,7 +334,7 @@ async def test_purge_of_a_session_in_flight_is_retried() -> None:
     shard = SessionShard(0, state, None)  # type: ignore[arg-type]  # logs nothing here
     shard._pending[s.id] = s  # as if a touch of it were being committed
     reply: Reply[int] = Reply()
-    await shard._purge(Purge(sids=(s.id,), now_ms=NOW, reply=reply))
+    assert shard._purge(Purge(sids=(s.id,), now_ms=NOW, reply=reply)) == []
     assert await reply.wait() == 0 and s.id in state.sessions
     assert state.wheel.pop_due(NOW + 1001, 10) == [s.id]
 

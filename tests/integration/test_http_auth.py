@@ -659,3 +659,21 @@ def test_nonce_reusable_after_ttl(short_node: ServerProcess) -> None:
         assert_error(r, 401, "TM-AUTH-4015")
         time.sleep(1.2)
         assert_ok(c.post("/sessions", json=body, headers=_replay_headers(now_ms(), "n1")), 201)
+
+
+def test_anti_replay_nonce_spent_once_when_the_fast_path_hands_over(
+    node: ServerProcess, keys: dict[str, str], live: dict[str, str]
+) -> None:
+    """A request the non-waiting path authorizes and then hands to the awaiting one (a
+    revoke with ``sync``) is authorized once: its nonce is not seen as replayed."""
+    with client(node, keys["issuer"]) as c:
+        assert_ok(c.post("/sessions", json={"user_id": "replay-warm"}), 201)  # key cached
+        made = assert_ok(c.post("/sessions", json={"user_id": "replay-sync"}), 201)
+        for body in ({"sync": True}, {}):
+            nonce = f"n-handover-{time.monotonic_ns()}"
+            r = c.post(
+                f"/sessions/{made['session_id']}/revoke",
+                json=body,
+                headers=_replay_headers(now_ms(), nonce),
+            )
+            assert_ok(r, 200)

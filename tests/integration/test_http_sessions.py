@@ -540,3 +540,50 @@ def test_validate_errors(V: httpx.Client, M: httpx.Client) -> None:
         "TM-SYS-4000",
     )
     assert_error(M.post("/tokens/validate", json={"token": UNKNOWN_TOKEN}), 403, "TM-AUTH-4030")
+
+
+def test_pipelined_writes_are_answered_in_order_after_their_commits(
+    node: ServerProcess, creds: dict[str, str], ISS: httpx.Client
+) -> None:
+    """Creates, a renew and a revoke pipelined in one write (answered from their commits
+    by the connection mux) come back in order, and a read pipelined behind a write sees
+    that write: the revoked session's token no longer validates."""
+    import socket
+
+    import orjson
+
+    create(ISS, "pipe-warm")  # the issuer key is now in the validation cache
+    victim = create(ISS, "pipe-victim")
+    auth = f"Authorization: Bearer {creds['issuer']}\r\n"
+
+    def post(path: str, body: dict[str, Any]) -> bytes:
+        raw = orjson.dumps(body)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+        return f"{head}Content-Length: {len(raw)}\r\n\r\n".encode() + raw
+
+    batch = b"".join(
+        [
+            post("/sessions", {"user_id": "pipe-a"}),
+            post(f"/sessions/{victim['session_id']}/renew", {"ttl_seconds": 600}),
+            post("/sessions", {"user_id": "pipe-b"}),
+            post(f"/sessions/{victim['session_id']}/revoke", {}),
+            post("/tokens/validate", {"token": victim["token"]}),
+        ]
+    )
+    with socket.create_connection(("127.0.0.1", node.http_port), timeout=10) as sock:
+        sock.sendall(batch)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 5 or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    bodies = [
+        orjson.loads(part[part.index(b"\r\n\r\n") + 4 :]) for part in data.split(b"HTTP/1.1 ")[1:]
+    ]
+    statuses = [int(part[:3]) for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [201, 200, 201, 200, 401], bodies
+    assert bodies[0]["data"]["session"]["user_id"] == "pipe-a"
+    assert "new_expires_at" in bodies[1]["data"]
+    assert bodies[2]["data"]["session"]["user_id"] == "pipe-b"
+    assert bodies[3]["data"] == {"success": True}
+    assert bodies[4]["code"] == "TM-TOKN-4012"

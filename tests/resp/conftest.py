@@ -209,6 +209,10 @@ class FakeSessions:
                 n += 1
         return n
 
+    def create_now(self, *args: Any, **kwargs: Any) -> bool:
+        """Declines (as a cluster node does): the dispatcher awaits :meth:`create`."""
+        return False
+
     async def create(
         self,
         ctx: RequestContext,

@@ -75,6 +75,12 @@ class SessionStore:
         await self.shard_for(user_id).send(msg)
         return await msg.reply.wait()  # type: ignore[union-attr]
 
+    def submit(self, user_id: str, msg: Message) -> bool:
+        """Hand ``msg`` to the owner of ``user_id`` without waiting (see
+        :meth:`SessionShard.submit`): its reply resolves on commit; False when the
+        shard's mailbox is full and the caller must :meth:`call` instead."""
+        return self.shard_for(user_id).submit(msg)
+
     async def barrier(self) -> None:
         """Wait until everything sent to any shard so far has been committed."""
         for shard in self.shards:

@@ -66,7 +66,7 @@ class SessionShard:
         self.wal = wal
         #: Where every committed change is published (shared by all shards of a store).
         self.commits = commits if commits is not None else CommitStream()
-        self._send, self._recv = trio.open_memory_channel[Message](mailbox_size)
+        self._send, self._recv = trio.open_memory_channel[Message | _Prepared](mailbox_size)
         #: newest in-flight version per session id (``None`` = removal in flight)
         self._pending: dict[str, Session | None] = {}
         self._inflight: dict[str, int] = {}
@@ -76,6 +76,7 @@ class SessionShard:
         self._outstanding = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._closed = False
 
     async def send(self, msg: Message) -> None:
         """Enqueue a message (bounded mailbox: callers wait when it is full)."""
@@ -84,8 +85,45 @@ class SessionShard:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down") from None
 
+    def submit(self, msg: Message) -> bool:
+        """Handle ``msg`` without waiting, or queue it; False when neither is possible.
+
+        When the actor sits idle in its mailbox (nothing received and not yet handled,
+        nothing queued) and the WAL writer has room, the message is handled here and
+        now, exactly as the actor would: its records go to the WAL in the same order,
+        since nothing of this shard can be ahead of them. That saves the actor's task
+        step and the reply's wake-up on the write path. Otherwise the message is queued
+        for the actor (``send_nowait``). Either way ``msg.reply`` is resolved later, on
+        commit; a rejection found here (quota, conflict, not found) raises at once.
+        False (a full mailbox) means nothing happened: the caller awaits :meth:`send`.
+        """
+        if self._closed:
+            raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down")
+        if self._recv.statistics().tasks_waiting_receive:
+            items = self._plan(msg)
+            try:
+                queued = not items or self.wal.try_append_many(items)
+            except TokMeshError as err:
+                for item in items:
+                    item.on_fail(err)  # settles them; the reply fails
+                return True
+            if not queued:
+                # The WAL's mailbox is full: the idle actor takes the prepared records
+                # (a send to a waiting receiver always succeeds) and waits for room;
+                # anything later for this shard queues behind them.
+                self._send.send_nowait(_Prepared(items))
+            return True
+        try:
+            self._send.send_nowait(msg)
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down") from None
+        return True
+
     async def close(self) -> None:
         """Stop accepting; :meth:`run` returns after the queued messages are handled."""
+        self._closed = True
         await self._send.aclose()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -95,8 +133,9 @@ class SessionShard:
             try:
                 await self._handle(msg)
             except TokMeshError as exc:
-                if msg.reply is not None:
-                    msg.reply.fail(exc)
+                reply = getattr(msg, "reply", None)  # a _Prepared run has none
+                if reply is not None:
+                    reply.fail(exc)
         # Wait for in-flight records to be committed before reporting closed.
         await self._idle.wait()
 
@@ -212,25 +251,6 @@ class SessionShard:
         commits = self.commits
         commits.publish(Commit(commits.position, CommitKind.TOMBSTONE_END, tomb.id, None, tomb))
 
-    async def _log(
-        self,
-        rtype: RecordType,
-        sid: str,
-        new: Session | None,
-        now_ms: int,
-        done: Callable[[], None],
-        failed: Callable[[TokMeshError], None],
-        tombstone: bool = False,
-        cause: str = "",
-        by: str = "",
-    ) -> None:
-        """Prepare one record (see :meth:`_prepare`) and hand it to the WAL."""
-        item = self._prepare(rtype, sid, new, now_ms, done, failed, tombstone, cause, by)
-        try:
-            await self.wal.append(item.record, item.on_commit, item.on_fail)
-        except TokMeshError as err:
-            item.on_fail(err)
-
     async def _log_many(self, items: list[Append]) -> None:
         """Hand prepared records to the WAL as one submission: they share group commits
         and cost this actor one await, however many there are."""
@@ -242,30 +262,47 @@ class SessionShard:
 
     # -- message handlers ------------------------------------------------------------------
 
-    async def _handle(self, msg: Message) -> None:
-        if isinstance(msg, Touch):
-            await self._touch(msg)
-        elif isinstance(msg, Create):
-            await self._create(msg)
-        elif isinstance(msg, Renew):
-            await self._renew(msg)
-        elif isinstance(msg, Revoke):
-            await self._revoke(msg)
-        elif isinstance(msg, RevokeUser):
-            await self._revoke_user(msg)
-        elif isinstance(msg, Update):
-            await self._update(msg)
-        elif isinstance(msg, Purge):
-            await self._purge(msg)
-        elif isinstance(msg, Replicate):
-            await self._replicate(msg)
-        elif isinstance(msg, Drop):
-            self._drop(msg)
-        elif isinstance(msg, Barrier):
+    async def _handle(self, msg: Message | _Prepared) -> None:
+        if isinstance(msg, _Prepared):
+            await self._log_many(msg.items)
+            return
+        if isinstance(msg, Barrier):
             await self._idle.wait()
             msg.reply.set(None)
+            return
+        items = self._plan(msg)
+        if items:
+            await self._log_many(items)
 
-    async def _create(self, msg: Create) -> None:
+    def _plan(self, msg: Message) -> list[Append]:
+        """Check ``msg`` against the latest state and prepare its records, without waiting.
+
+        Every handler is synchronous up to the WAL hand-off, so the actor and
+        :meth:`submit` run the same code; a rejection raises before anything is marked
+        in flight. A message that needs no record resolves its reply here.
+        """
+        if isinstance(msg, Touch):
+            return self._touch(msg)
+        if isinstance(msg, Create):
+            return self._create(msg)
+        if isinstance(msg, Renew):
+            return self._renew(msg)
+        if isinstance(msg, Revoke):
+            return self._revoke(msg)
+        if isinstance(msg, RevokeUser):
+            return self._revoke_user(msg)
+        if isinstance(msg, Update):
+            return self._update(msg)
+        if isinstance(msg, Purge):
+            return self._purge(msg)
+        if isinstance(msg, Replicate):
+            return self._replicate(msg)
+        if isinstance(msg, Drop):
+            self._drop(msg)
+            return []
+        raise TypeError(f"unknown store message {type(msg).__name__}")
+
+    def _create(self, msg: Create) -> list[Append]:
         s = msg.session
         now = s.created_at
         reply = msg.reply
@@ -313,25 +350,35 @@ class SessionShard:
                 raise TokMeshError(E.TOKN_EXISTS)
         if digest in self._pending_tokens:
             raise TokMeshError(E.TOKN_EXISTS)
+        items: list[Append] = []
         if replaced is not None:
-            await self._log(RecordType.DELETE, sid, None, now, _noop, _log_failure, cause="expire")
+            items.append(
+                self._prepare(
+                    RecordType.DELETE, sid, None, now, _noop, _log_failure, cause="expire"
+                )
+            )
         if evict is not None:
             tomb = evict.evolve(is_deleted=True, version=evict.version + 1)
-            await self._log(
-                RecordType.DELETE,
-                evict.id,
-                tomb,
-                now,
-                _noop,
-                _log_failure,
-                tombstone=True,
-                cause="revoke",
-                by=s.created_by,
+            items.append(
+                self._prepare(
+                    RecordType.DELETE,
+                    evict.id,
+                    tomb,
+                    now,
+                    _noop,
+                    _log_failure,
+                    tombstone=True,
+                    cause="revoke",
+                    by=s.created_by,
+                )
             )
         self._pending_tokens[digest] = sid
         self._pending_user_creates.setdefault(s.user_id, set()).add(sid)
         final = s
-        await self._log(RecordType.CREATE, sid, final, now, lambda: reply.set(final), reply.fail)
+        items.append(
+            self._prepare(RecordType.CREATE, sid, final, now, lambda: reply.set(final), reply.fail)
+        )
+        return items
 
     def _must_exist(self, sid: str, now_ms: int) -> Session:
         cur = self._latest(sid)
@@ -341,7 +388,7 @@ class SessionShard:
             raise TokMeshError(E.SESS_EXPIRED)
         return cur
 
-    async def _touch(self, msg: Touch) -> None:
+    def _touch(self, msg: Touch) -> list[Append]:
         cur = self._must_exist(msg.sid, msg.now_ms)
         now = msg.now_ms
         last_active = max(cur.last_active, now)
@@ -354,16 +401,16 @@ class SessionShard:
             changes["last_access_ua"] = msg.ua
         if not changes:
             msg.reply.set(cur)
-            return
+            return []
         if "last_active" not in changes and last_active != cur.last_active:
             changes["last_active"] = last_active
         new = cur.evolve(version=cur.version + 1, **changes)
-        await self._log_update(msg, new, "touch")
+        return self._log_update(msg, new, "touch")
 
-    async def _log_update(self, msg: Touch | Renew | Update, new: Session, cause: str) -> None:
-        """Log ``new`` as the UPDATE that answers ``msg`` once it is committed."""
+    def _log_update(self, msg: Touch | Renew | Update, new: Session, cause: str) -> list[Append]:
+        """The UPDATE of ``new`` that answers ``msg`` once it is committed."""
         reply = msg.reply
-        await self._log(
+        item = self._prepare(
             RecordType.UPDATE,
             msg.sid,
             new,
@@ -373,8 +420,9 @@ class SessionShard:
             cause=cause,
             by=msg.by,
         )
+        return [item]
 
-    async def _renew(self, msg: Renew) -> None:
+    def _renew(self, msg: Renew) -> list[Append]:
         cur = self._must_exist(msg.sid, msg.now_ms)
         _check_version(cur, msg.expected_version, "renew")
         now = msg.now_ms
@@ -384,9 +432,9 @@ class SessionShard:
             last_active=max(cur.last_active, now),
             version=cur.version + 1,
         )
-        await self._log_update(msg, new, "renew")
+        return self._log_update(msg, new, "renew")
 
-    async def _update(self, msg: Update) -> None:
+    def _update(self, msg: Update) -> list[Append]:
         cur = self._must_exist(msg.sid, msg.now_ms)
         if msg.user_id is not None and msg.user_id != cur.user_id:
             raise TokMeshError(E.ARG_INVALID, "user_id is immutable")
@@ -404,16 +452,16 @@ class SessionShard:
             changes["expires_at"] = now + msg.ttl_ms
             changes["ttl"] = msg.ttl_ms
         new = cur.evolve(**changes)
-        await self._log_update(msg, new, "update")
+        return self._log_update(msg, new, "update")
 
-    async def _revoke(self, msg: Revoke) -> None:
+    def _revoke(self, msg: Revoke) -> list[Append]:
         cur = self._latest(msg.sid)
         if cur is None or cur.is_deleted or cur.is_expired(msg.now_ms):
             msg.reply.set(False)  # idempotent: nothing to do, no WAL record
-            return
+            return []
         tomb = cur.evolve(is_deleted=True, version=cur.version + 1)
         reply = msg.reply
-        await self._log(
+        item = self._prepare(
             RecordType.DELETE,
             msg.sid,
             tomb,
@@ -424,8 +472,9 @@ class SessionShard:
             cause="revoke",
             by=msg.by,
         )
+        return [item]
 
-    async def _revoke_user(self, msg: RevokeUser) -> None:
+    def _revoke_user(self, msg: RevokeUser) -> list[Append]:
         live = [s for s in self._live_user_ids(msg.user_id, msg.now_ms) if s.id != msg.except_sid]
         if len(live) > msg.limit:
             raise TokMeshError(
@@ -435,7 +484,7 @@ class SessionShard:
             )
         if not live:
             msg.reply.set(0)
-            return
+            return []
         counter = _Countdown(len(live), msg.reply)
         items = []
         for cur in live:
@@ -453,9 +502,9 @@ class SessionShard:
                     by=msg.by,
                 )
             )
-        await self._log_many(items)
+        return items
 
-    async def _purge(self, msg: Purge) -> None:
+    def _purge(self, msg: Purge) -> list[Append]:
         now = msg.now_ms
         state = self.state
         logged: list[str] = []
@@ -479,18 +528,16 @@ class SessionShard:
         if not logged:
             if msg.reply is not None:
                 msg.reply.set(removed)
-            return
+            return []
         counter = _Countdown(len(logged), msg.reply, base=removed)
-        await self._log_many(
-            [
-                self._prepare(
-                    RecordType.DELETE, sid, None, now, counter.ok, counter.failed, cause="expire"
-                )
-                for sid in logged
-            ]
-        )
+        return [
+            self._prepare(
+                RecordType.DELETE, sid, None, now, counter.ok, counter.failed, cause="expire"
+            )
+            for sid in logged
+        ]
 
-    async def _replicate(self, msg: Replicate) -> None:
+    def _replicate(self, msg: Replicate) -> list[Append]:
         """Write the owner's states that are newer than ours (see :class:`Replicate`).
 
         A tombstone is logged as a DELETE of the state just before it, written first
@@ -527,16 +574,14 @@ class SessionShard:
             latest[sid] = state
         if not todo:
             msg.reply.set(0)
-            return
+            return []
         counter = _Countdown(len(todo), msg.reply)
-        await self._log_many(
-            [
-                self._prepare(
-                    rtype, sid, new, msg.now_ms, counter.ok, counter.failed, tomb, REPLICATED_CAUSE
-                )
-                for rtype, sid, new, tomb in todo
-            ]
-        )
+        return [
+            self._prepare(
+                rtype, sid, new, msg.now_ms, counter.ok, counter.failed, tomb, REPLICATED_CAUSE
+            )
+            for rtype, sid, new, tomb in todo
+        ]
 
     def _drop(self, msg: Drop) -> None:
         """Forget copies (see :class:`Drop`): no record, published as ``DROPPED``."""
@@ -569,6 +614,15 @@ def _noop() -> None:
 
 def _log_failure(err: TokMeshError) -> None:
     log.error("eviction of the oldest session failed: %s", err.code)
+
+
+class _Prepared:
+    """Records :meth:`SessionShard.submit` prepared but the WAL had no room for."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Append]) -> None:
+        self.items = items
 
 
 class _InFlight:

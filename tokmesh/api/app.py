@@ -27,7 +27,7 @@ from tokmesh.api.deps import ApiDeps
 from tokmesh.api.events_ws import events_routes
 from tokmesh.api.http_errors import error_response
 from tokmesh.api.http_request_id import request_id_from_headers
-from tokmesh.api.http_types import HttpRequest, HttpResponse
+from tokmesh.api.http_types import Deferred, HttpRequest, HttpResponse
 from tokmesh.api.oauth2 import oauth2_routes
 from tokmesh.api.ops import ops_routes
 from tokmesh.api.routes import Api, Route
@@ -82,7 +82,7 @@ class NativeFront:
         resp: HttpResponse = await self.bridge(req)
         return resp
 
-    def now(self, req: HttpRequest) -> HttpResponse | None:
+    def now(self, req: HttpRequest) -> HttpResponse | Deferred | None:
         """The answer to ``req`` without waiting, or None (then await the front itself).
 
         Used by the connection multiplexer (``tokmesh.api.http_mux``): hot routes with a

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from tokmesh.api.envelope import check_str_map, int_param, ok, parse_body
-from tokmesh.api.http_types import HttpRequest, HttpResponse
+from tokmesh.api.http_types import Deferred, HttpRequest, HttpResponse
 from tokmesh.api.routes import SCOPE_BUSINESS, Call, Route
 from tokmesh.domain import apikey as ak
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.domain.session import Session
-from tokmesh.services.session_ops import ListQuery, SessionOperations
+from tokmesh.services.session_ops import CreateResult, ListQuery, SessionOperations
 from tokmesh.services.sessions import trim_fields
 
 TOUCH_FIELDS = ("id", "user_id", "expires_at", "last_active", "version")
@@ -55,18 +55,37 @@ CREATE_SCHEMA: dict[str, Any] = {
 
 async def create_session(call: Call) -> HttpResponse:
     """``POST /sessions`` → 201 ``{session_id, token, expires_at, session}``."""
-    body = parse_body(call.req.body, CREATE_SCHEMA)
-    data = check_str_map(body.get("data"), "data")
-    ttl = _ttl_range(call, body.get("ttl_seconds"), required=False)
-    res = await _svc(call).create(
+    res = await _svc(call).create(call.context(), **_create_args(call))
+    return _created(call, res)
+
+
+def create_session_now(call: Call) -> Deferred | None:
+    """:func:`create_session` answered when its commit lands (the mux's write path)."""
+    later = Deferred()
+    args = _create_args(call)
+    if not _svc(call).create_now(
         call.context(),
-        body.get("user_id"),
-        device_id=body.get("device_id"),
-        data=data,
-        ttl_seconds=ttl,
-        token=body.get("token"),
-        idle_timeout_seconds=body.get("idle_timeout_seconds"),
-    )
+        then=lambda res: later.resolve(_created(call, res)),
+        failed=later.resolve,
+        **args,
+    ):
+        return None
+    return later
+
+
+def _create_args(call: Call) -> dict[str, Any]:
+    body = parse_body(call.req.body, CREATE_SCHEMA)
+    return {
+        "user_id": body.get("user_id"),
+        "device_id": body.get("device_id"),
+        "data": check_str_map(body.get("data"), "data"),
+        "ttl_seconds": _ttl_range(call, body.get("ttl_seconds"), required=False),
+        "token": body.get("token"),
+        "idle_timeout_seconds": body.get("idle_timeout_seconds"),
+    }
+
+
+def _created(call: Call, res: CreateResult) -> HttpResponse:
     s = res.session
     return ok(
         call.rid,
@@ -95,11 +114,33 @@ async def touch_session(call: Call) -> HttpResponse:
 
 async def renew_session(call: Call) -> HttpResponse:
     """``POST /sessions/{id}/renew`` → ``{new_expires_at}``."""
+    ttl, expected = _renew_args(call)
+    s = await _svc(call).renew(call.context(), call.params["session_id"], ttl, expected)
+    return _renewed(call, s)
+
+
+def renew_session_now(call: Call) -> Deferred | None:
+    """:func:`renew_session` answered when its commit lands."""
+    ttl, expected = _renew_args(call)
+    later = Deferred()
+    if not _svc(call).renew_now(
+        call.context(),
+        call.params["session_id"],
+        ttl,
+        expected,
+        lambda s: later.resolve(_renewed(call, s)),
+        later.resolve,
+    ):
+        return None
+    return later
+
+
+def _renew_args(call: Call) -> tuple[int | None, int | None]:
     body = parse_body(call.req.body, {"ttl_seconds": (int, True), "expected_version": (int, False)})
-    ttl = _ttl_range(call, body.get("ttl_seconds"), required=True)
-    s = await _svc(call).renew(
-        call.context(), call.params["session_id"], ttl, body.get("expected_version")
-    )
+    return _ttl_range(call, body.get("ttl_seconds"), required=True), body.get("expected_version")
+
+
+def _renewed(call: Call, s: Session) -> HttpResponse:
     return ok(call.rid, {"new_expires_at": s.expires_at, "version": s.version})
 
 
@@ -108,6 +149,22 @@ async def revoke_session(call: Call) -> HttpResponse:
     body = parse_body(call.req.body, {"sync": (bool, False)})
     await _svc(call).revoke(call.context(), call.params["session_id"], sync=bool(body.get("sync")))
     return ok(call.rid, {"success": True})
+
+
+def revoke_session_now(call: Call) -> Deferred | None:
+    """:func:`revoke_session` answered when its commit lands (not for ``sync``)."""
+    body = parse_body(call.req.body, {"sync": (bool, False)})
+    if body.get("sync"):
+        return None  # waits for every node: the awaiting path
+    later = Deferred()
+    if not _svc(call).revoke_now(
+        call.context(),
+        call.params["session_id"],
+        lambda _done: later.resolve(ok(call.rid, {"success": True})),
+        later.resolve,
+    ):
+        return None
+    return later
 
 
 async def revoke_user(call: Call) -> HttpResponse:
@@ -217,6 +274,7 @@ def business_routes() -> list[Route]:
             True,
             "Create a session",
             success_status=201,
+            now=create_session_now,
         ),
         Route("GET", "/sessions", list_sessions, b, ak.PERM_SESSION_LIST, True, "List sessions"),
         Route(
@@ -245,6 +303,7 @@ def business_routes() -> list[Route]:
             ak.PERM_SESSION_RENEW,
             True,
             "Renew a session",
+            now=renew_session_now,
         ),
         Route(
             "POST",
@@ -254,6 +313,7 @@ def business_routes() -> list[Route]:
             ak.PERM_SESSION_REVOKE,
             True,
             "Revoke a session",
+            now=revoke_session_now,
         ),
         Route(
             "POST",

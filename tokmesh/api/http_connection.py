@@ -230,6 +230,10 @@ class HttpConnection:
         # event its task sleeps on meanwhile.
         self.handed = 0
         self.wake = trio.Event()
+        # The mux answers a mutation when its commit lands (``deferred``); input that
+        # arrives meanwhile stays in the socket (``paused``: out of the mux's epoll set).
+        self.deferred = False
+        self.paused = False
         self.pending: tuple[HttpRequest, HttpResponse] | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.same_head: _SameHead | None = None

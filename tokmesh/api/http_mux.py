@@ -35,11 +35,12 @@ import logging
 import os
 import select
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
-from tokmesh.api.http_types import HttpRequest, HttpResponse
+from tokmesh.api.http_types import Deferred, HttpRequest, HttpResponse
 
 if TYPE_CHECKING:
     from tokmesh.api.http_connection import HttpConnection
@@ -48,8 +49,9 @@ LOGGER = logging.getLogger("tokmesh.api.http")
 
 MAX_BATCH = 256
 
-NowApp = Callable[[HttpRequest], "HttpResponse | None"]
-"""``app.now``: the answer to a request without waiting, or None when it must wait."""
+NowApp = Callable[[HttpRequest], "HttpResponse | Deferred | None"]
+"""``app.now``: the answer to a request without waiting, a :class:`Deferred` that a
+commit completes, or None when it must wait."""
 
 
 class HttpMux:
@@ -74,6 +76,8 @@ class HttpMux:
         self._epoll = select.epoll()
         self._conns: dict[int, HttpConnection] = {}
         self._ready: list[tuple[int, HttpConnection]] = []
+        self._flush_scheduled = False
+        self._token = trio.lowlevel.current_trio_token()
 
     # -- the connection's task ------------------------------------------------------------
 
@@ -85,6 +89,7 @@ class HttpMux:
             raise trio.ClosedResourceError("the HTTP mux has stopped")
         fd = conn.tsock.fileno()
         self._conns[fd] = conn
+        conn.paused = False
         self._epoll.register(fd, select.EPOLLIN)
         try:
             await conn.wake.wait()
@@ -146,6 +151,13 @@ class HttpMux:
             # Timed out or drained: its task is about to see the cancellation.
             self._unregister(fd)
             return
+        if conn.deferred or conn.out:
+            # More input (a pipelined request, EOF) behind an answer still waiting for
+            # its commit or its write: leave it in the socket until that answer is out
+            # (_answer_ready watches the socket again).
+            conn.paused = True
+            self._epoll.modify(fd, 0)
+            return
         try:
             data = os.read(fd, self._read_size)
         except (BlockingIOError, InterruptedError):
@@ -157,6 +169,10 @@ class HttpMux:
             self._hand_over(fd, conn, self.HAND_EOF)
             return
         conn.feed(data)
+        self._serve_queue(fd, conn)
+
+    def _serve_queue(self, fd: int, conn: HttpConnection) -> None:
+        """Answer the parsed requests of ``conn`` in order, until one must wait."""
         queue = conn.queue
         now = self._now
         while queue:
@@ -172,6 +188,15 @@ class HttpMux:
                 self._hand_over(fd, conn, self.HAND_WORK)
                 return
             queue.popleft()
+            if isinstance(resp, Deferred):
+                # A mutation in the WAL's hands: answered from its commit callback, and
+                # the requests behind it wait for that (answers go out in order).
+                conn.mark_busy()
+                conn.deferred = True
+                if conn.out:
+                    self._ready.append((fd, conn))  # the answers before it go out now
+                resp.then(partial(self._completed, fd, conn, req))
+                return
             if resp.body_iter is not None:
                 conn.pending = (req, resp)  # streaming is the task's job
                 self._hand_over(fd, conn, self.HAND_WORK)
@@ -183,6 +208,42 @@ class HttpMux:
             self._hand_over(fd, conn, self.HAND_WORK)
             return
         self._ready.append((fd, conn))  # written after the batch (_answer_ready)
+
+    def _completed(
+        self, fd: int, conn: HttpConnection, req: HttpRequest, answer: HttpResponse | BaseException
+    ) -> None:
+        """A deferred answer is there: queue it, serve what came behind it, write."""
+        conn.deferred = False
+        if self._conns.get(fd) is not conn:
+            return  # timed out or drained meanwhile: its task closes it
+        try:
+            if not isinstance(answer, HttpResponse):
+                # The pipeline renders every error; anything else is a bug.
+                answer = conn.handler_failed(req, answer)  # type: ignore[arg-type]
+            if not conn.append_response(req, answer)[3]:
+                self._write(fd, conn, self.HAND_CLOSE)
+                return
+            self._serve_queue(fd, conn)
+        except Exception:
+            LOGGER.exception("HTTP connection failed")
+            if fd in self._conns:
+                self._hand_over(fd, conn, self.HAND_BROKEN)
+        if self._ready and not self._flush_scheduled:
+            # Written once the current task (the WAL writer, answering a whole group
+            # commit) yields: every answer of the batch goes out back to back, so a
+            # client thread serving many connections wakes once for all of them.
+            self._flush_scheduled = True
+            self._token.run_sync_soon(self._flush_completed)
+
+    def _flush_completed(self) -> None:
+        """Write the answers completed since the last flush (a ``run_sync_soon`` callback:
+        it must not raise)."""
+        self._flush_scheduled = False
+        try:
+            if self._ready:
+                self._answer_ready(self._ready)
+        except Exception:  # pragma: no cover - _answer_ready handles its connections
+            LOGGER.exception("HTTP mux flush failed")
 
     def _answer_ready(self, ready: list[tuple[int, HttpConnection]]) -> None:
         """Write the answers of the batch, one ``write`` per connection, back to back.
@@ -197,7 +258,14 @@ class HttpMux:
             if conns.get(fd) is not conn:
                 continue
             try:
-                if self._write(fd, conn, None) and not conn.arm_read(conn.now):
+                if not self._write(fd, conn, None) or conn.deferred:
+                    # Handed back, or its next answer still waits for its commit: not
+                    # reading yet, so no deadline until that answer is out.
+                    continue
+                if conn.paused:
+                    conn.paused = False
+                    self._epoll.modify(fd, select.EPOLLIN)
+                if not conn.arm_read(conn.now):
                     self._hand_over(fd, conn, self.HAND_EOF)
             except Exception:
                 LOGGER.exception("HTTP connection failed")

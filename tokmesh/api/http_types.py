@@ -34,6 +34,7 @@ class HttpRequest:
     """
 
     __slots__ = (
+        "authorized",
         "body",
         "context",
         "headers",
@@ -84,6 +85,10 @@ class HttpRequest:
         # Filled lazily by request_id_for() so the envelope and the header agree.
         self.request_id_cache: str | None = None
         self.context: object = None
+        # The principal the non-waiting path authorized before it handed the request to
+        # the awaiting one: authorized once, so the rate limit and the anti-replay nonce
+        # are not spent twice on one request.
+        self.authorized: object = None
 
     def get_header(self, name: bytes | str) -> bytes | None:
         """The value of the first header called ``name`` (case-insensitive), or ``None``."""
@@ -181,3 +186,37 @@ connection is closed when the handler returns.
 
 StreamingPredicate: TypeAlias = Callable[[str, str], bool]
 """``(method, path) -> bool``: whether a request's body is handed over as a stream."""
+
+
+class Deferred:
+    """An answer that comes later: a mutation the mux submitted, answered on its commit.
+
+    A non-waiting handler returns one instead of an :class:`HttpResponse` when what it
+    started completes in a callback (the WAL writer's group commit); whoever resolves it
+    gives the response, or the exception the pipeline renders. :meth:`then` registers
+    the single consumer, called at once when the value is already there.
+    """
+
+    __slots__ = ("_then", "_value")
+
+    def __init__(self) -> None:
+        self._then: Callable[[HttpResponse | BaseException], None] | None = None
+        self._value: HttpResponse | BaseException | None = None
+
+    def resolve(self, value: HttpResponse | BaseException) -> None:
+        """Complete with a response or an error (the first resolution wins)."""
+        if self._value is not None:
+            return
+        self._value = value
+        then = self._then
+        if then is not None:
+            self._then = None
+            then(value)
+
+    def then(self, fn: Callable[[HttpResponse | BaseException], None]) -> None:
+        """Call ``fn`` with the value once it is there (now, if it already is)."""
+        value = self._value
+        if value is None:
+            self._then = fn
+        else:
+            fn(value)

@@ -26,7 +26,7 @@ import attrs
 from tokmesh.api.envelope import query_params
 from tokmesh.api.http_errors import exception_response
 from tokmesh.api.http_request_id import request_id_for
-from tokmesh.api.http_types import HttpRequest, HttpResponse
+from tokmesh.api.http_types import Deferred, HttpRequest, HttpResponse
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.services.auth import (
     SCOPE_ADMIN,
@@ -47,6 +47,9 @@ SCOPE_OPEN = "open"
 Handler = Callable[["Call"], Awaitable[HttpResponse]]
 NowHandler = Callable[["Call"], HttpResponse]
 """A handler that never waits: it can answer inside the native front's multiplexer."""
+SubmitHandler = Callable[["Call"], "HttpResponse | Deferred | None"]
+"""The non-waiting twin of a mutation: the answer, a :class:`Deferred` its commit
+completes, or None when the request must take the awaiting path after all."""
 FailureRenderer = Callable[[HttpRequest, str, TokMeshError], HttpResponse]
 """Renders a :class:`TokMeshError` raised while serving a route: ``(request, rid, error)``."""
 
@@ -74,7 +77,7 @@ class Route:
     audit_action: str | None = None
     #: business POSTs are audited as writes (02 §16) unless they only read
     audited: bool = True
-    now: NowHandler | None = None
+    now: SubmitHandler | None = None
     now_if: Callable[[HttpRequest], bool] | None = None
     #: how the caller's API key is read (None: the usual headers, ``parse_credentials``);
     #: the OAuth 2.0 routes also accept HTTP Basic, as OAuth clients send it
@@ -86,10 +89,10 @@ class Route:
     #: files are served beside the API, not part of it)
     documented: bool = True
     run: Handler = attrs.field(init=False)
-    now_handler: NowHandler | None = attrs.field(init=False)
+    now_handler: SubmitHandler | None = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        now: NowHandler | None
+        now: SubmitHandler | None
         if inspect.iscoroutinefunction(self.handler):
             run, now = cast(Handler, self.handler), self.now
         else:
@@ -285,13 +288,16 @@ class Api:
         self,
         req: HttpRequest,
         matched: tuple[Route, dict[str, str]] | None = None,
-    ) -> HttpResponse | None:
+    ) -> HttpResponse | Deferred | None:
         """:meth:`handle` without waiting, or None when the request needs to wait.
 
-        None means nothing was counted or changed: the route has no plain handler (or
-        ``now_if`` declines the request), or the API key is not in the validation cache
-        (Argon2 runs in a worker thread). The caller then awaits :meth:`handle`. Every
-        answer given here is the one :meth:`handle` would give.
+        None means nothing was changed: the route has no plain handler (or ``now_if``
+        declines the request), the API key is not in the validation cache (Argon2 runs
+        in a worker thread), or the handler declined after authorization (data on
+        another node; then the request carries its principal, so :meth:`handle` does
+        not authorize it twice). The caller then awaits :meth:`handle`. A mutation's
+        answer may be a :class:`Deferred` that its commit completes, already audited
+        and observed. Every answer given here is the one :meth:`handle` would give.
         """
         rid = request_id_for(req)
         started = time.perf_counter()
@@ -303,14 +309,33 @@ class Api:
             if now is None or (route.now_if is not None and not route.now_if(req)):
                 return None
             call = Call(req, route, params, self.deps, rid)
-            resp = self._run_now(call, now)
-            if resp is None:
+            answer = self._run_now(call, now)
+            if answer is None:
                 return None
+            if isinstance(answer, Deferred):
+                return self._finish_later(answer, call, started)
+            resp = answer
         except Exception as exc:
             resp = _failure(rid, exc, route, req)
         if route is not None:
             self.deps.observe(route, req, resp, started, call)
         return resp
+
+    def _finish_later(self, pending: Deferred, call: Call, started: float) -> Deferred:
+        """The rest of the pipeline (audit, observation) once ``pending`` completes."""
+        out = Deferred()
+
+        def finish(value: HttpResponse | BaseException) -> None:
+            if isinstance(value, HttpResponse):
+                resp = value
+                self._audit(call, resp)
+            else:
+                resp = _failure(call.rid, value, call.route, call.req)  # type: ignore[arg-type]
+            self.deps.observe(call.route, call.req, resp, started, call)
+            out.resolve(resp)
+
+        pending.then(finish)
+        return out
 
     async def _run(self, call: Call) -> HttpResponse:
         route = call.route
@@ -318,21 +343,26 @@ class Api:
         if headers is None:
             return await run_fetching(lambda: route.run(call))
         req = call.req
-        call.principal = await self.deps.auth.authorize_http(
-            req.method,
-            headers,
-            call.client_ip,
-            route.scope,
-            route.permission,
-            tcp_remote_ip=req.peer_ip,
-            credentials=route.credentials,
-        )
+        authorized = req.authorized
+        if isinstance(authorized, Principal):
+            req.authorized = None
+            call.principal = authorized
+        else:
+            call.principal = await self.deps.auth.authorize_http(
+                req.method,
+                headers,
+                call.client_ip,
+                route.scope,
+                route.permission,
+                tcp_remote_ip=req.peer_ip,
+                credentials=route.credentials,
+            )
         self._after_auth(call)
         resp = await run_fetching(lambda: route.run(call))
         self._audit(call, resp)
         return resp
 
-    def _run_now(self, call: Call, now: NowHandler) -> HttpResponse | None:
+    def _run_now(self, call: Call, now: SubmitHandler) -> HttpResponse | Deferred | None:
         """:meth:`_run` with a plain handler; None on a validation-cache miss."""
         headers = self._before_auth(call)
         if headers is None:
@@ -355,8 +385,12 @@ class Api:
         try:
             resp = now(call)
         except NotLocal:
-            return None  # the data is on another node: handle() fetches it, awaiting
-        self._audit(call, resp)
+            resp = None  # the data is on another node: handle() fetches it, awaiting
+        if resp is None:
+            req.authorized = principal
+            return None
+        if isinstance(resp, HttpResponse):
+            self._audit(call, resp)
         return resp
 
     def _before_auth(self, call: Call) -> dict[str, str] | None:
@@ -398,4 +432,5 @@ __all__ = [
     "FailureRenderer",
     "NowHandler",
     "Route",
+    "SubmitHandler",
 ]

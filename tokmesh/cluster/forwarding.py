@@ -395,6 +395,49 @@ class ClusterSessions:
         reply = await self._forward(address, "sessions.create", body)
         return CreateResult(_session(reply["session"]), str(reply["token"]))
 
+    # The non-waiting mutations (see SessionOperations) are declined: a cluster write
+    # may go to another node, announce a token route or wait for a replica, so the
+    # front awaits create / renew / revoke instead.
+
+    def create_now(
+        self,
+        ctx: RequestContext,
+        user_id: str | None,
+        then: Callable[[CreateResult], None],
+        failed: Callable[[BaseException], None],
+        *,
+        device_id: str | None = None,
+        data: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+        token: str | None = None,
+        idle_timeout_seconds: int | None = None,
+        session_id: str | None = None,
+    ) -> bool:
+        """Declined: the front awaits :meth:`create`."""
+        return False
+
+    def renew_now(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        ttl_seconds: int | None,
+        expected_version: int | None,
+        then: Callable[[Session], None],
+        failed: Callable[[BaseException], None],
+    ) -> bool:
+        """Declined: the front awaits :meth:`renew`."""
+        return False
+
+    def revoke_now(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        then: Callable[[bool], None],
+        failed: Callable[[BaseException], None],
+    ) -> bool:
+        """Declined: the front awaits :meth:`revoke`."""
+        return False
+
     async def announce_route(self, session: Session) -> None:
         """Tell the owner of a client-chosen token's shard where its session lives (before
         the create is answered, so the token validates at once from any node)."""

@@ -63,8 +63,8 @@ from tokmesh.resp.codec import (
 from tokmesh.resp.connection import ClientRegistry, Connection, RespStats
 from tokmesh.resp.deps import RespBackend
 from tokmesh.resp.server_commands import ServerCommands
-from tokmesh.resp.table import CommandSpec, Handler, HandlerResult, Mutation, pure
-from tokmesh.services.session_ops import NotLocal, RequestContext, run_fetching
+from tokmesh.resp.table import CommandSpec, Done, Handler, HandlerResult, Mutation, pure
+from tokmesh.services.session_ops import CreateResult, NotLocal, RequestContext, run_fetching
 from tokmesh.telemetry.audit import AuditLog
 
 log = logging.getLogger("tokmesh.resp")
@@ -258,8 +258,39 @@ async def _settle_into(
     replies[slot] = await settle(pending)
 
 
+class _Waiting:
+    """Counts the mutations of a run answered from their commit callbacks."""
+
+    __slots__ = ("_done", "_left")
+
+    def __init__(self) -> None:
+        self._left = 0
+        self._done: trio.Event | None = None
+
+    def add(self) -> None:
+        self._left += 1
+
+    def one_done(self) -> None:
+        self._left -= 1
+        if self._left == 0 and self._done is not None:
+            self._done.set()
+
+    async def all_done(self) -> None:
+        if self._left:
+            self._done = trio.Event()
+            await self._done.wait()
+
+
 def _slot(held: _HeldAudit) -> int:
     return held[0]
+
+
+def _create_error(exc: BaseException) -> bytes:
+    """The reply of a create that failed: an id conflict has its own line."""
+    if isinstance(exc, TokMeshError):
+        return ERR_SESSION_CONFLICT if exc.error is E.SESS_EXISTS else render_error(exc)
+    log.error("RESP create failed", exc_info=exc)
+    return ERR_INTERNAL
 
 
 def _is_plain_validate(argv: list[bytes]) -> bool:
@@ -568,7 +599,7 @@ class Dispatcher:
             run.append((len(replies), result))
             replies.append(b"")
         try:
-            if len(run) == 1:
+            if len(run) == 1 and first.now is None:
                 replies[run[0][0]] = await settle(first)
             else:
                 await self._await_run(run, replies)
@@ -580,18 +611,63 @@ class Dispatcher:
         return j, held
 
     async def _await_run(self, run: list[tuple[int, Mutation]], replies: list[bytes]) -> None:
-        """Run each mutation of ``run`` in a task of its own, each reply into its slot;
-        the audit records are written once all are answered, in command order."""
+        """Submit each mutation of ``run``, each reply into its slot; the audit records
+        are written once all are answered, in command order.
+
+        A mutation that can be submitted without waiting (``Mutation.now``) is, and its
+        commit callback fills its slot: no task, no reply event, and the store handles
+        it on the spot when its shard is idle. The others run in a task each.
+        """
         audits: list[_HeldAudit] = []
+        waiting = _Waiting()
         try:
             async with trio.open_nursery() as nursery:
                 for slot, mutation in run:
+                    if mutation.now is not None and self._submit_now(
+                        slot, mutation, replies, audits, waiting
+                    ):
+                        continue
                     nursery.start_soon(_settle_into, replies, slot, mutation, audits)
+                await waiting.all_done()
         finally:
             # Also when cancelled: what committed and was audited is logged.
             audits.sort(key=_slot)
             for _, command, resource, ctx, peer_ip in audits:
                 self._write_audit(command, resource, ctx, peer_ip)
+
+    def _submit_now(
+        self,
+        slot: int,
+        mutation: Mutation,
+        replies: list[bytes],
+        audits: list[_HeldAudit],
+        waiting: _Waiting,
+    ) -> bool:
+        """Submit ``mutation`` without waiting, its answer into ``replies[slot]``; False
+        when it declines (then it is awaited in a task)."""
+        assert mutation.now is not None
+
+        def done(reply: bytes, audit: tuple[Any, ...] | None) -> None:
+            replies[slot] = reply
+            if audit is not None:
+                audits.append((slot, *audit))
+            waiting.one_done()
+
+        waiting.add()
+        try:
+            submitted = mutation.now(done)
+        except TokMeshError as exc:
+            done(render_error(exc), None)
+            submitted = True
+        except Exception:
+            log.exception("RESP command failed")
+            done(ERR_INTERNAL, None)
+            submitted = True
+        if submitted:
+            mutation.close()  # its coroutine never runs
+        else:
+            waiting.one_done()
+        return submitted
 
     def _run_of_validations(
         self,
@@ -984,7 +1060,51 @@ class Dispatcher:
         # own user is not involved. The token is the server's: no two can collide.
         user = fields.get("user_id")
         keys = (sid, user) if isinstance(user, str) else (sid,)
-        return Mutation(self._tm_create(conn, conn.ctx, sid, fields, ttl), keys)
+        ctx = conn.ctx
+        return Mutation(
+            self._tm_create(conn, ctx, sid, fields, ttl),
+            keys,
+            functools.partial(self._tm_create_now, conn, ctx, sid, fields, ttl),
+        )
+
+    def _tm_create_now(
+        self,
+        conn: Connection,
+        ctx: RequestContext,
+        sid: str,
+        fields: dict[str, Any],
+        ttl: int | None,
+        done: Done,
+    ) -> bool:
+        """:meth:`_tm_create` answered from its commit (see :data:`SubmitNow`)."""
+        peer = conn.peer_ip
+
+        def created(result: CreateResult) -> None:
+            session = result.session
+            body = {
+                "session_id": session.id,
+                "token": result.token,
+                "expires_at": session.expires_at,
+            }
+            done(encode_bulk(orjson.dumps(body)), ("TM.CREATE", session.id, ctx, peer))
+
+        def failed(exc: BaseException) -> None:
+            done(_create_error(exc), None)
+
+        try:
+            return self.backend.sessions.create_now(
+                ctx,
+                _opt_str(fields, "user_id"),
+                created,
+                failed,
+                device_id=_opt_str(fields, "device_id"),
+                data=_opt_data(fields),
+                ttl_seconds=ttl,
+                session_id=sid,
+            )
+        except TokMeshError as exc:
+            failed(exc)
+            return True
 
     async def _tm_create(
         self,
@@ -1002,9 +1122,7 @@ class Dispatcher:
                 ctx, user_id, device_id=device_id, data=data, ttl_seconds=ttl, session_id=sid
             )
         except TokMeshError as exc:
-            if exc.error is E.SESS_EXISTS:
-                return ERR_SESSION_CONFLICT
-            raise
+            return _create_error(exc)
         self._audited(conn, ctx, "TM.CREATE", result.session.id)
         body = {
             "session_id": result.session.id,

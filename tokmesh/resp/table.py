@@ -24,6 +24,16 @@ HandlerResult = bytes | Awaitable[bytes]
 Handler = Callable[[Connection, list[bytes]], HandlerResult]
 
 
+#: What a mutation answered without waiting reports: its reply, and the audit record it
+#: owes (``(command, resource, ctx, peer_ip)``; None when it changed nothing).
+Done = Callable[[bytes, "tuple[Any, ...] | None"], None]
+
+#: A mutation submitted without waiting: ``now(done)`` returns True once submitted, and
+#: ``done`` then runs exactly once, at its commit (or at once for an answer known now);
+#: False when it declines (a cluster node), and the caller awaits ``reply`` instead.
+SubmitNow = Callable[[Done], bool]
+
+
 class Mutation:
     """The pending reply of a mutation, and what the mutation may touch.
 
@@ -36,11 +46,18 @@ class Mutation:
     waiting (the session is on another node), and the mutation runs alone.
     """
 
-    __slots__ = ("keys", "reply")
+    __slots__ = ("keys", "now", "reply")
 
-    def __init__(self, reply: Coroutine[Any, Any, bytes], keys: tuple[str, ...] | None) -> None:
+    def __init__(
+        self,
+        reply: Coroutine[Any, Any, bytes],
+        keys: tuple[str, ...] | None,
+        now: SubmitNow | None = None,
+    ) -> None:
         self.reply = reply
         self.keys = keys
+        #: The same mutation submitted without waiting (see :data:`SubmitNow`), or None.
+        self.now = now
 
     def __await__(self) -> Generator[Any, None, bytes]:
         return self.reply.__await__()

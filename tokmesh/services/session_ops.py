@@ -224,6 +224,53 @@ class SessionOperations(Protocol):
         """Create a session; ``session_id`` given = that id or ``TM-SESS-4090`` if live."""
         ...
 
+    # -- the same mutations, answered from a callback ------------------------------------
+    #
+    # A front that cannot await (the HTTP and RESP multiplexers) submits a mutation and
+    # answers when its group commit lands. True: submitted, and exactly one of ``then`` /
+    # ``failed`` runs later. False: nothing was done, the front awaits the method above
+    # instead (a forwarding implementation declines what is not held here). A rejection
+    # found at once (bad argument, quota, conflict) raises, as the awaiting method would.
+
+    def create_now(
+        self,
+        ctx: RequestContext,
+        user_id: str | None,
+        then: Callable[[CreateResult], None],
+        failed: Callable[[BaseException], None],
+        *,
+        device_id: str | None = None,
+        data: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+        token: str | None = None,
+        idle_timeout_seconds: int | None = None,
+        session_id: str | None = None,
+    ) -> bool:
+        """:meth:`create` answered through ``then`` / ``failed``."""
+        ...
+
+    def renew_now(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        ttl_seconds: int | None,
+        expected_version: int | None,
+        then: Callable[[Session], None],
+        failed: Callable[[BaseException], None],
+    ) -> bool:
+        """:meth:`renew` answered through ``then`` / ``failed``."""
+        ...
+
+    def revoke_now(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        then: Callable[[bool], None],
+        failed: Callable[[BaseException], None],
+    ) -> bool:
+        """:meth:`revoke` (not ``sync``) answered through ``then`` / ``failed``."""
+        ...
+
     async def put(
         self,
         ctx: RequestContext,

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tokmesh.actors import messages as m
 from tokmesh.actors.engine import StorageEngine
-from tokmesh.actors.reply import Reply
+from tokmesh.actors.reply import Callback, Reply
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.actors.sweeper import purge_due
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
@@ -135,7 +135,74 @@ class SessionService:
         require_token: bool = False,
     ) -> CreateResult:
         """Create a session (01 §4.1); ``session_id`` set = Redis create paths (01 §4.2)."""
-        exclusive = session_id is not None
+        session, token = self._new_session(
+            ctx,
+            user_id,
+            device_id=device_id,
+            data=data,
+            ttl_seconds=ttl_seconds,
+            token=token,
+            idle_timeout_seconds=idle_timeout_seconds,
+            session_id=session_id,
+            require_token=require_token,
+        )
+        reply: Reply[Session] = Reply()
+        msg = self._create_message(session, session_id is not None, reply)
+        created: Session = await self.store.call(session.user_id, msg)
+        return CreateResult(created, token)
+
+    def create_now(
+        self,
+        ctx: RequestContext,
+        user_id: str | None,
+        then: Callable[[CreateResult], None],
+        failed: Callable[[BaseException], None],
+        *,
+        device_id: str | None = None,
+        data: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+        token: str | None = None,
+        idle_timeout_seconds: int | None = None,
+        session_id: str | None = None,
+    ) -> bool:
+        """:meth:`create` answered through ``then`` / ``failed`` (see SessionOperations)."""
+        session, plain = self._new_session(
+            ctx,
+            user_id,
+            device_id=device_id,
+            data=data,
+            ttl_seconds=ttl_seconds,
+            token=token,
+            idle_timeout_seconds=idle_timeout_seconds,
+            session_id=session_id,
+        )
+        reply: Callback[Session] = Callback(lambda s: then(CreateResult(s, plain)), failed)
+        msg = self._create_message(session, session_id is not None, reply)
+        return self.store.submit(session.user_id, msg)
+
+    def _create_message(self, session: Session, exclusive: bool, reply: Reply[Session]) -> m.Create:
+        return m.Create(
+            session=session,
+            max_per_user=self.settings.max_per_user,
+            evict_oldest=self.settings.quota_policy == "evict_oldest",
+            exclusive_id=exclusive,
+            reply=reply,
+        )
+
+    def _new_session(
+        self,
+        ctx: RequestContext,
+        user_id: str | None,
+        *,
+        device_id: str | None,
+        data: dict[str, str] | None,
+        ttl_seconds: int | None,
+        token: str | None,
+        idle_timeout_seconds: int | None,
+        session_id: str | None = None,
+        require_token: bool = False,
+    ) -> tuple[Session, str]:
+        """The checked new session and its plaintext token (nothing stored yet)."""
         chosen = None
         if session_id is not None:
             chosen = normalize_session_id(session_id)
@@ -192,16 +259,7 @@ class SessionService:
             # a route to the session). 0 on a standalone node.
             shard_id=token_shard(token) if self.cluster else 0,
         )
-        reply: Reply[Session] = Reply()
-        msg = m.Create(
-            session=session,
-            max_per_user=self.settings.max_per_user,
-            evict_oldest=self.settings.quota_policy == "evict_oldest",
-            exclusive_id=exclusive,
-            reply=reply,
-        )
-        created: Session = await self.store.call(user_id, msg)
-        return CreateResult(created, token)
+        return session, token
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -323,10 +381,36 @@ class SessionService:
         expected_version: int | None = None,
     ) -> Session:
         """Renew (01 §4.6): ``expires_at = now + ttl``; 4091 on a stale expected version."""
+        reply: Reply[Session] = Reply()
+        user_id, msg = self._renew_message(ctx, session_id, ttl_seconds, expected_version, reply)
+        result: Session = await self.store.call(user_id, msg)
+        return result
+
+    def renew_now(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        ttl_seconds: int | None,
+        expected_version: int | None,
+        then: Callable[[Session], None],
+        failed: Callable[[BaseException], None],
+    ) -> bool:
+        """:meth:`renew` answered through ``then`` / ``failed`` (see SessionOperations)."""
+        reply: Callback[Session] = Callback(then, failed)
+        user_id, msg = self._renew_message(ctx, session_id, ttl_seconds, expected_version, reply)
+        return self.store.submit(user_id, msg)
+
+    def _renew_message(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        ttl_seconds: int | None,
+        expected_version: int | None,
+        reply: Reply[Session],
+    ) -> tuple[str, m.Renew]:
         ttl_ms = self._ttl_ms(ttl_seconds, required=True)
         sid, s = self._owner(session_id)
         assert s is not None
-        reply: Reply[Session] = Reply()
         msg = m.Renew(
             sid=sid,
             now_ms=self.clock.now_ms(),
@@ -335,8 +419,7 @@ class SessionService:
             reply=reply,
             by=ctx.key_id,
         )
-        result: Session = await self.store.call(s.user_id, msg)
-        return result
+        return s.user_id, msg
 
     async def update(
         self,
@@ -442,6 +525,23 @@ class SessionService:
             s.user_id, m.Revoke(sid=sid, now_ms=self.clock.now_ms(), reply=reply, by=ctx.key_id)
         )
         return done
+
+    def revoke_now(
+        self,
+        ctx: RequestContext,
+        session_id: str,
+        then: Callable[[bool], None],
+        failed: Callable[[BaseException], None],
+    ) -> bool:
+        """:meth:`revoke` answered through ``then`` / ``failed`` (see SessionOperations)."""
+        sid, s = self._owner(session_id, missing_ok=True)
+        if s is None:
+            then(False)
+            return True
+        msg = m.Revoke(
+            sid=sid, now_ms=self.clock.now_ms(), reply=Callback(then, failed), by=ctx.key_id
+        )
+        return self.store.submit(s.user_id, msg)
 
     async def revoke_user(
         self,

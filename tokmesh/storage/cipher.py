@@ -1,20 +1,45 @@
 """Encryption at rest (01 §11, 02 §15): AEAD cipher, algorithm choice and the key file.
 
-Every encrypted blob is ``nonce(12) ‖ ciphertext ‖ tag(16)`` with a fresh random nonce and
-no associated data. The algorithm used for new blobs is chosen from the CPU (AES-256-GCM
-with hardware AES, else ChaCha20-Poly1305), and every blob's algorithm is recorded next to
-it (``enc_alg``) so a file written on one machine is readable on another.
+Every encrypted blob is ``nonce(12) ‖ ciphertext ‖ tag(16)`` with no associated data. The
+algorithm used for new blobs is chosen from the CPU (AES-256-GCM with hardware AES, else
+ChaCha20-Poly1305), and every blob's algorithm is recorded next to it (``enc_alg``) so a
+file written on one machine is readable on another.
+
+Nonces. Both algorithms lose their security if a nonce is ever used twice under one key,
+but a nonce need not be unpredictable, only unique. So instead of asking the kernel for 12
+random bytes per blob (a system call on every WAL record, about three times the cost of
+what replaces it), a nonce is ``prefix(8) ‖ counter(4, big-endian)``: the prefix is drawn
+once per process with ``os.urandom`` and the counter counts the blobs encrypted under it
+(the "deterministic construction" of NIST SP 800-38D §8.2.1, with a random fixed field).
+
+- Within a process a nonce never repeats: the counter never goes back, and before it
+  would wrap (:data:`NONCE_COUNTER_LIMIT`) a new prefix is drawn, one this process has not
+  used before, and the count restarts.
+- Another process (a restart of the server, the WAL prefetch worker, a CLI restoring a
+  backup) draws its own prefix, and a child made by ``fork`` draws a new one at once
+  (``os.register_at_fork``), since it would otherwise go on from its parent's counter
+  with its parent's prefix. Two processes share a prefix, the only way their nonces can
+  collide, with probability 2^-64 per pair (a million processes under one key: ~2^-25).
+  Random 96-bit nonces reach that risk sooner once every process encrypts more than
+  ~65,000 blobs, as a server's WAL writer does.
+
+The source is shared by every :class:`Cipher` of the process (whatever their keys), and
+it is safe to use from several threads: snapshots and backups encrypt in worker threads.
+Decryption reads the nonce from the blob, so blobs of either kind read the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import platform
 import re
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -31,6 +56,12 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 #: Bytes an encryption adds to its plaintext (nonce + tag).
 OVERHEAD = NONCE_BYTES + TAG_BYTES
+#: A nonce is a per-process random prefix followed by a big-endian counter (module doc).
+NONCE_PREFIX_BYTES = 8
+NONCE_COUNTER_BYTES = NONCE_BYTES - NONCE_PREFIX_BYTES
+#: Nonces made under one prefix before a new prefix is drawn: the counter's whole range.
+#: Read on every call, so tests can lower it to see the redraw.
+NONCE_COUNTER_LIMIT = 1 << (8 * NONCE_COUNTER_BYTES)
 
 KEY_FILE_NAME = ".encryption_key"
 
@@ -89,12 +120,61 @@ def select_algorithm(cpuinfo: str | None = None, machine: str | None = None) -> 
     return ALG_AES if needed <= flags else ALG_CHACHA
 
 
+class _NonceSource:
+    """Unique 12-byte nonces for this process: ``prefix ‖ counter`` (see the module doc)."""
+
+    __slots__ = ("_lock", "_state", "_used")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: Every prefix this process (and, after a fork, its parent) has drawn.
+        self._used: set[bytes] = set()
+        # The prefix and the counter counting under it are one object, swapped as a whole:
+        # a thread never pairs a number drawn from one counter with another prefix.
+        self._state = self._fresh_state()
+
+    def _fresh_state(self) -> tuple[bytes, Iterator[int]]:
+        prefix = os.urandom(NONCE_PREFIX_BYTES)
+        while prefix in self._used:  # 2^-64 per earlier prefix; costs nothing to exclude
+            prefix = os.urandom(NONCE_PREFIX_BYTES)
+        self._used.add(prefix)
+        return prefix, itertools.count()
+
+    def next(self) -> bytes:
+        """A nonce this process has not made before."""
+        while True:
+            state = self._state
+            prefix, counter = state
+            # itertools.count's next() is one C call that holds the GIL throughout, so two
+            # threads never get the same number: no lock on the common path.
+            n = next(counter)
+            if n < NONCE_COUNTER_LIMIT:
+                return prefix + n.to_bytes(NONCE_COUNTER_BYTES, "big")
+            # This prefix is used up: the first thread here draws a new one, the others
+            # find it replaced and retry with it.
+            with self._lock:
+                if self._state is state:
+                    self._state = self._fresh_state()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new prefix (the parent goes on with its own) and a new lock
+        (the parent's may have been held by a thread that does not exist here)."""
+        self._lock = threading.Lock()
+        self._state = self._fresh_state()
+
+
+_NONCES = _NonceSource()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_NONCES.reset_after_fork)
+
+
 class Cipher:
     """AEAD over one 32-byte key, able to decrypt both algorithms.
 
     ``alg`` is the algorithm used by :meth:`encrypt`; :meth:`decrypt` always follows the
     algorithm recorded with the blob. Instances are thread-safe (the underlying
-    ``cryptography`` objects hold no per-call state).
+    ``cryptography`` objects hold no per-call state, and the process's nonce source hands
+    each call its own nonce).
     """
 
     __slots__ = ("_aeads", "_key", "alg")
@@ -119,8 +199,9 @@ class Cipher:
         return self._key
 
     def encrypt(self, plaintext: bytes) -> bytes:
-        """``nonce ‖ ciphertext ‖ tag`` of ``plaintext`` under :attr:`alg`, fresh nonce."""
-        nonce = os.urandom(NONCE_BYTES)
+        """``nonce ‖ ciphertext ‖ tag`` of ``plaintext`` under :attr:`alg`, with a nonce this
+        process has never used (prefix ‖ counter, see the module doc)."""
+        nonce = _NONCES.next()
         return nonce + self._aeads[self.alg].encrypt(nonce, plaintext, None)
 
     def decrypt(self, blob: bytes | memoryview, alg: str) -> bytes:
