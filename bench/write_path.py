@@ -228,6 +228,9 @@ def run_creates(
                     "--rate",
                     "250",
                     "--threads",
+                    # Only the thread holding the GIL: a thread waiting for it would
+                    # otherwise show wherever it was preempted, as if busy there.
+                    "--gil",
                     "--format",
                     "raw",
                     "--output",
