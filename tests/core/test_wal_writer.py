@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -295,3 +296,101 @@ async def test_try_append_many_raises_when_failed_or_closing(tmp_path: Path) -> 
         other.try_append_many([rec.item(2)])
     assert info.value.error is E.SYS_UNAVAILABLE
     assert [i for i, _ in rec.failed] == [0]
+
+
+async def test_batch_mode_writes_on_the_loop_and_rotations_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch mode: a batch goes to the page cache from the loop (no thread hop, no wait
+    for the GIL); a batch that rotates the segment (fsync, seal, new file) goes to a
+    worker thread."""
+    threads: list[int] = []
+    real_append = SegmentWriter.append
+
+    def noting_append(self: SegmentWriter, frames: bytes, n: int, *, sync: bool = False) -> int:
+        threads.append(threading.get_ident())
+        return real_append(self, frames, n, sync=sync)
+
+    monkeypatch.setattr(SegmentWriter, "append", noting_append)
+    cipher = Cipher(os.urandom(32))
+    settings = WalSettings(sync_mode="batch", batch_count=4, segment_max_records=9)
+    wal = WalWriter(tmp_path, cipher, settings)
+    await wal.open()
+    rec = Recorder()
+    loop_thread = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wal.run)
+        await wal.append_many([rec.item(i) for i in range(12)])
+        await rec.wait_for(12)
+        await wal.close()
+    assert rec.committed == list(range(12))
+    # Batches of 4: two fit the segment (8 records), the third rotates it (12 > 9).
+    assert threads[:2] == [loop_thread, loop_thread]
+    assert threads[2] != loop_thread
+    assert [r.entity_id for _, r in read_wal(tmp_path, 0, cipher)] == [
+        f"sid-{i}" for i in range(12)
+    ]
+
+
+async def test_the_periodic_fsync_does_not_hold_up_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch-mode fsync runs in a thread on a duplicate descriptor: records keep
+    being written and answered while a slow fdatasync is in progress."""
+    from tokmesh.actors import wal_writer as module
+
+    started = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real = module.sync_handle_and_close
+
+    def slow_sync(fd: int) -> None:
+        token.run_sync_soon(started.set)
+        threading.Event().wait(1.0)  # a slow disk
+        real(fd)
+
+    monkeypatch.setattr(module, "sync_handle_and_close", slow_sync)
+    wal = WalWriter(tmp_path, Cipher(os.urandom(32)), WalSettings(sync_interval=0.05))
+    await wal.open()
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wal.run)
+        await wal.append(*_parts(rec.item(0)))
+        await rec.wait_for(1)
+        with trio.fail_after(5):
+            await started.wait()
+        before = trio.current_time()
+        await wal.append_many([rec.item(i) for i in range(1, 6)])
+        await rec.wait_for(6)
+        assert trio.current_time() - before < 0.5  # not behind the 1 s fsync
+        await wal.close()
+    assert wal.failed is None and wal.stats.fsyncs >= 1
+
+
+async def test_a_failed_periodic_fsync_latches_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokmesh.actors import wal_writer as module
+
+    def failing_sync(fd: int) -> None:
+        os.close(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(module, "sync_handle_and_close", failing_sync)
+    wal = WalWriter(tmp_path, Cipher(os.urandom(32)), WalSettings(sync_interval=0.02))
+    await wal.open()
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wal.run)
+        await wal.append(*_parts(rec.item(0)))
+        await rec.wait_for(1)
+        with trio.fail_after(5):
+            while wal.failed is None:
+                await trio.sleep(0.01)
+        with pytest.raises(TokMeshError) as refused:
+            await wal.append(*_parts(rec.item(1)))
+        assert refused.value.error is E.SYS_STORAGE
+        nursery.cancel_scope.cancel()
+
+
+def _parts(item: Append) -> tuple[WalRecord, Any, Any]:
+    return item.record, item.on_commit, item.on_fail

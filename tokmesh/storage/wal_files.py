@@ -363,10 +363,7 @@ class SegmentWriter:
         batch's records with an error, and they must never come back after a restart.
         """
         self._check()
-        if self._records > 0 and (
-            self._size + len(frames) > self.max_segment_bytes
-            or self._records + n_records > self.max_segment_records
-        ):
+        if self.needs_rotation(len(frames), n_records):
             self._rotate()
         fd = self._check()
         if self._size + len(frames) > _MAX_OFFSET - TRAILER_LEN:
@@ -459,6 +456,29 @@ class SegmentWriter:
     def flush(self) -> None:
         """No-op: :meth:`append` writes straight to the OS (no user-space buffer)."""
         self._check()
+
+    def needs_rotation(self, nbytes: int, n_records: int) -> bool:
+        """Whether :meth:`append` of ``nbytes`` / ``n_records`` would rotate first (which
+        fsyncs, seals and creates files: the caller may want that off its event loop)."""
+        return self._records > 0 and (
+            self._size + nbytes > self.max_segment_bytes
+            or self._records + n_records > self.max_segment_records
+        )
+
+    def sync_handle(self) -> int:
+        """A duplicate of the active segment's descriptor, for an fdatasync that runs in
+        another thread while later batches are written (:func:`sync_handle_and_close`).
+
+        The duplicate keeps the file open across a rotation, so the fdatasync never
+        meets a closed or reused descriptor; the caller closes it.
+        """
+        return os.dup(self._check())
+
+    def fail(self, exc: BaseException) -> None:
+        """Latch the writer failed from outside (an fdatasync through a
+        :meth:`sync_handle` failed): every later call raises, the fd is closed."""
+        if self._failed is None:
+            self._latch(exc)
 
     def fsync(self) -> None:
         """Make everything appended so far durable (fdatasync where available)."""
@@ -704,3 +724,11 @@ def frames_after(wal_dir: Path, after: int, upto: int) -> Iterator[list[tuple[in
         elif not reached and seg_id < last_seg and scan.stop is not StopReason.END:
             raise WalGap(f"WAL segment {path.name} is damaged")
         yield out
+
+
+def sync_handle_and_close(fd: int) -> None:
+    """fdatasync a :meth:`SegmentWriter.sync_handle` and close it (in a worker thread)."""
+    try:
+        _fdatasync(fd)
+    finally:
+        os.close(fd)
