@@ -1,5 +1,9 @@
 """Typed messages of the store shard actors (DESIGN §1, 01 §7).
 
+Messages are never changed after they are built; they are plain slotted classes rather
+than frozen ones because a frozen attrs class costs three times as much to build, once
+per write.
+
 Every mutation is one message evaluated atomically by the owning shard against its latest
 state (committed plus in-flight). Each carries its own :class:`Reply`.
 """
@@ -12,7 +16,7 @@ from tokmesh.actors.reply import Reply
 from tokmesh.domain.session import Session
 
 
-@attrs.frozen
+@attrs.define
 class Create:
     """Insert a fully built session (version 1); checks quota, id and token uniqueness.
 
@@ -27,7 +31,7 @@ class Create:
     reply: Reply[Session]
 
 
-@attrs.frozen
+@attrs.define
 class Touch:
     """Monotonic ``last_active`` bump; with ``ip``/``ua`` it is validate-with-touch."""
 
@@ -41,7 +45,7 @@ class Touch:
     by: str = ""
 
 
-@attrs.frozen
+@attrs.define
 class Renew:
     """Set ``expires_at = now + ttl_ms`` with an optional optimistic-lock version."""
 
@@ -54,7 +58,7 @@ class Renew:
     by: str = ""
 
 
-@attrs.frozen
+@attrs.define
 class Update:
     """Redis ``SET`` on an existing key: replace device/data, optionally the TTL (01 §4.7)."""
 
@@ -70,7 +74,7 @@ class Update:
     by: str = ""
 
 
-@attrs.frozen
+@attrs.define
 class Revoke:
     """Tombstone one session; idempotent. Replies True when a record was written."""
 
@@ -81,7 +85,7 @@ class Revoke:
     by: str = ""
 
 
-@attrs.frozen
+@attrs.define
 class RevokeUser:
     """Tombstone every live session of a user (≤ 1000), optionally sparing one."""
 
@@ -94,7 +98,7 @@ class RevokeUser:
     by: str = ""
 
 
-@attrs.frozen
+@attrs.define
 class Purge:
     """Remove expired sessions (WAL DELETE) and expired tombstones (no record)."""
 
@@ -103,7 +107,7 @@ class Purge:
     reply: Reply[int] | None
 
 
-@attrs.frozen
+@attrs.define
 class Replicate:
     """Apply states copied from a shard's owner (on a replica), idempotently.
 
@@ -118,7 +122,7 @@ class Replicate:
     reply: Reply[int]
 
 
-@attrs.frozen
+@attrs.define
 class Drop:
     """Forget copies of sessions this node no longer holds for anyone (no WAL record);
     ids with a write in flight are kept. Replies with the number dropped."""
@@ -127,7 +131,7 @@ class Drop:
     reply: Reply[int]
 
 
-@attrs.frozen
+@attrs.define
 class Barrier:
     """Resolves once every earlier message of this shard has been committed or failed."""
 
