@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import trio
 
 from tokmesh.api.http_server import serve_http
 from tokmesh.api.http_types import Deferred, HttpRequest, HttpResponse
 
-from .conftest import Connect
+from .conftest import Connect, RawClient
 
 
 def _text(req: HttpRequest, status: int = 200) -> HttpResponse:
@@ -47,12 +48,18 @@ class DeferringFront:
         return self.waiting.pop(0)
 
 
-async def test_deferred_answer_is_written_when_resolved(
-    nursery: trio.Nursery, connect: Connect
-) -> None:
+@pytest.fixture
+async def served(nursery: trio.Nursery, connect: Connect) -> tuple[DeferringFront, RawClient]:
+    """A server whose front defers ``/later*``, and one raw client connected to it."""
     front = DeferringFront()
     control = await nursery.start(partial(serve_http, front))
-    client = await connect(control)
+    return front, await connect(control)
+
+
+async def test_deferred_answer_is_written_when_resolved(
+    served: tuple[DeferringFront, RawClient],
+) -> None:
+    front, client = served
     for i in range(20):
         await client.send(
             f"POST /later{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
@@ -67,11 +74,9 @@ async def test_deferred_answer_is_written_when_resolved(
 
 
 async def test_pipelined_requests_behind_a_deferred_answer_keep_their_order(
-    nursery: trio.Nursery, connect: Connect
+    served: tuple[DeferringFront, RawClient],
 ) -> None:
-    front = DeferringFront()
-    control = await nursery.start(partial(serve_http, front))
-    client = await connect(control)
+    front, client = served
     # One write: an immediate answer, a deferred one, an immediate one, another deferred.
     await client.send(
         b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -94,11 +99,9 @@ async def test_pipelined_requests_behind_a_deferred_answer_keep_their_order(
 
 
 async def test_input_arriving_while_an_answer_waits_is_read_after_it(
-    nursery: trio.Nursery, connect: Connect
+    served: tuple[DeferringFront, RawClient],
 ) -> None:
-    front = DeferringFront()
-    control = await nursery.start(partial(serve_http, front))
-    client = await connect(control)
+    front, client = served
     await client.send(b"POST /later1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     req1, later1 = await front.next_waiting()
     # The next request arrives while the first answer waits (the mux pauses the socket).
@@ -111,11 +114,9 @@ async def test_input_arriving_while_an_answer_waits_is_read_after_it(
 
 
 async def test_half_closed_client_still_gets_the_deferred_answer(
-    nursery: trio.Nursery, connect: Connect
+    served: tuple[DeferringFront, RawClient],
 ) -> None:
-    front = DeferringFront()
-    control = await nursery.start(partial(serve_http, front))
-    client = await connect(control)
+    front, client = served
     await client.send(b"POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     req, later = await front.next_waiting()
     await client.stream.send_eof()
@@ -127,11 +128,9 @@ async def test_half_closed_client_still_gets_the_deferred_answer(
 
 
 async def test_an_error_resolution_is_rendered_and_the_connection_serves_on(
-    nursery: trio.Nursery, connect: Connect
+    served: tuple[DeferringFront, RawClient],
 ) -> None:
-    front = DeferringFront()
-    control = await nursery.start(partial(serve_http, front))
-    client = await connect(control)
+    front, client = served
     await client.send(b"POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     _req, later = await front.next_waiting()
     later.resolve(RuntimeError("a bug"))
