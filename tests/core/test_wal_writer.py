@@ -19,7 +19,7 @@ from tokmesh.actors.wal_writer import Append, WalSettings, WalWriter
 from tokmesh.domain.errors import E, TokMeshError
 from tokmesh.storage.cipher import Cipher
 from tokmesh.storage.wal_codec import RecordType, WalRecord
-from tokmesh.storage.wal_files import SegmentWriter, read_wal
+from tokmesh.storage.wal_files import SegmentWriter, read_wal, sync_handle_and_close
 
 NOW = 1_750_000_000_000
 
@@ -341,7 +341,7 @@ async def test_the_periodic_fsync_does_not_hold_up_batches(
 
     started = trio.Event()
     token = trio.lowlevel.current_trio_token()
-    real = module.sync_handle_and_close
+    real = sync_handle_and_close
 
     def slow_sync(fd: int) -> None:
         token.run_sync_soon(started.set)
