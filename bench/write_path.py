@@ -11,11 +11,16 @@
 Every run starts its own node (and its own redis-server where Redis is the reference) in
 the same invocation, prints the figure, the goal of the issue and the ratio to the
 reference, and the load average before and after (the load generator shares the cores).
+``--reference REV`` (creates, creates-sync, mixed, resp-create) runs the row first on the
+code of commit REV, then on this tree, and prints this tree's figures over REV's:
+
+    python bench/write_path.py creates --reference 4c89e84
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +270,7 @@ def run_creates(
 # -- 90% validate + 10% create/renew --------------------------------------------------------
 
 
-def run_mixed(duration: int, connections: int, tokens: int) -> None:
+def run_mixed(duration: int, connections: int, tokens: int) -> dict[str, float]:
     """The gateway + IdP mix: one exact 90/10 run, then split runs for per-type P99s.
 
     wrk measures every request's latency but cannot tell its script which request a
@@ -325,12 +331,62 @@ def run_mixed(duration: int, connections: int, tokens: int) -> None:
     for name, r in (("exact", exact), ("validate", v), ("write", wr)):
         if r["non2xx"] or r["socket_errors"]:
             print(f"WARNING {name}: {r['non2xx']} non-2xx, {r['socket_errors']} socket errors")
+    return {"rps": exact["rps"], "p99_ms": exact["p99_ms"], "validate_p99_ms": v["p99_ms"]}
+
+
+# -- a reference run of another commit ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def code_of(rev: str | None) -> Iterator[None]:
+    """Nodes started inside run the code of commit ``rev`` (None: this working tree).
+
+    ``git archive`` extracts that commit's tree into a temporary directory, and
+    ``PYTHONPATH`` puts its ``tokmesh`` package ahead of the installed one for the
+    ``tokmesh-server`` processes started meanwhile (they inherit the environment); the
+    benchmark's own code and clients stay this tree's.
+    """
+    if rev is None:
+        yield
+        return
+    tree = Path(tempfile.mkdtemp(prefix="tm-ref-"))
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "tokmesh"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree) + (os.pathsep + before if before else "")
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def with_reference(rev: str | None, row: Callable[[], dict[str, float]]) -> None:
+    """Run ``row`` on commit ``rev``'s code, then on this tree's, and print the ratios."""
+    if rev is None:
+        row()
+        return
+    print(f"== reference: the same row on the code of {rev}")
+    with code_of(rev):
+        before = row()
+    print("== this tree")
+    after = row()
+    for key, value in before.items():
+        if key in after and value:
+            now = after[key]
+            print(f"{key}: this tree {now:,.1f} / {rev} {value:,.1f} = {now / value:.2f}")
 
 
 # -- RESP --------------------------------------------------------------------------------------
 
 
-def run_resp_create(pipelines: int, pipeline: int) -> None:
+def run_resp_create(pipelines: int, pipeline: int) -> dict[str, float]:
     """``TM.CREATE`` in redis-py pipelines of ``pipeline`` commands, one client."""
     header(f"TM.CREATE, redis-py pipelines of {pipeline}, {pipelines} pipelines, one client")
     port = free_port()
@@ -376,6 +432,7 @@ def run_resp_create(pipelines: int, pipeline: int) -> None:
         f"(TokMesh/Redis {rate / redis_rate:.2f})"
     )
     verdict("TM.CREATE creates/s", rate, GOAL_RESP_CREATES)
+    return {"rps": rate, "server_us_per_req": cpu / len(bodies) * 1e6}
 
 
 def run_resp_validate_distinct(
@@ -580,15 +637,22 @@ def main() -> None:
     sub = ap.add_subparsers(dest="what", required=True)
     for name in ("creates", "creates-sync"):
         p = sub.add_parser(name)
+        p.add_argument(
+            "--reference",
+            metavar="REV",
+            help="first run the row on this commit's code (git archive), then print ratios",
+        )
         p.add_argument("--sync-mode", choices=("batch", "sync"), default=None)
         p.add_argument("--duration", type=int, default=10)
         p.add_argument("--connections", type=int, default=64)
         p.add_argument("--py-spy", metavar="FILE", help="record a py-spy profile of the node")
     p = sub.add_parser("mixed")
+    p.add_argument("--reference", metavar="REV")
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--tokens", type=int, default=10_000)
     p = sub.add_parser("resp-create")
+    p.add_argument("--reference", metavar="REV")
     p.add_argument("--pipelines", type=int, default=50)
     p.add_argument("--pipeline", type=int, default=1000)
     p = sub.add_parser("resp-validate-distinct")
@@ -610,11 +674,11 @@ def main() -> None:
             sys.exit(f"{tool} is not installed (apt-get install -y wrk redis-server redis-tools)")
     if a.what in ("creates", "creates-sync"):
         mode = a.sync_mode or ("sync" if a.what == "creates-sync" else "batch")
-        run_creates(mode, a.duration, a.connections, a.py_spy)
+        with_reference(a.reference, lambda: run_creates(mode, a.duration, a.connections, a.py_spy))
     elif a.what == "mixed":
-        run_mixed(a.duration, a.connections, a.tokens)
+        with_reference(a.reference, lambda: run_mixed(a.duration, a.connections, a.tokens))
     elif a.what == "resp-create":
-        run_resp_create(a.pipelines, a.pipeline)
+        with_reference(a.reference, lambda: run_resp_create(a.pipelines, a.pipeline))
     elif a.what == "resp-validate-distinct":
         run_resp_validate_distinct(a.n, a.c, a.distinct, a.value_size, a.rounds)
     elif a.what == "restart":
