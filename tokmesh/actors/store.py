@@ -77,20 +77,27 @@ class SessionShard:
         self._idle = trio.Event()
         self._idle.set()
         self._closed = False
+        #: Messages sent and not yet taken by the actor, and whether it is handling one:
+        #: with neither, :meth:`submit` may handle a message itself (nothing is ahead).
+        self._queued = 0
+        self._busy = False
 
     async def send(self, msg: Message) -> None:
         """Enqueue a message (bounded mailbox: callers wait when it is full)."""
+        self._queued += 1
         try:
             await self._send.send(msg)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down") from None
+        except BaseException as exc:
+            self._queued -= 1
+            if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
+                raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down") from None
+            raise
 
     def submit(self, msg: Message) -> bool:
         """Handle ``msg`` without waiting, or queue it; False when neither is possible.
 
-        When the actor sits idle in its mailbox (nothing received and not yet handled,
-        nothing queued) and the WAL writer has room, the message is handled here and
-        now, exactly as the actor would: its records go to the WAL in the same order,
+        When the actor sits idle (nothing sent to it that it has not finished handling),
+        the message is handled here and now, exactly as the actor would: its records go to the WAL in the same order,
         since nothing of this shard can be ahead of them. That saves the actor's task
         step and the reply's wake-up on the write path. Otherwise the message is queued
         for the actor (``send_nowait``). Either way ``msg.reply`` is resolved later, on
@@ -99,7 +106,7 @@ class SessionShard:
         """
         if self._closed:
             raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down")
-        if self._recv.statistics().tasks_waiting_receive:
+        if not self._queued and not self._busy:
             items = self._plan(msg)
             try:
                 queued = not items or self.wal.try_append_many(items)
@@ -112,9 +119,11 @@ class SessionShard:
                 # (a send to a waiting receiver always succeeds) and waits for room;
                 # anything later for this shard queues behind them.
                 self._send.send_nowait(_Prepared(items))
+                self._queued += 1
             return True
         try:
             self._send.send_nowait(msg)
+            self._queued += 1
         except trio.WouldBlock:
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -130,12 +139,16 @@ class SessionShard:
         """Actor loop."""
         task_status.started()
         async for msg in self._recv:
+            self._queued -= 1
+            self._busy = True
             try:
                 await self._handle(msg)
             except TokMeshError as exc:
                 reply = getattr(msg, "reply", None)  # a _Prepared run has none
                 if reply is not None:
                     reply.fail(exc)
+            finally:
+                self._busy = False
         # Wait for in-flight records to be committed before reporting closed.
         await self._idle.wait()
 

@@ -89,9 +89,34 @@ SESSIONS_ACTIVE: Final = Gauge(
     "Active sessions (the name keeps _total: external contract).",
     registry=REGISTRY,
 )
-SESSION_CREATE: Final = Counter(
-    "tokmesh_session_create_total", "Sessions created.", registry=REGISTRY
-)
+
+
+class PlainSingleCounter(Collector):
+    """An unlabeled counter without a lock, for counts taken on every write or request
+    (sessions created, API-key cache hits): ``inc`` costs ~0.1 µs instead of ~0.6 µs.
+    The rules of :class:`PlainCounter` apply: increments and the scrape run on the Trio
+    thread only."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        """Add ``amount`` (default 1)."""
+        self.value += amount
+
+    def describe(self) -> Iterable[Metric]:
+        """The family, without samples (registry name-clash checks)."""
+        yield CounterMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterable[Metric]:
+        """The one sample."""
+        yield CounterMetricFamily(self.name, self.documentation, value=float(self.value))
+
+
+SESSION_CREATE: Final = PlainSingleCounter("tokmesh_session_create_total", "Sessions created.")
+REGISTRY.register(SESSION_CREATE)
 CLUSTER_NODES: Final = Gauge(
     "tokmesh_cluster_nodes_total",
     "Cluster nodes by status (active|down).",
@@ -143,9 +168,10 @@ WAL_FSYNC_FAILED: Final = Counter(
 
 # --------------------------------------------------------------------------- 04 §16.4
 
-AUTH_CACHE_HITS: Final = Counter(
-    "tokmesh_auth_cache_hits_total", "API-key validation cache hits.", registry=REGISTRY
+AUTH_CACHE_HITS: Final = PlainSingleCounter(
+    "tokmesh_auth_cache_hits_total", "API-key validation cache hits."
 )
+REGISTRY.register(AUTH_CACHE_HITS)
 AUTH_CACHE_MISSES: Final = Counter(
     "tokmesh_auth_cache_misses_total", "API-key validation cache misses.", registry=REGISTRY
 )
