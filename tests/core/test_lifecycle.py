@@ -416,3 +416,18 @@ async def test_full_collections_are_made_rare(engine: StorageEngine) -> None:
     from tokmesh.actors.engine import FULL_COLLECTION_EVERY
 
     assert gc.get_threshold()[2] == FULL_COLLECTION_EVERY > 10
+
+
+async def test_the_collector_setting_comes_back_when_the_engine_stops(
+    runner: EngineRunner,
+) -> None:
+    import gc
+
+    from tokmesh.actors.engine import FULL_COLLECTION_EVERY
+
+    before = gc.get_threshold()
+    assert before[2] != FULL_COLLECTION_EVERY
+    await runner.start()
+    assert gc.get_threshold()[2] == FULL_COLLECTION_EVERY
+    await runner.stop()
+    assert gc.get_threshold() == before

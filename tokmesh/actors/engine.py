@@ -195,18 +195,24 @@ class StorageEngine:
         # the loop stopped (bench/write_path.py creates, measured with a loop-lag probe):
         # that was the P99 of writes. Records hold no cycles, so what the rarer full
         # collections find is only the cyclic garbage that reached the old generation.
-        g0, g1, _ = gc.get_threshold()
-        gc.set_threshold(g0, g1, FULL_COLLECTION_EVERY)
+        # The process's own setting comes back when the engine stops (an engine run in
+        # a larger process, such as a test run, leaves its collector as it found it).
+        before = gc.get_threshold()
+        gc.set_threshold(before[0], before[1], FULL_COLLECTION_EVERY)
         task_status.started()
-        # The first freeze soon after start-up: by then the listeners are open and the
-        # modules they import lazily (the web app, its routes) are loaded; left young,
-        # those objects would make the first full collections cost tens of milliseconds.
-        delay = FIRST_FREEZE_DELAY
-        while True:
-            await trio.sleep(delay)
-            gc.collect(1)
-            gc.freeze()
-            delay = FREEZE_INTERVAL
+        try:
+            # The first freeze soon after start-up: by then the listeners are open and
+            # the modules they import lazily (the web app, its routes) are loaded; left
+            # young, those objects would make the first full collections cost tens of
+            # milliseconds.
+            delay = FIRST_FREEZE_DELAY
+            while True:
+                await trio.sleep(delay)
+                gc.collect(1)
+                gc.freeze()
+                delay = FREEZE_INTERVAL
+        finally:
+            gc.set_threshold(*before)
 
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has drained, fsynced and sealed everything."""

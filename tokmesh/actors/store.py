@@ -97,10 +97,10 @@ class SessionShard:
         """Handle ``msg`` without waiting, or queue it; False when neither is possible.
 
         When the actor sits idle (nothing sent to it that it has not finished handling),
-        the message is handled here and now, exactly as the actor would: its records go to the WAL in the same order,
-        since nothing of this shard can be ahead of them. That saves the actor's task
-        step and the reply's wake-up on the write path. Otherwise the message is queued
-        for the actor (``send_nowait``). Either way ``msg.reply`` is resolved later, on
+        the message is handled here and now, exactly as the actor would: its records go
+        to the WAL in the same order, since nothing of this shard can be ahead of them.
+        That saves the actor's task step and the reply's wake-up on the write path.
+        Otherwise the message is queued for the actor (``send_nowait``). Either way ``msg.reply`` is resolved later, on
         commit; a rejection found here (quota, conflict, not found) raises at once.
         False (a full mailbox) means nothing happened: the caller awaits :meth:`send`.
         """

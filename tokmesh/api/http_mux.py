@@ -17,6 +17,11 @@ Division of work:
   (:meth:`HttpConnection.feed`, so parsing rules and limits are the same), calls
   ``now(req)`` for each completed request and queues the answers
   (:meth:`HttpConnection.append_response`), then writes.
+* **Commit callbacks** answer the session writes: for those ``now(req)`` returns a
+  :class:`~tokmesh.api.http_types.Deferred` that the WAL writer's commit completes
+  (:meth:`HttpMux._completed`). The requests behind it wait, any input arriving
+  meanwhile stays in the socket (the descriptor is paused in the epoll set), and the
+  answers of one group commit are written together once the writer yields.
 * **The connection's task** (:meth:`HttpMux.serve`, called from
   ``HttpConnection._loop``) sleeps while the mux serves it. The mux wakes it, with the
   connection exactly as if the task had fed that read itself, for anything else: a
