@@ -100,9 +100,10 @@ class SessionShard:
         the message is handled here and now, exactly as the actor would: its records go
         to the WAL in the same order, since nothing of this shard can be ahead of them.
         That saves the actor's task step and the reply's wake-up on the write path.
-        Otherwise the message is queued for the actor (``send_nowait``). Either way ``msg.reply`` is resolved later, on
-        commit; a rejection found here (quota, conflict, not found) raises at once.
-        False (a full mailbox) means nothing happened: the caller awaits :meth:`send`.
+        Otherwise the message is queued for the actor (``send_nowait``). Either way
+        ``msg.reply`` is resolved later, on commit; a rejection found here (quota,
+        conflict, not found) raises at once. False (a full mailbox) means nothing
+        happened: the caller awaits :meth:`send`.
         """
         if self._closed:
             raise TokMeshError(E.SYS_UNAVAILABLE, "server is shutting down")
