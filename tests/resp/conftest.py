@@ -24,6 +24,7 @@ import pytest
 import redis
 import trio
 
+from tokmesh import accel
 from tokmesh.actors.auth_cache import AuthCache
 from tokmesh.actors.engine import EngineSettings, StorageEngine
 from tokmesh.actors.wal_writer import WalSettings
@@ -209,6 +210,10 @@ class FakeSessions:
                 n += 1
         return n
 
+    def validate_scan(self, scan: Any) -> int:
+        """Declines (as a cluster node does): the dispatcher validates one by one."""
+        return 0
+
     def create_now(self, *args: Any, **kwargs: Any) -> bool:
         """Declines (as a cluster node does): the dispatcher awaits :meth:`create`."""
         return False
@@ -385,8 +390,14 @@ class RealStack:
         return self.server.client(username=key_id, password=secret, **kwargs)
 
 
-@pytest.fixture
-async def real_stack(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RealStack]:
+@pytest.fixture(params=["compiled", "python"])
+async def real_stack(
+    nursery: trio.Nursery, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[RealStack]:
+    """Every real-stack test runs twice: with the compiled validation loop
+    (:mod:`tokmesh.accel`) and with the pure-Python path it stands in for."""
+    if request.param == "compiled" and accel.validate_frames is None:
+        pytest.skip("tokmesh._accel is not built (no C compiler at install time)")
     clock = SYSTEM_CLOCK
     engine = StorageEngine(
         EngineSettings(
@@ -416,5 +427,7 @@ async def real_stack(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Rea
     maintenance = [False]
     backend = ServiceBackend(auth, local_sessions(engine), engine.state, lambda: maintenance[0])
     server = await start_server(nursery, backend)
+    if request.param == "python":
+        server.dispatcher._scan_frames = None
     yield RealStack(engine, keys, auth, server, maintenance)
     await engine.stop()

@@ -45,6 +45,7 @@ from tokmesh.services.session_ops import (
     ListResult,
     NotLocal,
     RequestContext,
+    TokenScan,
     park,
     run_fetching,
     take_parked,
@@ -271,6 +272,10 @@ class ClusterSessions:
         if address is None:
             return self._validate_here(token, count, key)
         raise self._elsewhere(key, lambda: self._forward(address, "sessions.validate", body))
+
+    def validate_scan(self, scan: TokenScan) -> int:
+        """Declined: a token's session may live on another node (see SessionOperations)."""
+        return 0
 
     def _validate_here(self, token: str, count: int, key: object) -> Session:
         """This node owns the token's shard: the session is here, or a route says where."""

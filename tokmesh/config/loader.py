@@ -72,6 +72,7 @@ SILENT_ENV: frozenset[str] = frozenset(
         "TOKMESH_OUTPUT",
         "TOKMESH_TIMEOUT",
         "TOKMESH_TLS_CA",
+        "TOKMESH_ACCEL",  # tokmesh.accel: turns the compiled accelerator off
     }
 )
 """``TOKMESH_*`` variables that belong to someone else and are ignored without a WARN."""

@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 import trio
 
+from tokmesh import accel
 from tokmesh.domain.apikey import (
     PERM_SESSION_CREATE,
     PERM_SESSION_READ,
@@ -362,6 +363,8 @@ class Dispatcher:
             self.table[raw] = spec
             self.table[raw.lower()] = spec
         self._validate_spec = self.table[b"TM.VALIDATE"]
+        #: The compiled loop over a read's ``TM.VALIDATE`` frames (None: pure Python).
+        self._scan_frames = accel.validate_frames
 
     # -- pipeline --------------------------------------------------------------------------
 
@@ -668,6 +671,46 @@ class Dispatcher:
         else:
             waiting.one_done()
         return submitted
+
+    def validate_frames(self, conn: Connection, data: bytes) -> tuple[int, int]:
+        """Answer the leading ``TM.VALIDATE token`` frames of a read with the compiled loop
+        (:mod:`tokmesh.accel`): returns ``(count, end)``, ``count`` validations answered
+        ``+OK`` from ``data[:end]``; ``(0, 0)`` leaves the whole read to the parser.
+
+        The checks of :meth:`_run_of_validations` hold: the key is re-checked once per
+        synchronous run and its role once, and the rate limit takes the run's tokens at
+        once. The loop stops before the first frame that is not a plain validation of a
+        valid token (an error, another command, an incomplete frame): the parser and
+        :meth:`run_inline` answer from there, so every other reply has one
+        implementation. Nothing is counted or charged when the run is refused.
+        """
+        scan = self._scan_frames
+        spec = self._validate_spec
+        principal = conn.principal
+        if scan is None or principal is None or spec.roles is None:
+            return 0, 0
+        if not conn.checked:
+            if self._check_run(conn, spec.data) is not None:
+                return 0, 0  # the parser's path gives the refusal
+            principal = conn.principal
+            assert principal is not None
+        if principal.role not in spec.roles:
+            return 0, 0
+        take_rate = self.backend.take_rate
+        end = 0
+
+        def run(by_token: dict[bytes, str], sessions: dict[str, Session], now_ms: int) -> int:
+            nonlocal end
+            count, end = scan(data, by_token, sessions, now_ms)
+            if count and not take_rate(principal, count):
+                return 0  # one by one: each gets its own rate-limit answer
+            return count
+
+        count = self.backend.sessions.validate_scan(run)
+        if not count:
+            return 0, 0
+        conn.command = spec.info_name
+        return count, end
 
     def _run_of_validations(
         self,

@@ -38,6 +38,7 @@ from collections.abc import Awaitable
 
 import trio
 
+from tokmesh.resp.codec import OK as _OK
 from tokmesh.resp.codec import RespParser
 from tokmesh.resp.commands import Dispatcher
 from tokmesh.resp.connection import Connection, RespStats
@@ -50,6 +51,8 @@ log = logging.getLogger("tokmesh.resp")
 _WORK_CLOSE = 0  # EOF, QUIT, protocol error, timeout, transport error: close
 _WORK_RUN = 1  # a command to await, then the rest of the read, then send
 _WORK_SEND = 2  # bytes the kernel did not take at once
+
+_STAR = ord("*")
 
 
 class _MuxConn:
@@ -240,11 +243,20 @@ class RespMux:
             return
         mc.active = True
         parser = mc.parser
-        commands = parser.feed(data)
         conn = mc.conn
         replies: list[bytes] = []
         # Reads run inline: re-check the bound key once for this synchronous run.
         conn.checked = False
+        if data[0] == _STAR and not parser.has_partial and parser.error is None:
+            # A run of validations at a command boundary: the compiled loop answers it
+            # (its +OKs go first, one reply per frame), the parser takes the rest.
+            valid, end = self._dispatcher.validate_frames(conn, data)
+            if valid:
+                replies.append(_OK * valid if valid > 1 else _OK)
+                self.stats.commands += valid - 1  # end_of_read counts the one chunk
+                mc.done += valid
+                data = data[end:]
+        commands = parser.feed(data) if data else []
         i, pending = self._dispatcher.run_inline(conn, commands, 0, replies)
         if pending is not None:
             mc.commands, mc.index, mc.pending, mc.replies = commands, i, pending, replies

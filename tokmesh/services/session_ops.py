@@ -39,6 +39,9 @@ from tokmesh.domain.session_settings import SessionSettings
 
 T = TypeVar("T")
 
+#: A compiled validation loop (:meth:`SessionOperations.validate_scan`).
+TokenScan = Callable[[dict[bytes, str], dict[str, Session], int], int]
+
 
 class NotLocal(Exception):
     """A read that this node cannot answer without waiting: its data lives on another node.
@@ -195,6 +198,18 @@ class SessionOperations(Protocol):
 
         ``count`` > 1: the answer stands for that many identical validations made at the
         same instant (a RESP pipeline run); they all count in the metrics.
+        """
+        ...
+
+    def validate_scan(self, scan: TokenScan) -> int:
+        """Validations answered by ``scan`` over the live token index at one instant.
+
+        ``scan(by_token, sessions, now_ms)`` reads the token-digest → session-id and
+        id → session dicts (it changes nothing) and returns how many tokens it found
+        valid; they count in the metrics as :meth:`validate` would count them. An
+        implementation that cannot answer from its own index (a cluster member: the
+        token may be another node's) returns 0 without calling ``scan``, and the caller
+        validates one by one.
         """
         ...
 

@@ -42,6 +42,7 @@ from tokmesh.services.session_ops import CreateResult as CreateResult
 from tokmesh.services.session_ops import ListQuery as ListQuery
 from tokmesh.services.session_ops import ListResult as ListResult
 from tokmesh.services.session_ops import RequestContext as RequestContext
+from tokmesh.services.session_ops import TokenScan
 from tokmesh.telemetry import metrics
 
 log = logging.getLogger("tokmesh.sessions")
@@ -322,6 +323,13 @@ class SessionService:
             raise
         _VALIDATE_VALID.value += count
         return s
+
+    def validate_scan(self, scan: TokenScan) -> int:
+        """Run a compiled validation loop over the live index (see SessionOperations)."""
+        state = self.state
+        valid = scan(state.by_token, state.sessions, self.clock.now_ms())
+        _VALIDATE_VALID.value += valid
+        return valid
 
     async def validate_touch(self, ctx: RequestContext, token: str) -> Session:
         """Validate with touch (01 §4.4 step 4): best effort, returns the post-touch session."""
