@@ -13,7 +13,6 @@ setup(
             "tokmesh._accel",
             sources=["tokmesh/_accel.c"],
             optional=True,
-            extra_compile_args=["-O2"],
         )
     ]
 )

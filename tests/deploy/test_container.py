@@ -343,3 +343,22 @@ def test_default_config_in_image_passes_test(image: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[OK] Configuration is valid" in proc.stdout
+
+
+def test_image_runs_the_compiled_accelerator(image: str) -> None:
+    """The builder stage compiles ``tokmesh._accel`` and the runtime image selects it."""
+    probe = "from tokmesh import accel; print(accel.validate_frames is not None)"
+    proc = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/opt/tokmesh/venv/bin/python",
+        image,
+        "-c",
+        probe,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "True"
