@@ -168,6 +168,25 @@ def test_prune_samples_rebuilds_when_most_entries_are_dead() -> None:
     assert sorted(state._sample_ids) == sorted(state.sessions)
 
 
+def test_a_replaced_sampling_array_is_freed_a_slice_per_call() -> None:
+    """After a mass expiry the old array may hold the last reference to each of its ids:
+    it is freed a budget's worth per call, not in one step of the loop."""
+    state = StoreState()
+    records = [session(user=f"u{i}") for i in range(5000)]
+    for s in records:
+        state.put(s)
+    for s in records[:4500]:
+        state.remove(s.id)
+    state.prune_samples(budget=1000)  # the rebuild
+    assert sorted(state._sample_ids) == sorted(state.sessions)
+    assert len(state._retired) == 5000
+    calls = 0
+    while state._retired:
+        assert state.prune_samples(budget=1000) == 0
+        calls += 1
+    assert calls == 5
+
+
 # -- the wheel --------------------------------------------------------------------------------
 
 

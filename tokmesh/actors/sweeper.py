@@ -154,6 +154,9 @@ async def purge_due(store: SessionStore, clock: Clock, *, sample_size: int = 0) 
             work.sample(sample_size, deadline)
             sample_size = 0
         if work.count:
+            state = store.state
+            state.expired_ids.reserve()
+            state.expired_tokens.reserve()
             total += await work.purge()
         if not more:
             return total

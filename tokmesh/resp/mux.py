@@ -252,11 +252,18 @@ class RespMux:
             # (its +OKs go first, one reply per frame), the parser takes the rest.
             valid, end = self._dispatcher.validate_frames(conn, data)
             if valid:
-                replies.append(_OK * valid if valid > 1 else _OK)
-                self.stats.commands += valid - 1  # end_of_read counts the one chunk
+                out = _OK * valid if valid > 1 else _OK
                 mc.done += valid
+                if end == len(data):  # the whole read (a gateway's usual read)
+                    self.stats.commands += valid
+                    mc.out = out
+                    mc.closing_after = False
+                    self._ready.append(mc)
+                    return
+                replies.append(out)
+                self.stats.commands += valid - 1  # end_of_read counts the one chunk
                 data = data[end:]
-        commands = parser.feed(data) if data else []
+        commands = parser.feed(data)
         i, pending = self._dispatcher.run_inline(conn, commands, 0, replies)
         if pending is not None:
             mc.commands, mc.index, mc.pending, mc.replies = commands, i, pending, replies
