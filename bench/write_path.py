@@ -436,7 +436,7 @@ def run_resp_create(pipelines: int, pipeline: int) -> dict[str, float]:
 
 
 def run_resp_validate_distinct(
-    n: int, clients: int, distinct: int, value_size: int, rounds: int
+    n: int, clients: int, distinct: int, value_size: int, rounds: int, python_too: bool = False
 ) -> None:
     """redis-benchmark, ``TM.VALIDATE`` of distinct tokens vs ``GET`` of distinct keys.
 
@@ -448,20 +448,28 @@ def run_resp_validate_distinct(
     ``-P 16`` run lasts about a second and Redis alone varies ±20% between runs on the
     shared cores, so each round runs both servers back to back and the median ratio of
     the rounds is the figure.
+
+    ``python_too`` adds the previous code path to every round: a second node started with
+    ``TOKMESH_ACCEL=0`` (the pure-Python path the compiled loop stands in for).
     """
     header(
         f"TM.VALIDATE of {distinct:,} distinct tokens vs redis GET of {distinct:,} distinct "
         f"keys ({value_size} B), redis-benchmark -c {clients} -n {n}"
     )
-    port = free_port()
-    node = start_node(resp_overrides(port), name="resp-validate")
+    nodes: dict[str, tuple[ServerProcess, list[str]]] = {}
     results: dict[int, list[float]] = {}
+    python_ratios: dict[int, list[float]] = {}
+    tokens = [f"{DISTINCT_PREFIX}{i:012d}{DISTINCT_SUFFIX}" for i in range(distinct)]
     try:
-        issuer, validator = keys(node)
-        tokens = [f"{DISTINCT_PREFIX}{i:012d}{DISTINCT_SUFFIX}" for i in range(distinct)]
-        create_token_sessions_resp(resp_client(port, issuer), tokens)
-        kid, secret = validator.split(":", 1)
-        tm_auth = ["-p", str(port), "--user", kid, "-a", secret]
+        for name in ("TM.VALIDATE", "TM.VALIDATE (python)") if python_too else ("TM.VALIDATE",):
+            port = free_port()
+            with accel_env("0" if name.endswith("(python)") else None):
+                node = start_node(resp_overrides(port), name="resp-validate")
+            nodes[name] = (node, [])
+            issuer, validator = keys(node)
+            create_token_sessions_resp(resp_client(port, issuer), tokens)
+            kid, secret = validator.split(":", 1)
+            nodes[name][1].extend(["-p", str(port), "--user", kid, "-a", secret])
         with redis_server() as rport:
             import redis
 
@@ -477,22 +485,27 @@ def run_resp_validate_distinct(
             for round_ in range(rounds):
                 for p in (16, 1):
                     # Alternate which server goes first: the shared cores drift.
-                    runs = [
-                        (["-p", str(rport)], ["GET", "bench:__rand_int__"]),
-                        (tm_auth, tm_command),
-                    ]
+                    runs = [("GET", ["-p", str(rport)], ["GET", "bench:__rand_int__"])]
+                    runs += [(name, args, tm_command) for name, (_, args) in nodes.items()]
                     if round_ % 2:
                         runs.reverse()
-                    rates = {cmd[0]: bench(args, cmd, n, clients, p, rand) for args, cmd in runs}
+                    rates = {
+                        name: bench(args, cmd, n, clients, p, rand) for name, args, cmd in runs
+                    }
                     tm, red = rates["TM.VALIDATE"], rates["GET"]
                     results.setdefault(p, []).append(tm / red)
-                    print(
+                    line = (
                         f"round {round_ + 1} -P {p:2d}: tokmesh TM.VALIDATE {tm:12,.0f}/s   "
-                        f"redis GET {red:12,.0f}/s   ratio {tm / red:.2f}   "
-                        f"(load {loadavg()})"
+                        f"redis GET {red:12,.0f}/s   ratio {tm / red:.2f}"
                     )
+                    py = rates.get("TM.VALIDATE (python)")
+                    if py is not None:
+                        python_ratios.setdefault(p, []).append(tm / py)
+                        line += f"   pure Python {py:10,.0f}/s ({py / red:.2f})"
+                    print(f"{line}   (load {loadavg()})")
     finally:
-        discard_node(node)
+        for node, _ in nodes.values():
+            discard_node(node)
     print(f"load average after: {loadavg()}")
     for p, goal in ((16, GOAL_VALIDATE_P16), (1, GOAL_VALIDATE_P1)):
         ratio = statistics.median(results[p])
@@ -500,6 +513,26 @@ def run_resp_validate_distinct(
             f"-P {p}: median ratio to redis-server GET {ratio:.2f} over {rounds} rounds   "
             f"goal ≥ {goal}   {'PASS' if ratio >= goal else 'FAIL'}"
         )
+        if p in python_ratios:
+            print(
+                f"-P {p}: compiled loop / pure Python, median "
+                f"{statistics.median(python_ratios[p]):.2f}×"
+            )
+
+
+@contextlib.contextmanager
+def accel_env(value: str | None) -> Iterator[None]:
+    """``TOKMESH_ACCEL`` for the nodes started inside (``None``: as the caller has it)."""
+    before = os.environ.get("TOKMESH_ACCEL")
+    if value is not None:
+        os.environ["TOKMESH_ACCEL"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKMESH_ACCEL", None)
+        else:
+            os.environ["TOKMESH_ACCEL"] = before
 
 
 # -- restart -----------------------------------------------------------------------------------
@@ -661,6 +694,11 @@ def main() -> None:
     p.add_argument("--distinct", type=int, default=10_000)
     p.add_argument("--value-size", type=int, default=300)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--python-too",
+        action="store_true",
+        help="also run a node on the pure-Python path (TOKMESH_ACCEL=0) in every round",
+    )
     p = sub.add_parser("restart")
     p.add_argument("--sessions", type=int, default=1_000_000)
     p.add_argument("--signal", choices=("term", "kill", "both"), default="both")
@@ -680,7 +718,7 @@ def main() -> None:
     elif a.what == "resp-create":
         with_reference(a.reference, lambda: run_resp_create(a.pipelines, a.pipeline))
     elif a.what == "resp-validate-distinct":
-        run_resp_validate_distinct(a.n, a.c, a.distinct, a.value_size, a.rounds)
+        run_resp_validate_distinct(a.n, a.c, a.distinct, a.value_size, a.rounds, a.python_too)
     elif a.what == "restart":
         hows = {"term": ["SIGTERM"], "kill": ["kill -9"], "both": ["SIGTERM", "kill -9"]}
         for how in hows[a.signal]:
