@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 #: what ``pip install .`` needs from a checkout
-SOURCES = ("pyproject.toml", "README.md", "tokmesh")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "tokmesh")
 #: the sections whose command lines the walk runs after the server is up, in this order
 WALKED_SECTIONS = ("First steps", "Command line")
 
@@ -90,7 +90,7 @@ def copy_sources(dest: Path) -> Path:
     for name in SOURCES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
         else:
             shutil.copy2(src, dest / name)
     return dest
