@@ -285,7 +285,11 @@ static int session_is_valid(PyObject *s, long long now_ms)
         return 0;
     int ok = 1;
     long long expires_at = int_field(s, off_expires_at, str_expires_at, &ok);
+    if (!ok)
+        goto not_understood;
     long long idle = int_field(s, off_idle_timeout, str_idle_timeout, &ok);
+    if (!ok)
+        goto not_understood;
     long long last_active = int_field(s, off_last_active, str_last_active, &ok);
     if (!ok)
         goto not_understood;
