@@ -378,7 +378,7 @@ def with_reference(rev: str | None, row: Callable[[], dict[str, float]]) -> None
     print("== this tree")
     after = row()
     for key, value in before.items():
-        if key in after and value:
+        if key in after and value and isinstance(value, int | float):
             now = after[key]
             print(f"{key}: this tree {now:,.1f} / {rev} {value:,.1f} = {now / value:.2f}")
 
