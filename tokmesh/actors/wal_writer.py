@@ -50,11 +50,6 @@ OnCommit = Callable[[int], None]
 OnFail = Callable[[TokMeshError], None]
 
 
-#: Batches of at least this many records yield to other tasks between their encoding and
-#: their write (see :meth:`WalWriter._commit_batch`); smaller ones do both in one step.
-YIELD_AFTER_ENCODING = 32
-
-
 @attrs.frozen
 class WalSettings:
     """The ``storage.wal.*`` settings the writer needs."""
@@ -319,12 +314,6 @@ class WalWriter:
             frames = [encode_record(item.record, cipher) for item in batch]
             data = b"".join(frames)
             n_frames = len(frames)
-            if n_frames >= YIELD_AFTER_ENCODING:
-                # A large batch is encoded in one step and written and applied in the
-                # next, so no single step holds the loop for both halves (a mass expiry's
-                # batches of DELETEs took up to 4 ms in one step). Shielded: a batch
-                # encoded is always written or failed, never dropped by a cancellation.
-                await trio.lowlevel.cancel_shielded_checkpoint()
 
             def write() -> int:
                 return seg.append(data, n_frames, sync=do_fsync)
