@@ -52,7 +52,9 @@ _WORK_CLOSE = 0  # EOF, QUIT, protocol error, timeout, transport error: close
 _WORK_RUN = 1  # a command to await, then the rest of the read, then send
 _WORK_SEND = 2  # bytes the kernel did not take at once
 
-_STAR = ord("*")
+#: How a ``TM.VALIDATE token`` frame starts (a two-element array, an 11-byte name): other
+#: reads skip the compiled loop's set-up.
+_VALIDATE_HEAD = b"*2\r\n$11\r\n"
 
 
 class _MuxConn:
@@ -247,7 +249,7 @@ class RespMux:
         replies: list[bytes] = []
         # Reads run inline: re-check the bound key once for this synchronous run.
         conn.checked = False
-        if data[0] == _STAR and not parser.has_partial and parser.error is None:
+        if data.startswith(_VALIDATE_HEAD) and not parser.has_partial and parser.error is None:
             # A run of validations at a command boundary: the compiled loop answers it
             # (its +OKs go first, one reply per frame), the parser takes the rest.
             valid, end = self._dispatcher.validate_frames(conn, data)
