@@ -422,16 +422,23 @@ async def test_the_collector_setting_comes_back_when_the_engine_stops(
     runner: EngineRunner,
 ) -> None:
     import gc
+    import sys
 
-    from tokmesh.actors.engine import FULL_COLLECTION_EVERY
+    from tokmesh.actors.engine import FULL_COLLECTION_EVERY, GIL_SWITCH_INTERVAL
 
     outer = gc.get_threshold()
+    outer_switch = sys.getswitchinterval()
     mine = (700, 10, 10)  # whatever earlier tests left, the process's own setting here
     gc.set_threshold(*mine)
+    sys.setswitchinterval(0.005)
     try:
         await runner.start()
         assert gc.get_threshold()[2] == FULL_COLLECTION_EVERY
+        # Threads get the GIL back from the busy loop within 1 ms (sync-mode commits).
+        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL < 0.005
         await runner.stop()
         assert gc.get_threshold() == mine
+        assert sys.getswitchinterval() == 0.005
     finally:
         gc.set_threshold(*outer)
+        sys.setswitchinterval(outer_switch)
