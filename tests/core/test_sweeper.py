@@ -140,13 +140,19 @@ def test_adopted_state_keeps_nothing() -> None:
 # -- the sampling array -----------------------------------------------------------------------
 
 
-def test_prune_samples_drops_dead_entries_within_its_budget() -> None:
+def state_with_removed(total: int, removed: int) -> StoreState:
+    """A state that held ``total`` sessions, of which the first ``removed`` are gone."""
     state = StoreState()
-    records = [session(user=f"u{i}") for i in range(10_000)]
+    records = [session(user=f"u{i}") for i in range(total)]
     for s in records:
         state.put(s)
-    for s in records[:4000]:
+    for s in records[:removed]:
         state.remove(s.id)
+    return state
+
+
+def test_prune_samples_drops_dead_entries_within_its_budget() -> None:
+    state = state_with_removed(10_000, 4000)
     assert len(state._sample_ids) == 10_000
     assert state.prune_samples(budget=1000) <= 1000
     while state.prune_samples(budget=1000):
@@ -158,12 +164,7 @@ def test_prune_samples_drops_dead_entries_within_its_budget() -> None:
 
 
 def test_prune_samples_rebuilds_when_most_entries_are_dead() -> None:
-    state = StoreState()
-    records = [session(user=f"u{i}") for i in range(5000)]
-    for s in records:
-        state.put(s)
-    for s in records[:4500]:
-        state.remove(s.id)
+    state = state_with_removed(5000, 4500)
     state.prune_samples()
     assert sorted(state._sample_ids) == sorted(state.sessions)
 
@@ -171,12 +172,7 @@ def test_prune_samples_rebuilds_when_most_entries_are_dead() -> None:
 def test_a_replaced_sampling_array_is_freed_a_slice_per_call() -> None:
     """After a mass expiry the old array may hold the last reference to each of its ids:
     it is freed a budget's worth per call, not in one step of the loop."""
-    state = StoreState()
-    records = [session(user=f"u{i}") for i in range(5000)]
-    for s in records:
-        state.put(s)
-    for s in records[:4500]:
-        state.remove(s.id)
+    state = state_with_removed(5000, 4500)
     state.prune_samples(budget=1000)  # the rebuild
     assert sorted(state._sample_ids) == sorted(state.sessions)
     assert len(state._retired) == 5000
