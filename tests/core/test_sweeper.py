@@ -77,6 +77,19 @@ def test_recent_keys_remember_the_last_ones_and_forget_old_ones() -> None:
     assert keys[-1] not in recent
 
 
+def test_recent_keys_reserve_their_table_before_the_first_add() -> None:
+    """The sweeper reserves the table (a 2 MiB zeroed block) in its own step, so the
+    first purge's commit batch does not allocate it."""
+    recent = RecentKeys(1000)
+    assert recent._current is None  # a node that never purges pays nothing
+    recent.reserve()
+    table = recent._current
+    assert table is not None
+    recent.reserve()
+    recent.add("tmss-x")
+    assert recent._current is table and "tmss-x" in recent
+
+
 def test_recent_keys_hold_no_reference() -> None:
     """The point of fingerprints: a purged record's id can be freed (and its memory)."""
     recent = RecentKeys(10)

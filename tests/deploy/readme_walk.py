@@ -90,7 +90,9 @@ def copy_sources(dest: Path) -> Path:
     for name in SOURCES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+            shutil.copytree(
+                src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
+            )
         else:
             shutil.copy2(src, dest / name)
     return dest

@@ -9,11 +9,12 @@ seals its segment.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ FIRST_FREEZE_DELAY = 2.0
 #: collections of the middle generation between two full ones (CPython's default: 10)
 FULL_COLLECTION_EVERY = 1000
 #: seconds a thread waits at most for the GIL while the event loop holds it (CPython's
-#: default: 0.005); see StorageEngine._freeze_survivors
+#: default: 0.005); see tuned_interpreter
 GIL_SWITCH_INTERVAL = 0.001
 
 
@@ -62,6 +63,38 @@ class EngineSettings:
     gc_interval: float = 0.1
     sample_size: int = 20
     shard_count: int = 4
+
+
+@contextlib.contextmanager
+def tuned_interpreter() -> Iterator[None]:
+    """The collector and GIL settings the running engine needs, restored when it stops
+    (an engine run in a larger process, such as a test run, leaves both as it found
+    them)."""
+    # Full collections made rare. CPython runs one after every 10 collections of
+    # the middle generation unless the objects waiting for it are under a quarter
+    # of the old generation, and frozen objects do not count in that quarter: with
+    # everything frozen, a full collection ran 2-3 times a second under write load,
+    # each walking every record created since the last freeze, up to 33 ms with
+    # the loop stopped (bench/write_path.py creates, measured with a loop-lag probe):
+    # that was the P99 of writes. Records hold no cycles, so what the rarer full
+    # collections find is only the cyclic garbage that reached the old generation.
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], FULL_COLLECTION_EVERY)
+    # The GIL handed back to a thread within 1 ms rather than 5. A worker thread
+    # whose system call returned (a sync-mode WAL write + fdatasync, the periodic
+    # fsync, a snapshot's writes) waits for the GIL while the busy loop holds it, up
+    # to the switch interval, and every record of a sync-mode batch waits with it:
+    # bench/write_path.py creates-sync gave 7,302 / 8,422 / 8,739 creates/s at 5 ms
+    # and 8,195 / 9,130 / 9,137/s at 1 ms, alternating in the same half hour. The
+    # loop is the only thread running Python most of the time, so the shorter
+    # interval costs nothing until a thread wants the GIL.
+    switch_before = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        sys.setswitchinterval(switch_before)
 
 
 class StorageEngine:
@@ -159,18 +192,19 @@ class StorageEngine:
         async with trio.open_nursery() as nursery:
             await nursery.start(wal.run)
             await nursery.start(store.run)
-            async with trio.open_nursery() as periodic:
-                self._cancel = periodic.cancel_scope
-                await periodic.start(self.sweeper.run)
-                await periodic.start(self.snapshotter.run)
-                await periodic.start(self._freeze_survivors)
-                # A WAL that could not be opened for lack of space leaves the node failed
-                # (reads only) rather than ready.
-                if wal.failed is None:
-                    self.readiness.set(Phase.READY)
-                task_status.started()
-                await self._stopped.wait()
-                periodic.cancel_scope.cancel()
+            with tuned_interpreter():
+                async with trio.open_nursery() as periodic:
+                    self._cancel = periodic.cancel_scope
+                    await periodic.start(self.sweeper.run)
+                    await periodic.start(self.snapshotter.run)
+                    await periodic.start(self._freeze_survivors)
+                    # A WAL that could not be opened for lack of space leaves the node failed
+                    # (reads only) rather than ready.
+                    if wal.failed is None:
+                        self.readiness.set(Phase.READY)
+                    task_status.started()
+                    await self._stopped.wait()
+                    periodic.cancel_scope.cancel()
             # Shutdown: periodic actors stop, shards commit their queue, the WAL drains.
             await store.close()
             await wal.close()
@@ -191,43 +225,16 @@ class StorageEngine:
         Session records hold no reference cycles, so reference counting still frees
         them when they are purged; only cyclic garbage that outlives a freeze stays.
         """
-        # Full collections made rare. CPython runs one after every 10 collections of
-        # the middle generation unless the objects waiting for it are under a quarter
-        # of the old generation, and frozen objects do not count in that quarter: with
-        # everything frozen, a full collection ran 2-3 times a second under write load,
-        # each walking every record created since the last freeze, up to 33 ms with
-        # the loop stopped (bench/write_path.py creates, measured with a loop-lag probe):
-        # that was the P99 of writes. Records hold no cycles, so what the rarer full
-        # collections find is only the cyclic garbage that reached the old generation.
-        # The process's own setting comes back when the engine stops (an engine run in
-        # a larger process, such as a test run, leaves its collector as it found it).
-        before = gc.get_threshold()
-        gc.set_threshold(before[0], before[1], FULL_COLLECTION_EVERY)
-        # The GIL handed back to a thread within 1 ms rather than 5. A worker thread
-        # whose system call returned (a sync-mode WAL write + fdatasync, the periodic
-        # fsync, a snapshot's writes) waits for the GIL while the busy loop holds it, up
-        # to the switch interval, and every record of a sync-mode batch waits with it:
-        # bench/write_path.py creates-sync gave 7,302 / 8,422 / 8,739 creates/s at 5 ms
-        # and 8,195 / 9,130 / 9,137/s at 1 ms, alternating in the same half hour. The
-        # loop is the only thread running Python most of the time, so the shorter
-        # interval costs nothing until a thread wants the GIL.
-        switch_before = sys.getswitchinterval()
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         task_status.started()
-        try:
-            # The first freeze soon after start-up: by then the listeners are open and
-            # the modules they import lazily (the web app, its routes) are loaded; left
-            # young, those objects would make the first full collections cost tens of
-            # milliseconds.
-            delay = FIRST_FREEZE_DELAY
-            while True:
-                await trio.sleep(delay)
-                gc.collect(1)
-                gc.freeze()
-                delay = FREEZE_INTERVAL
-        finally:
-            gc.set_threshold(*before)
-            sys.setswitchinterval(switch_before)
+        # The first freeze soon after start-up: by then the listeners are open and the
+        # modules they import lazily (the web app, its routes) are loaded; left young,
+        # those objects would make the first full collections cost tens of milliseconds.
+        delay = FIRST_FREEZE_DELAY
+        while True:
+            await trio.sleep(delay)
+            gc.collect(1)
+            gc.freeze()
+            delay = FREEZE_INTERVAL
 
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has drained, fsynced and sealed everything."""

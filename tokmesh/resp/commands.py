@@ -62,7 +62,7 @@ from tokmesh.resp.codec import (
     render_error,
 )
 from tokmesh.resp.connection import ClientRegistry, Connection, RespStats
-from tokmesh.resp.deps import RespBackend
+from tokmesh.resp.deps import RespBackend, RespPrincipal
 from tokmesh.resp.server_commands import ServerCommands
 from tokmesh.resp.table import CommandSpec, Done, Handler, HandlerResult, Mutation, pure
 from tokmesh.services.session_ops import CreateResult, NotLocal, RequestContext, run_fetching
@@ -672,6 +672,16 @@ class Dispatcher:
             waiting.one_done()
         return submitted
 
+    def _validation_run_principal(self, conn: Connection) -> RespPrincipal | None:
+        """The key a run of validations answers for, re-checked once per synchronous run;
+        ``None`` when the run must go one by one (no key, or the check refused it: the
+        per-command dispatch then gives the refusal)."""
+        if conn.principal is None or self._validate_spec.roles is None:
+            return None
+        if not conn.checked and self._check_run(conn, self._validate_spec.data) is not None:
+            return None
+        return conn.principal
+
     def validate_frames(self, conn: Connection, data: bytes) -> tuple[int, int]:
         """Answer the leading ``TM.VALIDATE token`` frames of a read with the compiled loop
         (:mod:`tokmesh.accel`): returns ``(count, end)``, ``count`` validations answered
@@ -686,16 +696,11 @@ class Dispatcher:
         """
         scan = self._scan_frames
         spec = self._validate_spec
-        principal = conn.principal
-        if scan is None or principal is None or spec.roles is None:
+        if scan is None:
             return 0, 0
-        if not conn.checked:
-            if self._check_run(conn, spec.data) is not None:
-                return 0, 0  # the parser's path gives the refusal
-            principal = conn.principal
-            assert principal is not None
-        if principal.role not in spec.roles:
-            return 0, 0
+        principal = self._validation_run_principal(conn)
+        if principal is None or spec.roles is None or principal.role not in spec.roles:
+            return 0, 0  # the parser's path gives the refusal
         take_rate = self.backend.take_rate
         end = 0
 
@@ -731,14 +736,9 @@ class Dispatcher:
         the run, so they count twice in the bucket).
         """
         spec = self._validate_spec
-        principal = conn.principal
+        principal = self._validation_run_principal(conn)
         if principal is None or spec.roles is None:
             return 0
-        if not conn.checked:
-            if self._check_run(conn, spec.data) is not None:
-                return 0
-            principal = conn.principal
-            assert principal is not None
         count = end - start
         if not self.backend.take_rate(principal, count):
             return 0
