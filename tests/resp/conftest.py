@@ -287,7 +287,7 @@ class FakeBackend:
             raise TokMeshError(E.AUTH_DISABLED)
         return FakePrincipal(key_id, key.role)
 
-    def check_principal(self, principal: Any) -> Any:
+    def check_principal(self, principal: Any, now_ms: int | None = None) -> Any:
         key = self.keys.get(principal.key_id)
         if key is None:
             raise TokMeshError(E.AUTH_INVALID)
@@ -303,7 +303,7 @@ class FakeBackend:
             raise TokMeshError(E.SYS_RATE_LIMITED)
         self.budget[principal.key_id] = left - 1
 
-    def take_rate(self, principal: Any, n: int) -> bool:
+    def take_rate(self, principal: Any, n: int, now_ms: int | None = None) -> bool:
         left = self.budget.get(principal.key_id)
         if left is None:
             return True

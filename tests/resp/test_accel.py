@@ -26,15 +26,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
 import pytest
 import redis
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokmesh import accel
+from tokmesh.domain.clock import Clock
 from tokmesh.domain.ids import new_session_id
 from tokmesh.domain.session import Session
 from tokmesh.domain.tokens import generate_token, token_digest
+from tokmesh.resp.connection import Connection
+from tokmesh.services.auth import SCOPE_REDIS
 from tokmesh.telemetry import metrics
 
 from .conftest import RealStack, in_thread
@@ -720,6 +725,72 @@ async def test_a_run_of_valid_tokens_is_still_refused_when_it_must_be(
         real_stack.maintenance[0] = False
     assert refused == [MAINTENANCE] * 6
     assert await in_thread(pipelined, client, asked) == [b"OK"] * 6
+
+
+async def test_a_key_disabled_or_expired_between_reads_refuses_the_next_run(
+    real_stack: RealStack,
+) -> None:
+    """The key check runs inside the scan's callback with the read's clock reading: a key
+    that changed since the last read refuses a whole run of valid tokens."""
+    made = await in_thread(
+        create_sessions, real_stack.client_for(*await real_stack.new_key("issuer")), 6
+    )
+    payload = b"".join(frame(t.encode()) for _, t in made)
+    ok = b"+OK\r\n" * 6
+
+    def run_twice(kid: str, secret: str, between: Callable[[], None]) -> tuple[bytes, bytes]:
+        with real_stack.server.raw() as sock:
+            sock.sendall(resp(b"AUTH", kid.encode(), secret.encode()))
+            assert recv_exactly(sock, 5) == b"+OK\r\n"
+            sock.sendall(payload)
+            first = recv_exactly(sock, len(ok))
+            between()
+            sock.sendall(payload)
+            return first, recv_exactly(sock, len(NOAUTH) * 6)
+
+    kid, secret = await real_stack.new_key("validator")
+    trio_token = trio.lowlevel.current_trio_token()
+
+    def disable() -> None:
+        trio.from_thread.run(real_stack.keys.set_status, kid, "disabled", trio_token=trio_token)
+
+    assert await in_thread(run_twice, kid, secret, disable) == (ok, NOAUTH * 6)
+
+    kid, secret = await real_stack.new_key("validator")
+    keys = real_stack.engine.state.keys
+
+    def expire_key() -> None:
+        # As expire() does for sessions: the record the key would have once past its expiry.
+        keys[kid] = attrs.evolve(keys[kid], expires_at=int(time.time() * 1000) - 1000)
+
+    assert await in_thread(run_twice, kid, secret, expire_key) == (ok, NOAUTH * 6)
+
+
+async def test_a_read_of_validations_reads_the_clock_once(
+    real_stack: RealStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key check, the rate limit and the expiry rule of a compiled run share one
+    clock reading."""
+    dispatcher = real_stack.server.dispatcher
+    if dispatcher._scan_frames is None:
+        pytest.skip("the pure-Python path validates one by one")
+    kid, secret = await real_stack.new_key("issuer")
+    made = await in_thread(create_sessions, real_stack.client_for(kid, secret), 5)
+    conn = Connection("127.0.0.1")
+    conn.bind(await real_stack.auth.authenticate(kid, secret, "127.0.0.1", SCOPE_REDIS))
+    data = b"".join(frame(t.encode()) for _, t in made)
+    reads = 0
+    real_now = Clock.now_ms
+
+    def counting_now(self: Clock) -> int:
+        nonlocal reads
+        reads += 1
+        return real_now(self)
+
+    monkeypatch.setattr(Clock, "now_ms", counting_now)
+    assert dispatcher.validate_frames(conn, data) == (5, len(data))  # key checked: a new run
+    assert reads == 1
+    assert conn.checked
 
 
 async def test_a_run_beyond_the_rate_limit_is_answered_one_by_one(

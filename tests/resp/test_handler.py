@@ -209,10 +209,10 @@ async def test_key_recheck_once_per_inline_run_and_again_after_an_await(
     checks = 0
     real_check = backend.check_principal
 
-    def counting_check(principal: object) -> object:
+    def counting_check(principal: object, now_ms: int | None = None) -> object:
         nonlocal checks
         checks += 1
-        return real_check(principal)
+        return real_check(principal, now_ms)
 
     backend.check_principal = counting_check  # type: ignore[method-assign]
     real_touch = backend.sessions.touch

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from tokmesh.actors.state import StoreState
 from tokmesh.domain.clock import Clock
@@ -89,6 +89,18 @@ class SortedIdScanner:
         return next_cursor, live
 
 
+def _never() -> bool:
+    return False
+
+
+class _Recheck(Protocol):
+    def __call__(self, principal: Any, now_ms: int | None = None) -> RespPrincipal: ...
+
+
+class _TakeRate(Protocol):
+    def __call__(self, principal: Any, n: int, now_ms: int | None = None) -> bool: ...
+
+
 class ServiceBackend:
     """RESP backend over the Authenticator and the session operations.
 
@@ -97,12 +109,12 @@ class ServiceBackend:
 
     The per-command checks are the Authenticator's own bound methods (no adapter hop
     on the hot path): ``check_principal`` = ``recheck`` (03 §5.2 step 3, no Argon2),
-    ``rate_limit`` = ``check_rate`` (02 §10), ``take_rate`` = ``take_rate``.
+    ``rate_limit`` = ``check_rate`` (02 §10), ``take_rate`` = ``take_rate``, and
+    ``in_maintenance`` is the phase check the server passes.
     """
 
     __slots__ = (
         "_auth",
-        "_maintenance",
         "_max_clients",
         "_node_id",
         "_scanner",
@@ -110,6 +122,7 @@ class ServiceBackend:
         "_started_at",
         "_state",
         "check_principal",
+        "in_maintenance",
         "rate_limit",
         "take_rate",
     )
@@ -132,13 +145,14 @@ class ServiceBackend:
         self._started_at = time.time() if started_at is None else started_at
         self._sessions = sessions
         self._state = state
-        self._maintenance = in_maintenance
+        #: True while a restore runs (the phase check itself: no adapter hop per read).
+        self.in_maintenance: Callable[[], bool] = in_maintenance or _never
         self._scanner = scanner or SortedIdScanner(state.sessions, sessions.clock)
         # The principals handed to these are always the Authenticator's own (they come
         # from authenticate() below), so its methods take them as they are.
-        self.check_principal: Callable[[Any], RespPrincipal] = authenticator.recheck
+        self.check_principal: _Recheck = authenticator.recheck
         self.rate_limit: Callable[[Any], None] = authenticator.check_rate
-        self.take_rate: Callable[[Any, int], bool] = authenticator.take_rate
+        self.take_rate: _TakeRate = authenticator.take_rate
 
     @property
     def sessions(self) -> SessionOperations:
@@ -153,10 +167,6 @@ class ServiceBackend:
     async def authenticate(self, key_id: str, secret: str, peer_ip: str) -> RespPrincipal:
         """AUTH: 02 §6.1 steps 2-7 with the socket peer as client IP (02 §5)."""
         return await self._auth.authenticate(key_id, secret, peer_ip, SCOPE_REDIS)
-
-    def in_maintenance(self) -> bool:
-        """True while a restore runs."""
-        return self._maintenance is not None and self._maintenance()
 
     def node_facts(self) -> NodeFacts:
         """Node id, start time, the store's count of non-revoked sessions, the client cap."""

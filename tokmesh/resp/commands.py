@@ -427,16 +427,16 @@ class Dispatcher:
 
         return await run_fetching(again)
 
-    def _check_run(self, conn: Connection, data: bool) -> bytes | None:
+    def _check_run(self, conn: Connection, data: bool, now_ms: int | None = None) -> bytes | None:
         """Re-check the bound key, then (for a data command) maintenance, once per
         synchronous run. Returns the refusal, or ``None``; ``conn.checked`` is set once
         both passed (a connection command leaves it clear: the next data command of the
-        run still looks at maintenance)."""
+        run still looks at maintenance). ``now_ms``: the run's clock reading, if any."""
         principal = conn.principal
         assert principal is not None
         backend = self.backend
         try:
-            fresh = backend.check_principal(principal)
+            fresh = backend.check_principal(principal, now_ms)
         except TokMeshError:
             # A disabled/expired/deleted key loses access at once.
             conn.unbind()
@@ -672,13 +672,15 @@ class Dispatcher:
             waiting.one_done()
         return submitted
 
-    def _validation_run_principal(self, conn: Connection) -> RespPrincipal | None:
+    def _validation_run_principal(
+        self, conn: Connection, now_ms: int | None = None
+    ) -> RespPrincipal | None:
         """The key a run of validations answers for, re-checked once per synchronous run;
         ``None`` when the run must go one by one (no key, or the check refused it: the
-        per-command dispatch then gives the refusal)."""
+        per-command dispatch then gives the refusal). ``now_ms``: the run's clock reading."""
         if conn.principal is None or self._validate_spec.roles is None:
             return None
-        if not conn.checked and self._check_run(conn, self._validate_spec.data) is not None:
+        if not conn.checked and self._check_run(conn, True, now_ms) is not None:
             return None
         return conn.principal
 
@@ -693,28 +695,31 @@ class Dispatcher:
         valid token (an error, another command, an incomplete frame): the parser and
         :meth:`run_inline` answer from there, so every other reply has one
         implementation. Nothing is counted or charged when the run is refused.
+
+        The key check, the rate limit and the expiry rule share the one clock reading
+        the session operations take for the scan: a gateway's read is usually a single
+        validation, and this is its whole dispatch.
         """
         scan = self._scan_frames
-        spec = self._validate_spec
-        if scan is None:
+        roles = self._validate_spec.roles
+        if scan is None or conn.principal is None or roles is None:
             return 0, 0
-        principal = self._validation_run_principal(conn)
-        if principal is None or spec.roles is None or principal.role not in spec.roles:
-            return 0, 0  # the parser's path gives the refusal
-        take_rate = self.backend.take_rate
         end = 0
 
         def run(by_token: dict[bytes, str], sessions: dict[str, Session], now_ms: int) -> int:
             nonlocal end
+            principal = self._validation_run_principal(conn, now_ms)
+            if principal is None or principal.role not in roles:
+                return 0  # the parser's path gives the refusal
             count, end = scan(data, by_token, sessions, now_ms)
-            if count and not take_rate(principal, count):
+            if count and not self.backend.take_rate(principal, count, now_ms):
                 return 0  # one by one: each gets its own rate-limit answer
             return count
 
         count = self.backend.sessions.validate_scan(run)
         if not count:
             return 0, 0
-        conn.command = spec.info_name
+        conn.command = self._validate_spec.info_name
         return count, end
 
     def _run_of_validations(

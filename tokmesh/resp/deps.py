@@ -80,17 +80,19 @@ class RespBackend(Protocol):
         ``TM-SYS-4290`` (brute-force block)."""
         ...
 
-    def check_principal(self, principal: RespPrincipal) -> RespPrincipal:
+    def check_principal(self, principal: RespPrincipal, now_ms: int | None = None) -> RespPrincipal:
         """Cheap per-command re-check of the bound key (no Argon2): raises if it is now
-        disabled, expired, deleted or rotated away; returns the principal to keep."""
+        disabled, expired, deleted or rotated away; returns the principal to keep.
+        ``now_ms``: the caller's clock reading for the whole read, if it has one."""
         ...
 
     def rate_limit(self, principal: RespPrincipal) -> None:
         """Take one token of the key's bucket or raise ``TM-SYS-4290``."""
         ...
 
-    def take_rate(self, principal: RespPrincipal, n: int) -> bool:
-        """Take ``n`` tokens at once, or none and return False (no error, no hooks)."""
+    def take_rate(self, principal: RespPrincipal, n: int, now_ms: int | None = None) -> bool:
+        """Take ``n`` tokens at once, or none and return False (no error, no hooks);
+        ``now_ms`` as for :meth:`check_principal`."""
         ...
 
     def in_maintenance(self) -> bool:

@@ -370,14 +370,15 @@ class Authenticator:
                 self._hooks.rate_limited()
             raise
 
-    def take_rate(self, principal: Principal, n: int) -> bool:
+    def take_rate(self, principal: Principal, n: int, now_ms: int | None = None) -> bool:
         """Take ``n`` tokens of the key's bucket at once, or none (then False, no hooks).
 
         For a run of identical pipelined reads answered by one evaluation: when the bucket
         cannot cover the whole run, the caller falls back to one :meth:`check_rate` per
         command, which gives exactly the sequential answers.
         """
-        return not self.rates.take(principal.key_id, principal.rate_limit, self._clock.now_ms(), n)
+        now = self._clock.now_ms() if now_ms is None else now_ms
+        return not self.rates.take(principal.key_id, principal.rate_limit, now, n)
 
     def check_role(
         self, principal: Principal, permission: str, scope: str, command: str | None = None
@@ -469,14 +470,15 @@ class Authenticator:
         self.check_replay(principal.key_id, method, headers)
         return principal
 
-    def recheck(self, principal: Principal) -> Principal:
+    def recheck(self, principal: Principal, now_ms: int | None = None) -> Principal:
         """Cheap per-command re-validation for RESP (03 §5.2 step 3).
 
         A disabled (``TM-AUTH-4012``), expired, deleted, rotated-away or out-of-grace key
         (``TM-AUTH-4011``) loses access at once. Returns the principal to keep using (a
-        fresh one when the key record changed, e.g. a new ``rate_limit``).
+        fresh one when the key record changed, e.g. a new ``rate_limit``). ``now_ms``: the
+        caller's clock reading, when it has one for the whole read.
         """
-        now = self._clock.now_ms()
+        now = self._clock.now_ms() if now_ms is None else now_ms
         key = self._keys.get_key(principal.key_id)
         if key is None:
             raise TokMeshError(E.AUTH_INVALID)

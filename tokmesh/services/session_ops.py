@@ -206,7 +206,9 @@ class SessionOperations(Protocol):
 
         ``scan(by_token, sessions, now_ms)`` reads the token-digest → session-id and
         id → session dicts (it changes nothing) and returns how many tokens it found
-        valid; they count in the metrics as :meth:`validate` would count them. An
+        valid; they count in the metrics as :meth:`validate` would count them. ``now_ms``
+        is the read's one clock reading: ``scan`` may use it for its own checks too (the
+        RESP dispatcher re-checks the key and charges the rate limit with it). An
         implementation that cannot answer from its own index (a cluster member: the
         token may be another node's) returns 0 without calling ``scan``, and the caller
         validates one by one.
