@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from tokmesh.domain import apikey as ak
+from tokmesh.domain.clock import ManualClock
 from tokmesh.domain.errors import TokMeshError
 from tokmesh.services.auth import Principal, parse_credentials
 
@@ -651,3 +652,32 @@ async def test_startup_warnings(make_env: MakeEnv) -> None:
     warnings = env.settings.startup_warnings()
     assert len(warnings) == 2
     assert not env.auth.metrics_auth_required
+
+
+async def test_a_cached_request_reads_the_clock_once(
+    make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key state, rate limit and anti-replay of one request are judged at one instant: a
+    cache hit reads the clock once for the whole chain."""
+    env = await make_env(anti_replay_required=True)
+    key, secret = await new_key(env)
+    await env.auth.authorize_http(
+        "GET", {"x-api-key": f"{key.key_id}:{secret}"}, IP, "business", None
+    )  # cached from here on
+    headers = {
+        "x-api-key": f"{key.key_id}:{secret}",
+        "x-timestamp": str(env.clock.now_ms()),
+        "x-nonce": "once",
+    }
+    reads = 0
+    real_now = ManualClock.now_ms
+
+    def counting_now(self: ManualClock) -> int:
+        nonlocal reads
+        reads += 1
+        return real_now(self)
+
+    monkeypatch.setattr(ManualClock, "now_ms", counting_now)
+    principal = env.auth.authorize_http_now("POST", headers, IP, "business", ak.PERM_SESSION_CREATE)
+    assert principal is not None and principal.key_id == key.key_id
+    assert reads == 1

@@ -361,10 +361,11 @@ class Authenticator:
         self._post_checks(principal, grant.allowed, scope)
         return kid, digest, principal
 
-    def check_rate(self, principal: Principal) -> None:
+    def check_rate(self, principal: Principal, now_ms: int | None = None) -> None:
         """Step 8: one token from the key's bucket or 429 ``TM-SYS-4290`` with rate headers."""
+        now = self._clock.now_ms() if now_ms is None else now_ms
         try:
-            self.rates.check(principal.key_id, principal.rate_limit, self._clock.now_ms())
+            self.rates.check(principal.key_id, principal.rate_limit, now)
         except TokMeshError:
             if self._hooks.rate_limited is not None:
                 self._hooks.rate_limited()
@@ -395,9 +396,12 @@ class Authenticator:
             raise TokMeshError(E.AUTH_FORBIDDEN, f"permission denied for command '{command}'")
         raise TokMeshError(E.AUTH_FORBIDDEN)
 
-    def check_replay(self, key_id: str, method: str, headers: Mapping[str, str]) -> None:
+    def check_replay(
+        self, key_id: str, method: str, headers: Mapping[str, str], now_ms: int | None = None
+    ) -> None:
         """Step 10 (02 §11, R2): POST only; 401 4014 / 400 ARG-1001 / 401 4015."""
-        self.replay.check(key_id, method, headers, self._clock.now_ms())
+        now = self._clock.now_ms() if now_ms is None else now_ms
+        self.replay.check(key_id, method, headers, now)
 
     async def authorize_http(
         self,
@@ -446,12 +450,11 @@ class Authenticator:
         creds = (credentials or parse_credentials)(headers)
         if creds is None:
             raise TokMeshError(E.AUTH_MISSING)
-        _, _, principal = self._from_cache(
-            creds[0], creds[1], client_ip, scope, tcp_remote_ip, self._clock.now_ms()
-        )
+        now = self._clock.now_ms()  # one reading for the whole chain of this request
+        _, _, principal = self._from_cache(creds[0], creds[1], client_ip, scope, tcp_remote_ip, now)
         if principal is None:
             return None
-        return self._authorize(principal, method, headers, scope, permission)
+        return self._authorize(principal, method, headers, scope, permission, now)
 
     def _authorize(
         self,
@@ -460,14 +463,16 @@ class Authenticator:
         headers: Mapping[str, str],
         scope: str,
         permission: str | None,
+        now_ms: int | None = None,
     ) -> Principal:
-        """Steps 8-10 after authentication: rate limit, role, anti-replay."""
+        """Steps 8-10 after authentication: rate limit, role, anti-replay (at ``now_ms``,
+        the caller's reading when it has one)."""
         if scope == SCOPE_METRICS:
             return principal
-        self.check_rate(principal)
+        self.check_rate(principal, now_ms)
         if permission is not None and scope != SCOPE_ADMIN:
             self.check_role(principal, permission, scope)
-        self.check_replay(principal.key_id, method, headers)
+        self.check_replay(principal.key_id, method, headers, now_ms)
         return principal
 
     def recheck(self, principal: Principal, now_ms: int | None = None) -> Principal:
