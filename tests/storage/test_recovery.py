@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tokmesh.actors.state import StoreState
 from tokmesh.domain.errors import E
 from tokmesh.domain.session import Session
 from tokmesh.storage.cipher import ALG_AES, Cipher, StorageFatalError
@@ -477,3 +478,76 @@ def test_only_snapshot_expired_ids_need_a_second_look(
     assert set(state.sessions) == {renewed.id, live.id}
     assert state.stats.dropped_expired == 2 and dead.id not in state.sessions
     assert Replayer(NOW_MS, dict(state.sessions)).drop_expired() == 0  # a full scan agrees
+
+
+def test_a_worker_part_applied_in_runs_equals_record_by_record(
+    make_session: MakeSession,
+) -> None:
+    """``apply_decoded`` loads runs of new, live creates in bulk and applies every other
+    record on its own: the same sessions, indexes and counts as ``apply_parts`` one by
+    one, whatever breaks a run (an id already held or already in the run, an expired
+    state, a revoke or renew of a session of the run, a key, a state not yet decoded)."""
+    held = make_session(user_id="carol", device_id="")
+    seq = iter(range(1, 1000))
+
+    def new(**fields: Any) -> Session:
+        n = next(seq)
+        return make_session(
+            user_id=f"user-{n % 3}", device_id=f"dev-{n % 2}" if n % 4 else "", **fields
+        )
+
+    first = [new() for _ in range(5)]
+    second = [new() for _ in range(3)]
+    last = [new() for _ in range(4)]
+    expired = new(expires_at=NOW_MS - 1)
+    not_decoded = new()
+    records: list[Any] = []
+
+    def add(rtype: RecordType, s: Session | None, sid: str = "", body: Any = None) -> None:
+        eid = s.id if s is not None else sid
+        version = s.version if s is not None else 0
+        records.append((len(records) + 1, rtype, eid, version, body, s))
+
+    for s in first:
+        add(RecordType.CREATE, s)
+    add(RecordType.CREATE, held.evolve(version=2, user_agent="renewed"))  # id already held
+    for s in second:
+        add(RecordType.CREATE, s)
+    add(RecordType.CREATE, second[0].evolve(version=2, data={"n": "2"}))  # id already in run
+    add(RecordType.CREATE, expired)
+    add(RecordType.DELETE, None, first[1].id)  # revokes a session of the first run
+    add(RecordType.UPDATE, first[2].evolve(version=3, last_active=NOW_MS + 5))
+    key = {"key_id": "tmak-k", "version": 1}
+    records.append((len(records) + 1, RecordType.KEY_PUT, "tmak-k", 1, key, None))
+    body = not_decoded.to_record()
+    del body["is_deleted"]
+    add(RecordType.CREATE, None, not_decoded.id, body)
+    for s in last:
+        add(RecordType.CREATE, s)
+
+    def replayed(bulk: bool) -> tuple[Replayer, StoreState]:
+        state = StoreState()
+        state.load([held])
+        r = Replayer(NOW_MS, state)
+        if bulk:
+            r.apply_decoded(records)
+        else:
+            for _, rtype, eid, version, body, session in records:
+                r.apply_parts(rtype, eid, version, body, session)
+        return r, state
+
+    (bulk, bulk_state), (one, one_state) = replayed(True), replayed(False)
+    assert bulk_state.sessions == one_state.sessions
+    assert list(bulk_state.sessions) == list(one_state.sessions)  # insertion order too
+    assert bulk_state.by_token == one_state.by_token
+    assert bulk_state.by_user == one_state.by_user
+    assert bulk_state.by_device == one_state.by_device
+    assert bulk_state.wheel.bulk_buckets() == one_state.wheel.bulk_buckets()
+    assert len(bulk_state.wheel) == len(one_state.wheel)
+    assert bulk.api_keys == one.api_keys == {"tmak-k": key}
+    for name in ("replayed", "applied", "ignored", "expired_records", "malformed"):
+        assert getattr(bulk.stats, name) == getattr(one.stats, name), name
+    assert bulk.stats.replayed == len(records)
+    assert bulk_state.sessions[first[1].id].is_deleted
+    assert bulk_state.sessions[second[0].id].data == {"n": "2"}
+    assert expired.id not in bulk_state.sessions
