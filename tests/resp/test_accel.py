@@ -766,14 +766,13 @@ async def test_a_key_disabled_or_expired_between_reads_refuses_the_next_run(
     assert await in_thread(run_twice, kid, secret, expire_key) == (ok, NOAUTH * 6)
 
 
+@pytest.mark.parametrize("real_stack", ["compiled"], indirect=True)  # Python: one by one
 async def test_a_read_of_validations_reads_the_clock_once(
     real_stack: RealStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The key check, the rate limit and the expiry rule of a compiled run share one
     clock reading."""
     dispatcher = real_stack.server.dispatcher
-    if dispatcher._scan_frames is None:
-        pytest.skip("the pure-Python path validates one by one")
     kid, secret = await real_stack.new_key("issuer")
     made = await in_thread(create_sessions, real_stack.client_for(kid, secret), 5)
     conn = Connection("127.0.0.1")
