@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.support.clock_reads import count_clock_reads
 from tokmesh.domain import apikey as ak
 from tokmesh.domain.clock import ManualClock
 from tokmesh.domain.errors import TokMeshError
@@ -669,15 +670,7 @@ async def test_a_cached_request_reads_the_clock_once(
         "x-timestamp": str(env.clock.now_ms()),
         "x-nonce": "once",
     }
-    reads = 0
-    real_now = ManualClock.now_ms
-
-    def counting_now(self: ManualClock) -> int:
-        nonlocal reads
-        reads += 1
-        return real_now(self)
-
-    monkeypatch.setattr(ManualClock, "now_ms", counting_now)
+    reads = count_clock_reads(monkeypatch, ManualClock)
     principal = env.auth.authorize_http_now("POST", headers, IP, "business", ak.PERM_SESSION_CREATE)
     assert principal is not None and principal.key_id == key.key_id
-    assert reads == 1
+    assert reads() == 1

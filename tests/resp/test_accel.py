@@ -33,6 +33,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.clock_reads import count_clock_reads
 from tokmesh import accel
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.ids import new_session_id
@@ -778,17 +779,9 @@ async def test_a_read_of_validations_reads_the_clock_once(
     conn = Connection("127.0.0.1")
     conn.bind(await real_stack.auth.authenticate(kid, secret, "127.0.0.1", SCOPE_REDIS))
     data = b"".join(frame(t.encode()) for _, t in made)
-    reads = 0
-    real_now = Clock.now_ms
-
-    def counting_now(self: Clock) -> int:
-        nonlocal reads
-        reads += 1
-        return real_now(self)
-
-    monkeypatch.setattr(Clock, "now_ms", counting_now)
+    reads = count_clock_reads(monkeypatch, Clock)
     assert dispatcher.validate_frames(conn, data) == (5, len(data))  # key checked: a new run
-    assert reads == 1
+    assert reads() == 1
     assert conn.checked
 
 
