@@ -2,8 +2,9 @@
 
 A snapshot takes the committed state in one synchronous step (a shallow copy of the
 record list: records are immutable) together with the WAL position it corresponds to;
-encoding, encryption and file I/O run in a worker thread while writes continue. One
-snapshot is in flight at a time; concurrent triggers join it.
+encoding, encryption and file I/O run in a forked child process (a worker thread where
+``fork`` is missing) while writes continue. One snapshot is in flight at a time;
+concurrent triggers join it.
 
 Snapshots bound the restart time. A graceful stop ends with one (:meth:`Snapshotter.final`),
 so the next start loads it and replays nothing; after a crash, the replay is at most the
@@ -13,6 +14,7 @@ WAL written since the newest snapshot, which the size trigger keeps under
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -22,6 +24,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from tokmesh.actors.forked_write import FORK_AVAILABLE, run_in_child
 from tokmesh.actors.periodic import ActorErrors
 from tokmesh.actors.session_store import SessionStore
 from tokmesh.domain.clock import SYSTEM_CLOCK, Clock
@@ -245,18 +248,21 @@ class Snapshotter:
         await self.store.wal.sync_now()
         started = trio.current_time()
         try:
-            info = await _write_abandonable(
-                lambda abort: snapshot_files.write_snapshot(
-                    self.snapshot_dir,
-                    sessions,
-                    keys,
-                    position,
-                    self.node_id,
-                    self.cipher,
-                    now,
-                    abort=abort,
-                )
+            write = functools.partial(
+                snapshot_files.write_snapshot,
+                self.snapshot_dir,
+                sessions,
+                keys,
+                position,
+                self.node_id,
+                self.cipher,
+                now,
             )
+            if FORK_AVAILABLE:
+                # Encoded in a child process: its Python does not take the loop's GIL.
+                info = await run_in_child(write)
+            else:
+                info = await _write_abandonable(lambda abort: write(abort=abort))
         except TokMeshError:
             raise
         except Exception as exc:

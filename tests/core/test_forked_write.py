@@ -1,0 +1,78 @@
+"""Work run in a forked child (the snapshot writer): result, errors, cancellation."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from tokmesh.actors.forked_write import run_in_child
+from tokmesh.domain.errors import E, TokMeshError
+from tokmesh.storage.snapshot_files import SnapshotError
+
+
+async def test_the_result_comes_back_from_another_process() -> None:
+    pid, data = await run_in_child(lambda: (os.getpid(), {"n": [1, 2, 3]}))
+    assert pid != os.getpid()
+    assert data == {"n": [1, 2, 3]}
+
+
+async def test_the_child_sees_the_state_of_the_fork_and_changes_nothing_here() -> None:
+    state = {"count": 1}
+
+    def work() -> int:
+        state["count"] += 1  # the child's copy
+        return state["count"]
+
+    assert await run_in_child(work) == 2
+    assert state == {"count": 1}
+
+
+async def test_an_exception_is_raised_here_with_its_type() -> None:
+    def fail() -> None:
+        raise SnapshotError("snapshot directory unusable: No space left on device")
+
+    with pytest.raises(SnapshotError, match="No space left"):
+        await run_in_child(fail)
+
+
+async def test_an_exception_that_does_not_pickle_comes_back_as_its_text() -> None:
+    class Local(Exception):  # a local class cannot be pickled
+        pass
+
+    def fail() -> None:
+        raise Local("odd")
+
+    with pytest.raises(TokMeshError) as caught:
+        await run_in_child(fail)
+    assert caught.value.error is E.SYS_BACKUP
+    assert "Local: odd" in str(caught.value)
+
+
+async def test_a_cancellation_kills_the_child(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+
+    def slow() -> None:
+        marker.write_text(str(os.getpid()))
+        time.sleep(60)
+
+    with trio.move_on_after(5) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_in_child, slow)
+            while not marker.exists() or not marker.read_text():
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert not scope.cancelled_caught, "the cancellation waited for the child"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(marker.read_text()), 0)  # killed and reaped
+
+
+async def test_a_cancelled_caller_forks_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await run_in_child(lambda: marker.write_text("x"))
+    assert not marker.exists()
