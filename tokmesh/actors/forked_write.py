@@ -35,8 +35,8 @@ async def run_in_child(work: Callable[[], T]) -> T:
 
     A cancellation before the fork forks nothing; one while the child works kills it (a
     file it was writing is left for its owner's start-up cleanup, as after a crash). An
-    exception that does not survive pickling comes back as ``TM-SYS-5002``-style
-    ``TokMeshError(E.SYS_BACKUP)`` carrying its type and text.
+    exception that does not survive pickling comes back as ``TokMeshError(E.SYS_BACKUP)``
+    (``TM-SYS-5002``) carrying its type and text.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     r, w = os.pipe()
