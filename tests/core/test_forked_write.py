@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,3 +79,53 @@ async def test_a_cancelled_caller_forks_nothing(tmp_path: Path) -> None:
         scope.cancel()
         await run_in_child(lambda: marker.write_text("x"))
     assert not marker.exists()
+
+
+async def test_the_child_holds_no_descriptor_of_the_node_but_its_pipe() -> None:
+    """A listening socket inherited by the child would keep the node's port bound after a
+    kill -9 of the node (its restart then fails with EADDRINUSE)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        fds = await run_in_child(lambda: sorted(int(fd) for fd in os.listdir("/proc/self/fd")))
+    assert listener.fileno() not in fds
+    # stdin, stdout, stderr, the result pipe, and the listing's own descriptor.
+    assert len([fd for fd in fds if fd > 2]) <= 2
+
+
+def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """A kill -9 of the node takes a snapshot child with it (no orphan writing a snapshot
+    while the restarted node recovers)."""
+    marker = tmp_path / "child"
+    script = (
+        "import os, sys, time, trio\n"
+        "from tokmesh.actors.forked_write import run_in_child\n"
+        "def slow():\n"
+        f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "trio.run(run_in_child, slow)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        while not (marker.exists() and marker.read_text()):
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.02)
+        child = int(marker.read_text())
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 5
+        while _alive(child):
+            assert time.monotonic() < deadline, "the child outlived its parent"
+            time.sleep(0.02)
+    finally:
+        parent.kill()
+        parent.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False

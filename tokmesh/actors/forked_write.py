@@ -13,6 +13,7 @@ buffered output of the parent flushed twice.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import pickle
@@ -25,6 +26,8 @@ import trio
 from tokmesh.domain.errors import E, TokMeshError
 
 T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
 
 #: Whether this platform can fork (callers fall back to a worker thread).
 FORK_AVAILABLE = hasattr(os, "fork")
@@ -40,9 +43,10 @@ async def run_in_child(work: Callable[[], T]) -> T:
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     r, w = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _child(work, r, w)
+        _child(work, r, w, parent)
     os.close(w)
     try:
         data = await trio.to_thread.run_sync(_read_all, r, abandon_on_cancel=True)
@@ -75,10 +79,27 @@ def _read_all(r: int) -> bytes:
     return b"".join(chunks)
 
 
-def _child(work: Callable[[], object], r: int, w: int) -> NoReturn:
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this child when its parent dies (Linux), and leave at once if
+    that already happened: a child orphaned by a kill -9 of the node must not write a
+    snapshot while the restarted node recovers."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's cancellation still kills the child
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _child(work: Callable[[], object], r: int, w: int, parent: int) -> NoReturn:
     code = 1
     try:
-        os.close(r)
+        _die_with(parent)
+        # Every descriptor of the node but the result pipe: an inherited listening socket
+        # would keep the node's ports bound after the node itself died.
+        os.closerange(3, w)
+        os.closerange(w + 1, _max_fd())  # the read end ``r`` included
         # A collection would touch every object and copy the parent's pages for nothing.
         gc.disable()
         # The parent's signal handling is not ours: a Ctrl-C of the process group must
@@ -104,3 +125,10 @@ def _child(work: Callable[[], object], r: int, w: int) -> NoReturn:
         code = 0
     finally:
         os._exit(code)
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 65536
