@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +54,18 @@ async def test_an_exception_that_does_not_pickle_comes_back_as_its_text() -> Non
         await run_in_child(fail)
     assert caught.value.error is E.SYS_BACKUP
     assert "Local: odd" in str(caught.value)
+
+
+async def test_a_child_killed_while_it_works_is_an_error_here() -> None:
+    # What the kernel's out-of-memory killer does to a child whose copy-on-write copy
+    # outgrew the memory limit: the caller gets an error, not a hang or a crash.
+    def killed() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(TokMeshError) as caught:
+        await run_in_child(killed)
+    assert caught.value.error is E.SYS_BACKUP
+    assert "no result" in str(caught.value)
 
 
 async def test_a_cancellation_kills_the_child(tmp_path: Path) -> None:
