@@ -333,12 +333,250 @@ static inline int is_validate_name(const char *p)
     return 1;
 }
 
+/* The maps the store keeps are plain dicts or segmented maps (tokmesh/actors/
+   segmented_map.py), whose dicts are passed here as a list: key k lives in the dict at
+   hash(k) & (len - 1), len being a power of two. */
+static int is_map(PyObject *map)
+{
+    if (PyDict_CheckExact(map))
+        return 1;
+    if (!PyList_CheckExact(map))
+        return 0;
+    Py_ssize_t n = PyList_GET_SIZE(map);
+    return n > 0 && (n & (n - 1)) == 0;
+}
+
+static PyObject *segment_of(PyObject *segments, Py_hash_t h)
+{
+    size_t mask = (size_t)PyList_GET_SIZE(segments) - 1;
+    PyObject *seg = PyList_GET_ITEM(segments, (Py_ssize_t)((size_t)h & mask));
+    if (!PyDict_CheckExact(seg)) {
+        PyErr_SetString(PyExc_TypeError, "a segment is not a dict");
+        return NULL;
+    }
+    return seg;
+}
+
+/* Borrowed value of key in a map (see is_map); NULL when absent (no exception set) or on
+   error (exception set). */
+static PyObject *map_get(PyObject *map, PyObject *key)
+{
+    if (PyDict_CheckExact(map))
+        return PyDict_GetItemWithError(map, key);
+    Py_hash_t h = PyObject_Hash(key);
+    if (h == -1)
+        return NULL;
+    PyObject *seg = segment_of(map, h);
+    if (seg == NULL)
+        return NULL;
+    return PyDict_GetItemWithError(seg, key);
+}
+
+PyDoc_STRVAR(fill_segments_doc,
+"fill_segments(segments, items): insert every (key, value) pair of the iterable items\n"
+"into the dict segments[hash(key) & (len(segments) - 1)] (len a power of two).");
+
+static PyObject *fill_segments(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "fill_segments takes 2 arguments");
+        return NULL;
+    }
+    PyObject *segments = args[0];
+    if (!PyList_CheckExact(segments) || !is_map(segments)) {
+        PyErr_SetString(PyExc_TypeError, "fill_segments(list of 2**n dicts, iterable)");
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(args[1]);
+    if (it == NULL)
+        return NULL;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_DECREF(item);
+            Py_DECREF(it);
+            PyErr_SetString(PyExc_TypeError, "fill_segments: items must be (key, value) pairs");
+            return NULL;
+        }
+        PyObject *key = PyTuple_GET_ITEM(item, 0);
+        Py_hash_t h = PyObject_Hash(key);
+        PyObject *seg = h == -1 ? NULL : segment_of(segments, h);
+        if (seg == NULL || PyDict_SetItem(seg, key, PyTuple_GET_ITEM(item, 1)) < 0) {
+            Py_DECREF(item);
+            Py_DECREF(it);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(index_load_doc,
+"index_load(segments, keys, ids, small_max) -> added: IdIndex.load's loop (tokmesh/\n"
+"actors/id_index.py): file each id under the key at its position, in the key's segment\n"
+"dict, as a bare id, a tuple of up to small_max ids or a set; returns how many ids were\n"
+"new.");
+
+static int index_add(PyObject *seg, PyObject *key, PyObject *sid, Py_ssize_t small_max)
+{
+    /* 1: added, 0: already there, -1: error */
+    PyObject *cur = PyDict_GetItemWithError(seg, key); /* borrowed */
+    if (cur == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        return PyDict_SetItem(seg, key, sid) < 0 ? -1 : 1;
+    }
+    if (PyUnicode_Check(cur)) {
+        int eq = PyObject_RichCompareBool(cur, sid, Py_EQ);
+        if (eq != 0)
+            return eq < 0 ? -1 : 0;
+        PyObject *pair = PyTuple_Pack(2, cur, sid);
+        if (pair == NULL)
+            return -1;
+        int rc = PyDict_SetItem(seg, key, pair);
+        Py_DECREF(pair);
+        return rc < 0 ? -1 : 1;
+    }
+    if (PyTuple_Check(cur)) {
+        int has = PySequence_Contains(cur, sid);
+        if (has != 0)
+            return has < 0 ? -1 : 0;
+        Py_ssize_t n = PyTuple_GET_SIZE(cur);
+        PyObject *grown;
+        if (n < small_max) {
+            grown = PyTuple_New(n + 1);
+            if (grown == NULL)
+                return -1;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyObject *x = PyTuple_GET_ITEM(cur, i);
+                Py_INCREF(x);
+                PyTuple_SET_ITEM(grown, i, x);
+            }
+            Py_INCREF(sid);
+            PyTuple_SET_ITEM(grown, n, sid);
+        } else {
+            grown = PySet_New(cur);
+            if (grown == NULL)
+                return -1;
+            if (PySet_Add(grown, sid) < 0) {
+                Py_DECREF(grown);
+                return -1;
+            }
+        }
+        int rc = PyDict_SetItem(seg, key, grown);
+        Py_DECREF(grown);
+        return rc < 0 ? -1 : 1;
+    }
+    if (PySet_Check(cur)) {
+        int has = PySet_Contains(cur, sid);
+        if (has != 0)
+            return has < 0 ? -1 : 0;
+        return PySet_Add(cur, sid) < 0 ? -1 : 1;
+    }
+    PyErr_SetString(PyExc_TypeError, "index_load: an index value is not a str, tuple or set");
+    return -1;
+}
+
+static PyObject *index_load(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "index_load takes 4 arguments");
+        return NULL;
+    }
+    PyObject *segments = args[0];
+    if (!PyList_CheckExact(segments) || !is_map(segments)) {
+        PyErr_SetString(PyExc_TypeError, "index_load(list of 2**n dicts, keys, ids, int)");
+        return NULL;
+    }
+    Py_ssize_t small_max = PyLong_AsSsize_t(args[3]);
+    if (small_max == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *keys = PySequence_Fast(args[1], "index_load: keys must be iterable");
+    if (keys == NULL)
+        return NULL;
+    PyObject *ids = PySequence_Fast(args[2], "index_load: ids must be iterable");
+    if (ids == NULL) {
+        Py_DECREF(keys);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
+    Py_ssize_t added = -1;
+    if (PySequence_Fast_GET_SIZE(ids) != n) {
+        PyErr_SetString(PyExc_ValueError, "index_load: keys and ids differ in length");
+        goto done;
+    }
+    PyObject **key_items = PySequence_Fast_ITEMS(keys);
+    PyObject **id_items = PySequence_Fast_ITEMS(ids);
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_hash_t h = PyObject_Hash(key_items[i]);
+        if (h == -1)
+            goto done;
+        PyObject *seg = segment_of(segments, h);
+        if (seg == NULL)
+            goto done;
+        int rc = index_add(seg, key_items[i], id_items[i], small_max);
+        if (rc < 0)
+            goto done;
+        count += rc;
+    }
+    added = count;
+done:
+    Py_DECREF(keys);
+    Py_DECREF(ids);
+    return added < 0 ? NULL : PyLong_FromSsize_t(added);
+}
+
+PyDoc_STRVAR(presized_dicts_doc,
+"presized_dicts(count, each) -> list: count empty dicts, each with room for each\n"
+"entries before its first rebuild.");
+
+static PyObject *presized_dicts(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "presized_dicts takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[0]);
+    if (count == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t each = PyLong_AsSsize_t(args[1]);
+    if (each == -1 && PyErr_Occurred())
+        return NULL;
+    if (count < 0 || each < 0) {
+        PyErr_SetString(PyExc_ValueError, "presized_dicts: negative size");
+        return NULL;
+    }
+    PyObject *list = PyList_New(count);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+#if PY_VERSION_HEX < 0x030D0000
+        PyObject *d = _PyDict_NewPresized(each);
+#else
+        /* private from 3.13 on: plain dicts, which grow as they fill */
+        PyObject *d = PyDict_New();
+        (void)each;
+#endif
+        if (d == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, d);
+    }
+    return list;
+}
+
 PyDoc_STRVAR(validate_frames_doc,
 "validate_frames(data, by_token, sessions, now_ms) -> (count, end)\n\n"
 "Answer the leading run of ``TM.VALIDATE token`` frames of ``data``: ``count`` frames,\n"
 "``data[:end]``, each naming the token of a valid session (``by_token`` maps token\n"
-"SHA-256 digests to session ids, ``sessions`` ids to sessions). Stops before the first\n"
-"frame that is anything else or incomplete. Reads the dicts, changes nothing.");
+"SHA-256 digests to session ids, ``sessions`` ids to sessions; each a dict or a\n"
+"segmented map's list of dicts). Stops before the first frame that is anything else or\n"
+"incomplete. Reads the maps, changes nothing.");
 
 static PyObject *validate_frames(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -347,9 +585,8 @@ static PyObject *validate_frames(PyObject *Py_UNUSED(module), PyObject *const *a
         return NULL;
     }
     PyObject *data = args[0], *by_token = args[1], *sessions = args[2];
-    if (!PyBytes_CheckExact(data) || !PyDict_CheckExact(by_token) ||
-        !PyDict_CheckExact(sessions)) {
-        PyErr_SetString(PyExc_TypeError, "validate_frames(bytes, dict, dict, int)");
+    if (!PyBytes_CheckExact(data) || !is_map(by_token) || !is_map(sessions)) {
+        PyErr_SetString(PyExc_TypeError, "validate_frames(bytes, map, map, int)");
         return NULL;
     }
     long long now_ms = PyLong_AsLongLong(args[3]);
@@ -405,7 +642,7 @@ static PyObject *validate_frames(PyObject *Py_UNUSED(module), PyObject *const *a
         PyObject *key = PyBytes_FromStringAndSize((const char *)digest, 32);
         if (key == NULL)
             return NULL;
-        PyObject *sid = PyDict_GetItemWithError(by_token, key); /* borrowed */
+        PyObject *sid = map_get(by_token, key); /* borrowed */
         Py_DECREF(key);
         if (sid == NULL) {
             if (PyErr_Occurred())
@@ -413,7 +650,7 @@ static PyObject *validate_frames(PyObject *Py_UNUSED(module), PyObject *const *a
             break; /* unknown, expired or malformed: Python classifies it */
         }
         Py_INCREF(sid);
-        PyObject *s = PyDict_GetItemWithError(sessions, sid); /* borrowed */
+        PyObject *s = map_get(sessions, sid); /* borrowed */
         Py_DECREF(sid);
         if (s == NULL) {
             if (PyErr_Occurred())
@@ -497,6 +734,11 @@ static PyObject *sha_ni(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
 static PyMethodDef accel_methods[] = {
     {"validate_frames", (PyCFunction)(void (*)(void))validate_frames, METH_FASTCALL,
      validate_frames_doc},
+    {"fill_segments", (PyCFunction)(void (*)(void))fill_segments, METH_FASTCALL,
+     fill_segments_doc},
+    {"index_load", (PyCFunction)(void (*)(void))index_load, METH_FASTCALL, index_load_doc},
+    {"presized_dicts", (PyCFunction)(void (*)(void))presized_dicts, METH_FASTCALL,
+     presized_dicts_doc},
     {"sha256", py_sha256, METH_O, sha256_doc},
     {"configure", configure, METH_O, configure_doc},
     {"sha_ni", (PyCFunction)(void (*)(void))sha_ni, METH_FASTCALL, sha_ni_doc},

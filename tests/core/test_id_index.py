@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from tokmesh import accel
 from tokmesh.actors.id_index import SMALL_MAX, IdIndex
 
 
@@ -139,12 +142,20 @@ def test_count_keys_items_clear_and_equality() -> None:
     assert index == IdIndex()
 
 
-def test_load_equals_adding_one_by_one() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_load_equals_adding_one_by_one(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if compiled and accel.index_load is None:
+        pytest.skip("the accelerator is not built")
+    if not compiled:
+        monkeypatch.setattr(accel, "index_load", None)
     rng = random.Random(7)
     keys = [
         f"user-{rng.randrange(40) if rng.random() < 0.7 else rng.randrange(4)}" for _ in range(3000)
     ]
     ids = _ids(3000)
+    # Pairs seen again (a record loaded twice must not count twice), at every size of value.
+    keys += keys[:200] + keys[2500:2600]
+    ids += ids[:200] + ids[2500:2600]
     one_by_one = IdIndex()
     for key, sid in zip(keys, ids, strict=True):
         one_by_one.add(key, sid)
@@ -155,6 +166,8 @@ def test_load_equals_adding_one_by_one() -> None:
     assert loaded.count() == one_by_one.count() == 3000
     for key in one_by_one:
         assert type(_raw(loaded, key)) is type(_raw(one_by_one, key))
+    with pytest.raises(ValueError):
+        loaded.load(["a", "b"], ["x"])
 
 
 def test_random_operations_match_a_dict_of_sets() -> None:

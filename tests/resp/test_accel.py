@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from tests.support.clock_reads import count_clock_reads
 from tokmesh import accel
+from tokmesh.actors.segmented_map import SegmentedMap
 from tokmesh.domain.clock import Clock
 from tokmesh.domain.ids import new_session_id
 from tokmesh.domain.session import Session
@@ -423,13 +424,19 @@ def test_arguments_of_the_wrong_type_are_refused() -> None:
         scan(b"", {}, {}, NOW, 1)
     with pytest.raises(TypeError):
         scan(b"", [], {}, NOW)
+    with pytest.raises(TypeError):  # a segment count that is not a power of two
+        scan(b"", [{}, {}, {}], {}, NOW)
     with pytest.raises(OverflowError):
         scan(b"", {}, {}, 2**64)
+    token = b"tmtk_" + b"A" * 43
+    frame = b"*2\r\n$11\r\nTM.VALIDATE\r\n$48\r\n" + token + b"\r\n"
+    with pytest.raises(TypeError, match="segment"):  # a segment that is not a dict
+        scan(frame, [[]], {}, NOW)
 
 
 def test_the_accelerator_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(accel.ACCEL_ENV, "0")
-    assert accel._load() is None
+    assert accel._load() == (None, None, None, None)
 
 
 # -- the frame loop against a Python reference -----------------------------------------------
@@ -530,7 +537,11 @@ def test_the_loop_answers_as_the_python_reference(
     data, by_token, sessions, now = case
     world = World()
     world.by_token, world.sessions = by_token, sessions
-    assert world.scan(data, now) == reference_scan(data, by_token, sessions, now)
+    expected = reference_scan(data, by_token, sessions, now)
+    assert world.scan(data, now) == expected
+    # The store's maps are segmented; the loop reads their segment dicts alike.
+    seg_tokens, seg_sessions = SegmentedMap(by_token.items()), SegmentedMap(sessions.items())
+    assert _accel.validate_frames(data, seg_tokens.segments, seg_sessions.segments, now) == expected
 
 
 # -- through the RESP stack (compiled and pure Python) ----------------------------------------

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 
+from tokmesh.actors.segmented_map import MASK, SegmentedMap
+
 #: Most ids kept in a tuple; a key holding more keeps a set.
 SMALL_MAX = 8
 
@@ -34,14 +36,16 @@ class IdIndex:
     __slots__ = ("_count", "_map")
 
     def __init__(self) -> None:
-        self._map: dict[str, _Ids] = {}
+        # Segmented like the store's primary map: a user index of a million keys would
+        # otherwise stop the loop for its table's rebuilds (see segmented_map).
+        self._map: SegmentedMap[str, _Ids] = SegmentedMap()
         self._count = 0
 
     # -- mutation ----------------------------------------------------------------------
 
     def add(self, key: str, sid: str) -> None:
         """File ``sid`` under ``key``; nothing happens if it is already there."""
-        m = self._map
+        m = self._map.segments[hash(key) & MASK]
         cur = m.get(key)
         if cur is None:
             m[key] = sid
@@ -61,7 +65,7 @@ class IdIndex:
 
     def discard(self, key: str, sid: str) -> None:
         """Remove ``sid`` from ``key``'s ids if it is there; drop the key when it empties."""
-        m = self._map
+        m = self._map.segments[hash(key) & MASK]
         cur = m.get(key)
         if cur is None:
             return
@@ -87,13 +91,21 @@ class IdIndex:
         once per snapshot chunk; both must have the same length).
 
         Same result as :meth:`add` for each pair, in one loop with the lookups bound
-        locally: it runs a million times during a cold start.
+        locally: it runs a million times during a cold start (the compiled
+        accelerator's ``index_load`` when it is built, the same loop in C).
         """
-        m = self._map
-        get = m.get
+        from tokmesh import accel
+
+        if accel.index_load is not None:
+            self._count += accel.index_load(self._map.segments, keys, ids, SMALL_MAX)
+            return
+        segments = self._map.segments
+        mask = MASK
+        hash_ = hash
         added = 0
         for key, sid in zip(keys, ids, strict=True):
-            cur = get(key)
+            m = segments[hash_(key) & mask]
+            cur = m.get(key)
             if cur is None:
                 m[key] = sid
             elif isinstance(cur, str):
@@ -124,7 +136,7 @@ class IdIndex:
         Read-only: for a large key this is the index's own set, so iterate it before the
         index changes (readers run synchronously on the event loop) or copy it.
         """
-        cur = self._map.get(key)
+        cur = self._map.segments[hash(key) & MASK].get(key)
         if cur is None:
             return _EMPTY
         if isinstance(cur, str):

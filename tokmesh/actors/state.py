@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tokmesh.actors.expiry import BUCKET_MS, ExpiryWheel
 from tokmesh.actors.id_index import IdIndex
 from tokmesh.actors.recent_keys import RecentKeys
+from tokmesh.actors.segmented_map import SegmentedMap
 from tokmesh.domain.session import Session
 
 if TYPE_CHECKING:
@@ -50,10 +51,12 @@ class StoreState:
     )
 
     def __init__(self) -> None:
-        self.sessions: dict[str, Session] = {}
+        #: Session id -> record. Segmented, as the token index, so that their growth never
+        #: stops the loop for a rebuild of a million-entry table (see segmented_map).
+        self.sessions: SegmentedMap[str, Session] = SegmentedMap()
         #: raw SHA-256 digest of the token -> session id (tombstones keep their entry so a
         #: revoked token answers TM-TOKN-4012 until the tombstone is purged).
-        self.by_token: dict[bytes, str] = {}
+        self.by_token: SegmentedMap[bytes, str] = SegmentedMap()
         #: user id -> ids of non-revoked sessions (expired-unswept ones included; readers
         #: filter with the clock). Compact values: one id is kept as the bare string, a
         #: few as a tuple (see :mod:`tokmesh.actors.id_index`).
@@ -140,14 +143,20 @@ class StoreState:
         taken while a newer version was in flight)."""
         self.wheel.add(sid, now_ms)
 
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` sessions in the primary map and the token index of an
+        empty state (a snapshot about to be loaded; see :meth:`SegmentedMap.reserve`)."""
+        self.sessions.reserve(count)
+        self.by_token.reserve(count)
+
     def load(self, sessions: Iterable[Session], position: int | None = None) -> None:
         """Bulk-load records whose ids are not in the state yet (snapshot chunks).
 
         Start-up path for a million records, called once per snapshot chunk while its
         records are still hot in the CPU cache: the primary map, token index and sampling
-        array are filled by C loops (``dict.update``/``zip``), the user/device indexes by
-        :meth:`IdIndex.load` and the expiry wheel by one tight loop (same resulting
-        indexes as :meth:`put`).
+        array are filled by C loops (the accelerator's ``fill_segments``, ``zip``), the
+        user/device indexes by :meth:`IdIndex.load` and the expiry wheel by one tight loop
+        (same resulting indexes as :meth:`put`).
         ``ValueError`` when an id repeats or is already present; the state is then
         inconsistent and must be :meth:`clear`-ed.
         """
@@ -209,8 +218,8 @@ class StoreState:
         # ``other`` may live on in its builder's frame; left as it is, it would keep
         # whatever this state later replaces (the sampling array once it is rebuilt:
         # every id ever created until then, and the memory around them).
-        other.sessions = {}
-        other.by_token = {}
+        other.sessions = SegmentedMap()
+        other.by_token = SegmentedMap()
         other.by_user = IdIndex()
         other.by_device = IdIndex()
         other.wheel = ExpiryWheel()

@@ -706,7 +706,9 @@ class Dispatcher:
             return 0, 0
         end = 0
 
-        def run(by_token: dict[bytes, str], sessions: dict[str, Session], now_ms: int) -> int:
+        def run(
+            by_token: list[dict[bytes, str]], sessions: list[dict[str, Session]], now_ms: int
+        ) -> int:
             nonlocal end
             principal = self._validation_run_principal(conn, now_ms)
             if principal is None or principal.role not in roles:

@@ -39,8 +39,10 @@ from tokmesh.domain.session_settings import SessionSettings
 
 T = TypeVar("T")
 
-#: A compiled validation loop (:meth:`SessionOperations.validate_scan`).
-TokenScan = Callable[[dict[bytes, str], dict[str, Session], int], int]
+#: A compiled validation loop (:meth:`SessionOperations.validate_scan`):
+#: ``scan(by_token, sessions, now_ms)`` with the two maps as the compiled accelerator
+#: reads them (the segment dicts of the store's segmented maps).
+TokenScan = Callable[[list[dict[bytes, str]], list[dict[str, Session]], int], int]
 
 
 class NotLocal(Exception):
@@ -205,8 +207,9 @@ class SessionOperations(Protocol):
         """Validations answered by ``scan`` over the live token index at one instant.
 
         ``scan(by_token, sessions, now_ms)`` reads the token-digest → session-id and
-        id → session dicts (it changes nothing) and returns how many tokens it found
-        valid; they count in the metrics as :meth:`validate` would count them. ``now_ms``
+        id → session maps, as lists of segment dicts (it changes nothing), and returns
+        how many tokens it found valid; they count in the metrics as :meth:`validate`
+        would count them. ``now_ms``
         is the read's one clock reading: ``scan`` may use it for its own checks too (the
         RESP dispatcher re-checks the key and charges the rate limit with it). An
         implementation that cannot answer from its own index (a cluster member: the

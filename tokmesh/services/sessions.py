@@ -327,7 +327,7 @@ class SessionService:
     def validate_scan(self, scan: TokenScan) -> int:
         """Run a compiled validation loop over the live index (see SessionOperations)."""
         state = self.state
-        valid = scan(state.by_token, state.sessions, self.clock.now_ms())
+        valid = scan(state.by_token.segments, state.sessions.segments, self.clock.now_ms())
         _VALIDATE_VALID.value += valid
         return valid
 

@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,7 +82,7 @@ class RecoveredState:
     where the sessions were recovered into (``sessions`` is its primary map).
     """
 
-    sessions: dict[str, Session]
+    sessions: MutableMapping[str, Session]
     api_keys: dict[str, dict[str, Any]]
     wal_position: int
     snapshot: SnapshotInfo | None
@@ -96,7 +96,12 @@ class SessionTable(Protocol):
     """Where recovery puts sessions: a bare map (:class:`PlainTable`), or the store's
     state, whose indexes are then built during the load instead of in a second pass."""
 
-    sessions: dict[str, Session]
+    @property
+    def sessions(self) -> MutableMapping[str, Session]:
+        """The primary map: id -> record."""
+
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` records before a snapshot's load (a hint)."""
 
     def load(self, sessions: list[Session]) -> None:
         """Add records whose ids are new (a snapshot chunk); ``ValueError`` if one repeats."""
@@ -119,6 +124,9 @@ class PlainTable:
     def __init__(self, sessions: dict[str, Session] | None = None) -> None:
         """Wrap ``sessions`` (a new map when ``None``)."""
         self.sessions: dict[str, Session] = sessions if sessions is not None else {}
+
+    def reserve(self, count: int) -> None:
+        """A plain dict grows as it goes."""
 
     def load(self, sessions: list[Session]) -> None:
         """Add records whose ids are new; ``ValueError`` if an id repeats."""
@@ -176,7 +184,7 @@ class Replayer:
         self.stats = RecoveryStats()
 
     @property
-    def sessions(self) -> dict[str, Session]:
+    def sessions(self) -> MutableMapping[str, Session]:
         """The table's primary map."""
         return self.table.sessions
 
@@ -336,6 +344,9 @@ class _ExpiredInSnapshot:
         self.table = table
         self.now_ms = now_ms
         self.ids: list[str] = []
+
+    def reserve(self, count: int) -> None:
+        self.table.reserve(count)
 
     def load(self, sessions: list[Session]) -> None:
         self.table.load(sessions)

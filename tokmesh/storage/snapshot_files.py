@@ -80,6 +80,10 @@ class SessionSink(Protocol):
     """Takes a snapshot's records chunk by chunk as they are decoded (recovery builds its
     primary map and indexes that way, while each chunk is still hot in the CPU cache)."""
 
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` records (the snapshot's count, known before the first
+        chunk); a hint that may be ignored."""
+
     def load(self, sessions: list[Session]) -> None:
         """Add records whose ids are new; ``ValueError`` if an id repeats."""
 
@@ -93,6 +97,9 @@ class _Collect:
     def __init__(self) -> None:
         self.sessions: list[Session] = []
         self._ids: set[str] = set()
+
+    def reserve(self, count: int) -> None:
+        """A list needs no room made."""
 
     def load(self, sessions: list[Session]) -> None:
         before = len(self._ids)
@@ -297,6 +304,7 @@ def read_snapshot(path: Path, cipher: Cipher, into: SessionSink | None = None) -
         header, chunks, keys, checksum = iter_snapshot(buf, cipher, verify=False)
         if header.fields and header.fields != ROW_FIELDS:
             raise SnapshotCorrupt("snapshot row layout is not supported by this version")
+        sink.reserve(header.session_count)
         if header.layout == LAYOUT_COLUMNS:
             decoder = ColumnDecoder()
             for chunk in chunks:
