@@ -35,18 +35,20 @@ SLOW_S = 0.005
 
 
 def sessions(n: int, now: int) -> list[Session]:
-    """``n`` live sessions of random users (a day's TTL)."""
+    """``n`` live sessions of random users with a day's TTL, created 10,000 a second up to
+    ``now`` (so their expiries spread over the expiry wheel as a real fill's do)."""
     rng = random.Random(1)
     out = []
-    for _ in range(n):
+    for i in range(n):
+        created = now - (n - i) // 10
         out.append(
             Session(
                 id=new_session_id(),
                 user_id=f"user-{rng.getrandbits(48):012x}",
                 token_hash=token_digest(generate_token()),
-                created_at=now,
-                expires_at=now + 86_400_000,
-                last_active=now,
+                created_at=created,
+                expires_at=created + 86_400_000,
+                last_active=created,
             )
         )
     return out
@@ -69,16 +71,20 @@ def plain_dicts() -> Callable[[Session], None]:
 def timed(label: str, put: Callable[[Session], None], records: list[Session]) -> float:
     """Insert every record with ``put``; prints the slow inserts; the longest (s)."""
     slow: list[tuple[int, float]] = []
+    worst = 0.0
     started = time.perf_counter()
     clock = time.perf_counter
     for i, s in enumerate(records):
         t = clock()
         put(s)
         dt = clock() - t
-        if dt > SLOW_S:
+        if dt > worst:
+            worst = dt
+            if dt > SLOW_S:
+                slow.append((i, dt))
+        elif dt > SLOW_S:
             slow.append((i, dt))
     total = time.perf_counter() - started
-    worst = max((dt for _, dt in slow), default=0.0)
     where = ", ".join(f"#{i:,} {dt * 1000:.0f} ms" for i, dt in slow) or "none"
     print(f"{label}: {total:.2f} s in all; inserts over 5 ms: {where}")
     return worst
