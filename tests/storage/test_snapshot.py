@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from tokmesh.domain.errors import E
 from tokmesh.domain.session import ROW_FIELDS
+from tokmesh.storage import snapshot_files
 from tokmesh.storage.cipher import ALG_AES, ALG_CHACHA, Cipher, StorageFatalError
 from tokmesh.storage.snapshot_codec import MAGIC, SnapshotCorrupt, decode_snapshot, encode_snapshot
 from tokmesh.storage.snapshot_files import (
@@ -223,12 +225,27 @@ def test_names_get_sequence_numbers_within_a_second(
     assert list_snapshots(tmp_path) == [c.path, b.path, a.path]
 
 
-def test_failed_write_leaves_no_temp_and_keeps_older(
+def test_a_killed_writers_temp_file_does_not_block_the_next_snapshot(
     tmp_path: Path, make_session: MakeSession, aes: Cipher
 ) -> None:
+    # A snapshot cancelled by a shutdown has its child process killed, which leaves its
+    # temporary file; the shutdown's own snapshot comes within the same second.
+    (tmp_path / "snapshot-20250101000000-0001.tmp").write_bytes(b"partial")
+    info = take(tmp_path, [make_session()], aes)
+    assert info.id == "snapshot-20250101000000-0002"
+    assert list_snapshots(tmp_path) == [info.path]
+
+
+def test_failed_write_leaves_no_temp_and_keeps_older(
+    tmp_path: Path, make_session: MakeSession, aes: Cipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
     older = take(tmp_path, [make_session()], aes, now=NOW_MS - 5000)
-    # A directory squatting on the target name makes the final rename impossible.
-    (tmp_path / "snapshot-20250101000000-0001.snap").mkdir()
+
+    def rename_fails(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    # The final rename fails, as on a disk error (root ignores permissions here).
+    monkeypatch.setattr(snapshot_files.os, "rename", rename_fails)
     with pytest.raises(SnapshotError) as info:
         take(tmp_path, [make_session()], aes)
     assert info.value.error is E.SYS_BACKUP

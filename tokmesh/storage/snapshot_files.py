@@ -139,10 +139,13 @@ def list_snapshots(snapshot_dir: Path) -> list[Path]:
 def _next_id(snapshot_dir: Path, now_ms: int) -> str:
     stamp = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y%m%d%H%M%S")
     prefix = f"snapshot-{stamp}-"
+    # Temporary files count too: a writer killed part-way (a snapshot cancelled by a
+    # shutdown, its child process killed) leaves its ``.tmp`` until the next start-up,
+    # and the shutdown's own snapshot, in the same second, must not pick that name.
     seqs = [
-        int(p.name[len(prefix) : len(prefix) + 4])
-        for p in list_snapshots(snapshot_dir)
-        if p.name.startswith(prefix)
+        int(name[len(prefix) : len(prefix) + 4])
+        for name in os.listdir(snapshot_dir)
+        if name.startswith(prefix) and name[len(prefix) : len(prefix) + 4].isdigit()
     ]
     seq = max(seqs, default=0) + 1
     if seq > 9999:
