@@ -690,8 +690,11 @@ def run_restart(sessions: int, how: str) -> None:
             filler.kill()
         code = filler.wait(300)
         stop_s = time.perf_counter() - t0
+        before_stop = snaps
         snaps = sorted(p.name for p in (root / "data" / "snapshots").glob("*.snap"))
         print(f"stopped in {stop_s:.1f} s (exit {code}); snapshots now {snaps or 'none'}")
+        if how == "SIGTERM" and snaps == before_stop:
+            print("WARNING: the graceful stop wrote no snapshot (the restart replays the WAL)")
         print(f"WAL after the newest snapshot, to replay: {tail_mb(root):,.0f} MB")
         node.start(wait_ready=False)
         ready_s = wait_ready(node, 600)
