@@ -333,17 +333,17 @@ static inline int is_validate_name(const char *p)
     return 1;
 }
 
-/* The maps the store keeps are plain dicts or segmented maps (tokmesh/actors/
-   segmented_map.py), whose dicts are passed here as a list: key k lives in the dict at
-   hash(k) & (len - 1), len being a power of two. */
-static int is_map(PyObject *map)
+/* The store's maps are segmented (tokmesh/actors/segmented_map.py) and come here as their
+   list of dicts: key k lives in the dict at hash(k) & (len - 1), len a power of two. */
+static int check_segments(PyObject *segments, const char *usage)
 {
-    if (PyDict_CheckExact(map))
-        return 1;
-    if (!PyList_CheckExact(map))
-        return 0;
-    Py_ssize_t n = PyList_GET_SIZE(map);
-    return n > 0 && (n & (n - 1)) == 0;
+    if (PyList_CheckExact(segments)) {
+        Py_ssize_t n = PyList_GET_SIZE(segments);
+        if (n > 0 && (n & (n - 1)) == 0)
+            return 0;
+    }
+    PyErr_SetString(PyExc_TypeError, usage);
+    return -1;
 }
 
 static PyObject *segment_of(PyObject *segments, Py_hash_t h)
@@ -357,16 +357,14 @@ static PyObject *segment_of(PyObject *segments, Py_hash_t h)
     return seg;
 }
 
-/* Borrowed value of key in a map (see is_map); NULL when absent (no exception set) or on
+/* Borrowed value of key in a segmented map; NULL when absent (no exception set) or on
    error (exception set). */
-static PyObject *map_get(PyObject *map, PyObject *key)
+static PyObject *map_get(PyObject *segments, PyObject *key)
 {
-    if (PyDict_CheckExact(map))
-        return PyDict_GetItemWithError(map, key);
     Py_hash_t h = PyObject_Hash(key);
     if (h == -1)
         return NULL;
-    PyObject *seg = segment_of(map, h);
+    PyObject *seg = segment_of(segments, h);
     if (seg == NULL)
         return NULL;
     return PyDict_GetItemWithError(seg, key);
@@ -383,10 +381,8 @@ static PyObject *fill_segments(PyObject *Py_UNUSED(module), PyObject *const *arg
         return NULL;
     }
     PyObject *segments = args[0];
-    if (!PyList_CheckExact(segments) || !is_map(segments)) {
-        PyErr_SetString(PyExc_TypeError, "fill_segments(list of 2**n dicts, iterable)");
+    if (check_segments(segments, "fill_segments(list of 2**n dicts, iterable)") < 0)
         return NULL;
-    }
     PyObject *it = PyObject_GetIter(args[1]);
     if (it == NULL)
         return NULL;
@@ -487,10 +483,8 @@ static PyObject *index_load(PyObject *Py_UNUSED(module), PyObject *const *args, 
         return NULL;
     }
     PyObject *segments = args[0];
-    if (!PyList_CheckExact(segments) || !is_map(segments)) {
-        PyErr_SetString(PyExc_TypeError, "index_load(list of 2**n dicts, keys, ids, int)");
+    if (check_segments(segments, "index_load(list of 2**n dicts, keys, ids, int)") < 0)
         return NULL;
-    }
     Py_ssize_t small_max = PyLong_AsSsize_t(args[3]);
     if (small_max == -1 && PyErr_Occurred())
         return NULL;
@@ -574,9 +568,9 @@ PyDoc_STRVAR(validate_frames_doc,
 "validate_frames(data, by_token, sessions, now_ms) -> (count, end)\n\n"
 "Answer the leading run of ``TM.VALIDATE token`` frames of ``data``: ``count`` frames,\n"
 "``data[:end]``, each naming the token of a valid session (``by_token`` maps token\n"
-"SHA-256 digests to session ids, ``sessions`` ids to sessions; each a dict or a\n"
-"segmented map's list of dicts). Stops before the first frame that is anything else or\n"
-"incomplete. Reads the maps, changes nothing.");
+"SHA-256 digests to session ids, ``sessions`` ids to sessions; each a segmented map's\n"
+"list of dicts). Stops before the first frame that is anything else or incomplete.\n"
+"Reads the maps, changes nothing.");
 
 static PyObject *validate_frames(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -585,10 +579,13 @@ static PyObject *validate_frames(PyObject *Py_UNUSED(module), PyObject *const *a
         return NULL;
     }
     PyObject *data = args[0], *by_token = args[1], *sessions = args[2];
-    if (!PyBytes_CheckExact(data) || !is_map(by_token) || !is_map(sessions)) {
-        PyErr_SetString(PyExc_TypeError, "validate_frames(bytes, map, map, int)");
+    static const char usage[] = "validate_frames(bytes, segments, segments, int)";
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
+    if (check_segments(by_token, usage) < 0 || check_segments(sessions, usage) < 0)
+        return NULL;
     long long now_ms = PyLong_AsLongLong(args[3]);
     if (now_ms == -1 && PyErr_Occurred())
         return NULL;

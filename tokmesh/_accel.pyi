@@ -3,10 +3,10 @@
 from collections.abc import Iterable
 from typing import Any
 
-_Map = dict[Any, Any] | list[dict[Any, Any]]
+_Segments = list[dict[Any, Any]]
 
 def validate_frames(
-    data: bytes, by_token: _Map, sessions: _Map, now_ms: int, /
+    data: bytes, by_token: _Segments, sessions: _Segments, now_ms: int, /
 ) -> tuple[int, int]: ...
 def fill_segments(segments: list[dict[Any, Any]], items: Iterable[tuple[Any, Any]], /) -> None: ...
 def index_load(

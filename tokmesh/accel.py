@@ -18,16 +18,17 @@ from typing import Any
 ACCEL_ENV = "TOKMESH_ACCEL"
 """``0`` turns the accelerator off (the tests run the suite both ways)."""
 
-#: A map as the accelerator reads it: a dict, or a segmented map's list of dicts.
-Map = dict[Any, Any] | list[dict[Any, Any]]
+#: A segmented map as the accelerator reads it: its list of dicts
+#: (:attr:`tokmesh.actors.segmented_map.SegmentedMap.segments`).
+Segments = list[dict[Any, Any]]
 #: ``validate_frames(data, by_token, sessions, now_ms) -> (count, end)``.
-FrameScan = Callable[[bytes, Map, Map, int], tuple[int, int]]
+FrameScan = Callable[[bytes, Segments, Segments, int], tuple[int, int]]
 #: ``fill_segments(segments, items)``: see :func:`tokmesh.actors.segmented_map.fill_segments`.
-SegmentFill = Callable[[list[dict[Any, Any]], Iterable[tuple[Any, Any]]], None]
+SegmentFill = Callable[[Segments, Iterable[tuple[Any, Any]]], None]
 #: ``presized_dicts(count, each)``: ``count`` empty dicts with room for ``each`` entries.
-Presized = Callable[[int, int], list[dict[Any, Any]]]
+Presized = Callable[[int, int], Segments]
 #: ``index_load(segments, keys, ids, small_max) -> added``: see ``IdIndex.load``.
-IndexLoad = Callable[[list[dict[Any, Any]], Iterable[str], Iterable[str], int], int]
+IndexLoad = Callable[[Segments, Iterable[str], Iterable[str], int], int]
 
 
 def _load() -> tuple[FrameScan, SegmentFill, Presized, IndexLoad] | tuple[None, None, None, None]:

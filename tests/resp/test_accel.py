@@ -99,8 +99,8 @@ class World:
     """``by_token`` and ``sessions`` as the store keeps them, built token by token."""
 
     def __init__(self) -> None:
-        self.by_token: dict[bytes, str] = {}
-        self.sessions: dict[str, Any] = {}
+        self.by_token: SegmentedMap[bytes, str] = SegmentedMap()
+        self.sessions: SegmentedMap[str, Any] = SegmentedMap()
 
     def add(self, token: bytes, s: Any | None = None, **fields: Any) -> bytes:
         sid = f"tmss-{len(self.by_token):026d}"
@@ -112,10 +112,12 @@ class World:
         return [self.add(new_token()) for _ in range(n)]
 
     def scan(self, data: bytes, now_ms: int = NOW) -> tuple[int, int]:
-        """``validate_frames``, checking that it changed neither dict."""
-        by_token, sessions = dict(self.by_token), dict(self.sessions)
-        result = _accel.validate_frames(data, self.by_token, self.sessions, now_ms)
-        assert self.by_token == by_token
+        """``validate_frames``, checking that it changed neither map."""
+        by_token, sessions = dict(self.by_token.items()), dict(self.sessions.items())
+        result = _accel.validate_frames(
+            data, self.by_token.segments, self.sessions.segments, now_ms
+        )
+        assert dict(self.by_token.items()) == by_token
         assert all(self.sessions[k] is v for k, v in sessions.items())
         assert len(self.sessions) == len(sessions)
         return result
@@ -411,27 +413,33 @@ def test_the_loop_neither_leaks_nor_frees_references() -> None:
     expected = (3, len(data) - len(frame(tokens[3])))
     before = [sys.getrefcount(o) for o in objects]
     for _ in range(200):
-        assert _accel.validate_frames(data, world.by_token, world.sessions, NOW) == expected
+        assert (
+            _accel.validate_frames(data, world.by_token.segments, world.sessions.segments, NOW)
+            == expected
+        )
     assert [sys.getrefcount(o) for o in objects] == before
 
 
 @needs_accel
 def test_arguments_of_the_wrong_type_are_refused() -> None:
     scan = cast(Any, _accel.validate_frames)
+    segs = [{}]
     with pytest.raises(TypeError):
-        scan(bytearray(b"*2\r\n"), {}, {}, NOW)
+        scan(bytearray(b"*2\r\n"), segs, segs, NOW)
     with pytest.raises(TypeError):
-        scan(b"", {}, {}, NOW, 1)
+        scan(b"", segs, segs, NOW, 1)
+    with pytest.raises(TypeError):  # a plain dict: the store's maps are segmented
+        scan(b"", {}, segs, NOW)
     with pytest.raises(TypeError):
-        scan(b"", [], {}, NOW)
+        scan(b"", [], segs, NOW)
     with pytest.raises(TypeError):  # a segment count that is not a power of two
-        scan(b"", [{}, {}, {}], {}, NOW)
+        scan(b"", [{}, {}, {}], segs, NOW)
     with pytest.raises(OverflowError):
-        scan(b"", {}, {}, 2**64)
+        scan(b"", segs, segs, 2**64)
     token = b"tmtk_" + b"A" * 43
     frame = b"*2\r\n$11\r\nTM.VALIDATE\r\n$48\r\n" + token + b"\r\n"
     with pytest.raises(TypeError, match="segment"):  # a segment that is not a dict
-        scan(frame, [[]], {}, NOW)
+        scan(frame, [[]], segs, NOW)
 
 
 def test_the_accelerator_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -536,12 +544,8 @@ def test_the_loop_answers_as_the_python_reference(
 ) -> None:
     data, by_token, sessions, now = case
     world = World()
-    world.by_token, world.sessions = by_token, sessions
-    expected = reference_scan(data, by_token, sessions, now)
-    assert world.scan(data, now) == expected
-    # The store's maps are segmented; the loop reads their segment dicts alike.
-    seg_tokens, seg_sessions = SegmentedMap(by_token.items()), SegmentedMap(sessions.items())
-    assert _accel.validate_frames(data, seg_tokens.segments, seg_sessions.segments, now) == expected
+    world.by_token, world.sessions = SegmentedMap(by_token.items()), SegmentedMap(sessions.items())
+    assert world.scan(data, now) == reference_scan(data, by_token, sessions, now)
 
 
 # -- through the RESP stack (compiled and pure Python) ----------------------------------------
@@ -584,7 +588,7 @@ def spy_on_scan(real_stack: RealStack) -> list[tuple[int, int]]:
     if scan is None:
         return answered
 
-    def spy(data: bytes, by_token: dict[bytes, str], sessions: dict[str, Any], now: int) -> Any:
+    def spy(data: bytes, by_token: list[Any], sessions: list[Any], now: int) -> Any:
         result = scan(data, by_token, sessions, now)
         answered.append(result)
         return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 
+from tokmesh import accel
 from tokmesh.actors.segmented_map import MASK, SegmentedMap
 
 #: Most ids kept in a tuple; a key holding more keeps a set.
@@ -94,8 +95,6 @@ class IdIndex:
         locally: it runs a million times during a cold start (the compiled
         accelerator's ``index_load`` when it is built, the same loop in C).
         """
-        from tokmesh import accel
-
         if accel.index_load is not None:
             self._count += accel.index_load(self._map.segments, keys, ids, SMALL_MAX)
             return

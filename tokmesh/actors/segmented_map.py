@@ -3,10 +3,10 @@
 A CPython dict grows by rebuilding its whole table when it fills up (and rebuilds it again
 when deleted entries have used up its room, as sessions expiring and being created do).
 For the session store's maps that rebuild ran on the event loop inside one create: on this
-machine kind the ``put`` that took the store past 349,525 sessions stopped the loop for
-30 ms, past 699,050 for 61 ms and past 1,398,101 for 129 ms (the primary map and the token
-index grow in step, so both rebuilt in the same call), and every validation in flight
-waited that long. Redis rehashes incrementally for the same reason.
+machine kind the insert that took the store past 699,050 sessions stopped the loop for
+74 ms and past 1,398,101 for 189 ms (the maps grow in step, so they rebuilt in the same
+call; ``bench/map_growth.py``), and every validation in flight waited that long. Redis
+rehashes incrementally for the same reason.
 
 Here the keys are spread over :data:`SEGMENTS` dicts by their hash, which CPython caches
 in every ``str`` and ``bytes`` object, so picking the segment costs one ``&``. Each
@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, MutableMapping
 from itertools import chain
 from typing import TypeVar, overload
+
+from tokmesh import accel
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -116,8 +118,6 @@ class SegmentedMap(MutableMapping[K, V]):
         then costs two thirds of a growing dict's time). Without the accelerator, or on
         a map that is not empty, nothing happens.
         """
-        from tokmesh import accel
-
         if accel.presized_dicts is None or count <= 0 or any(self.segments):
             return
         # The segments fill unevenly (a few standard deviations of sqrt(each)).
@@ -136,8 +136,6 @@ def fill_segments(segments: list[dict[K, V]], items: Iterable[tuple[K, V]]) -> N
     The compiled accelerator's loop when it is built (the snapshot of a million sessions
     goes through here twice), else the same loop in Python.
     """
-    from tokmesh import accel
-
     fill = accel.fill_segments
     if fill is not None:
         fill(segments, items)
